@@ -1,0 +1,239 @@
+"""Experiment configuration: one schema, as data, validated with one-line errors.
+
+A config is a YAML file; any key can be overridden with ``--set dotted.key=value``
+(the value is parsed as YAML, so ``--set privacy.k=2`` is an int and
+``--set population.degrees=[0.5,0.4]`` a list). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from privevo.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where an image set comes from (``folder``, ``npz`` or ``fashion_mnist``)."""
+
+    source: Literal["folder", "npz", "fashion_mnist"]
+    path: str
+    split: Literal["train", "test"] | None = None
+    classes: list[str] | None = Field(default=None, description="keep only these classes")
+    limit: int | None = Field(default=None, ge=1, description="seeded random subset of this size")
+
+
+class ModelConfig(_Strict):
+    """The public foundation model and how to call it."""
+
+    kind: Literal["ddpm_unet", "stable_diffusion"] = "ddpm_unet"
+    path: str
+    num_inference_steps: int = Field(default=25, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"
+    prompts: list[str] | None = None
+    guidance_scale: float = 7.5
+    disable_safety_checker: bool = True
+
+
+class EmbeddingConfig(_Strict):
+    """The feature space of the vote."""
+
+    name: Literal["pixels", "effnet_lite0"] = "effnet_lite0"
+    input_size: int = Field(default=32, ge=8)
+    batch_size: int = Field(default=256, ge=1)
+    device: str = "auto"
+
+
+class PopulationConfig(_Strict):
+    """Population size, generations and the variation degree schedule."""
+
+    size: int = Field(ge=1)
+    generations: int = Field(ge=1, description="T: number of vote steps")
+    degrees: float | list[float] = Field(description="variation degree per generation (constant or list of T)")
+    lookahead: int = Field(default=0, ge=0)
+    num_shards: int = Field(default=1, ge=1)
+    conditional: bool = Field(default=False, description="per-class PE: needs labelled private data")
+
+    @model_validator(mode="after")
+    def _degrees_match(self) -> "PopulationConfig":
+        degrees = self.degree_schedule()
+        if len(degrees) != self.generations:
+            raise ValueError(f"population.degrees has {len(degrees)} entries but generations is {self.generations}")
+        if any(not 0 <= d <= 1 for d in degrees):
+            raise ValueError("population.degrees must lie in [0, 1]")
+        return self
+
+    def degree_schedule(self) -> list[float]:
+        """One degree per generation (1..T)."""
+        if isinstance(self.degrees, list):
+            return list(self.degrees)
+        return [float(self.degrees)] * self.generations
+
+
+class PrivacyConfig(_Strict):
+    """Target (epsilon, delta) or an explicit noise multiplier, and the vote's knobs."""
+
+    epsilon: float | None = Field(default=None, gt=0, description="target; calibrates the noise multiplier")
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    noise_multiplier: float | None = Field(default=None, ge=0, description="explicit sigma; 0 = non-private")
+    epsilon_budget: float | None = Field(default=None, gt=0, description="refuse votes that would exceed it")
+    threshold: float = Field(default=0.0, ge=0)
+    k: int = Field(default=1, ge=1)
+    selection: Literal["sample", "rank"] = "sample"
+    sampling_rate: float = Field(default=1.0, gt=0, le=1, description="Poisson subsampling of the private set per vote")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PrivacyConfig":
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("set exactly one of privacy.epsilon and privacy.noise_multiplier")
+        return self
+
+
+class EvaluationConfig(_Strict):
+    """Held-out real data and public models for the evaluate step (no private data by default)."""
+
+    reference: DataConfig | None = None
+    classifier_path: str | None = None
+    against_private: bool = Field(default=False, description="non-DP metrics against the private set")
+    samples_per_grid: int = Field(default=64, ge=1)
+
+
+class ResourcesConfig(_Strict):
+    """Per-task resources on a cluster."""
+
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpu_type: str | None = None
+    gpu_limit: int = Field(default=0, ge=0)
+
+
+class KubernetesConfig(_Strict):
+    """Cluster wiring: images, resources, retries, scheduling, credentials."""
+
+    image: str = "ghcr.io/privevo/privevo-cpu:0.1.0"
+    gpu_image: str = "ghcr.io/privevo/privevo-cuda:0.1.0"
+    pipeline_root: str | None = None
+    caching: bool = False
+    retries: int = Field(default=1, ge=0)
+    cpu_step: ResourcesConfig = ResourcesConfig()
+    model_step: ResourcesConfig = ResourcesConfig(memory="16Gi")
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, str]] = []
+    private_secret: str | None = Field(default=None, description="secret with private-bucket credentials")
+    private_service_account: str | None = None
+    public_service_account: str | None = None
+
+
+class Config(_Strict):
+    """One experiment."""
+
+    name: str
+    seed: int = 0
+    image_size: int = Field(ge=8)
+    channels: Literal[1, 3]
+    class_names: list[str] | None = None
+    run_root: str = "runs"
+    private_root: str = "runs-private"
+    private: DataConfig
+    model: ModelConfig
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    population: PopulationConfig
+    privacy: PrivacyConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.population.conditional and not self.class_names:
+            raise ValueError("population.conditional needs class_names")
+        return self
+
+
+def set_dotted(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place (value parsed as YAML)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects dotted.key=value, got {assignment!r}")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw else None
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a config dict; the first problem becomes a one-line UserError."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise UserError(f"{source}: {where}: {message}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys")
+    data = copy.deepcopy(data)
+    for assignment in overrides or []:
+        set_dotted(data, assignment)
+    return parse_config(data, source=str(path))
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain data (for run.json and for passing a config to a step)."""
+    return config.model_dump(mode="json")
+
+
+def noise_multiplier_for(config: Config) -> float:
+    """The per-vote noise multiplier: explicit, or calibrated from the target epsilon."""
+    from privevo.privacy import calibrate_noise_multiplier
+
+    privacy = config.privacy
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    return calibrate_noise_multiplier(
+        privacy.epsilon, privacy.delta, config.population.generations, privacy.sampling_rate
+    )
+
+
+def check_budget(config: Config) -> None:
+    """Refuse configs whose planned votes already exceed the epsilon budget."""
+    from privevo.privacy import schedule_epsilon
+
+    budget = config.privacy.epsilon_budget
+    if budget is None:
+        return
+    sigma = noise_multiplier_for(config)
+    planned = schedule_epsilon([sigma] * config.population.generations, config.privacy.delta, config.privacy.sampling_rate)
+    if planned > budget + 1e-9 or math.isinf(planned):
+        raise UserError(
+            f"the planned {config.population.generations} votes at noise multiplier {sigma:.4g} spend "
+            f"epsilon={planned:.4g}, over the budget {budget}: raise the noise, lower generations or the budget"
+        )

@@ -1,0 +1,249 @@
+"""Differential privacy for Private Evolution: noise, threshold, selection, accounting.
+
+Each generation's vote is one Gaussian mechanism with L2 sensitivity 1 (one private
+sample moves one unit of weight). Its DP output is the noisy histogram; everything
+computed from it (threshold, selection, variations) is post-processing.
+
+Privacy events are data (:class:`PrivacyEvent`), kept in an append-only
+:class:`Ledger`; epsilon is always recomputed from the ledger by ``prv-accountant``,
+never read from a config. The closed-form mu-GDP composition is kept as a
+cross-check (:func:`gdp_epsilon`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import optimize, stats
+
+from privevo.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: prv-accountant's discretisation error on epsilon; reported epsilons are its estimate.
+EPS_ERROR = 0.01
+
+Selection = Literal["sample", "rank"]
+
+
+# --------------------------------------------------------------------------- noise
+
+
+def gaussian_noise(shape: int | tuple[int, ...], sigma: float) -> np.ndarray:
+    """N(0, sigma^2) noise from a generator freshly seeded from OS entropy.
+
+    There is deliberately no seed argument: whoever knows the seed of the DP noise
+    can subtract it. The entropy is drawn with :mod:`secrets` and never stored.
+    """
+    if sigma < 0 or not math.isfinite(sigma):
+        raise UserError(f"noise multiplier must be a finite number >= 0, got {sigma}")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(128))))
+    return rng.normal(0.0, sigma, size=shape)
+
+
+def add_noise(histogram: np.ndarray, sigma: float, sensitivity: float = 1.0) -> np.ndarray:
+    """The Gaussian mechanism: every bin, empty ones included, gets N(0, (sigma*sensitivity)^2)."""
+    return histogram.astype(np.float64) + gaussian_noise(histogram.shape, sigma * sensitivity)
+
+
+def threshold(noisy_histogram: np.ndarray, h: float) -> np.ndarray:
+    """The paper's threshold: ``max(h~ - H, 0)``, cutting bins that are mostly noise."""
+    return np.maximum(noisy_histogram - h, 0.0)
+
+
+def select_parents(
+    weights: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    method: Selection = "sample",
+) -> np.ndarray:
+    """Indices of ``n`` parents chosen in proportion to thresholded counts ``weights``.
+
+    ``sample`` draws with replacement in proportion; ``rank`` gives each candidate
+    its proportional share of children deterministically (largest remainder, ties
+    broken by rank of count). When every weight is zero the choice falls back to
+    uniform over the population, with a warning (never 0/0).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 1 or len(weights) == 0:
+        raise ValueError("weights must be a non-empty 1-D array")
+    if np.any(weights < 0) or not np.all(np.isfinite(weights)):
+        raise ValueError("weights must be finite and non-negative")
+    total = weights.sum()
+    if total <= 0:
+        logger.warning(
+            "every thresholded count is zero (noise or threshold too large for the private "
+            "set): selecting %d parents uniformly from the population", n
+        )
+        weights = np.ones_like(weights)
+        total = weights.sum()
+    p = weights / total
+    if method == "sample":
+        return np.sort(rng.choice(len(p), size=n, replace=True, p=p))
+    if method == "rank":
+        share = p * n
+        counts = np.floor(share).astype(np.int64)
+        remainder = share - counts
+        order = np.lexsort((-p, -remainder))  # largest remainder first, then larger count
+        counts[order[: n - counts.sum()]] += 1
+        return np.repeat(np.arange(len(p)), counts)
+    raise UserError(f"unknown selection method {method!r}: use 'sample' or 'rank'")
+
+
+# ------------------------------------------------------------------- accounting
+
+
+@dataclass(frozen=True)
+class PrivacyEvent:
+    """One executed vote: a (possibly subsampled) Gaussian mechanism.
+
+    ``noise_multiplier`` is the noise standard deviation divided by the L2
+    sensitivity. ``release_sha256`` names the noisy histogram this event paid for.
+    """
+
+    generation: int
+    noise_multiplier: float
+    sensitivity: float = 1.0
+    sampling_rate: float = 1.0
+    release_sha256: str = ""
+    release_uri: str = ""
+    reason: str = "vote"
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise UserError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
+        if not 0 < self.sampling_rate <= 1:
+            raise UserError(f"sampling rate must be in (0, 1], got {self.sampling_rate}")
+
+    @property
+    def mechanism_key(self) -> tuple[float, float]:
+        """Events with the same key are self-compositions of one mechanism."""
+        return (float(self.noise_multiplier), float(self.sampling_rate))
+
+
+@dataclass
+class Ledger:
+    """Append-only list of privacy events; the single source of spent epsilon."""
+
+    delta: float
+    events: list[PrivacyEvent] = field(default_factory=list)
+
+    def append(self, event: PrivacyEvent) -> None:
+        """Record one executed mechanism."""
+        self.events.append(event)
+
+    def epsilon(self, upto_generation: int | None = None) -> float:
+        """Epsilon at ``self.delta`` for the events (optionally up to a generation)."""
+        events = [e for e in self.events if upto_generation is None or e.generation <= upto_generation]
+        return compute_epsilon(events, self.delta)
+
+    def to_dict(self) -> dict:
+        return {"delta": self.delta, "events": [asdict(e) for e in self.events]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Ledger":
+        return cls(delta=float(data["delta"]), events=[PrivacyEvent(**e) for e in data["events"]])
+
+
+def _prv_epsilon(groups: Counter, delta: float) -> float:
+    """Composed epsilon (estimate) of heterogeneous Gaussian mechanisms via prv-accountant."""
+    from prv_accountant import GaussianMechanism, PoissonSubsampledGaussianMechanism, PRVAccountant
+
+    prvs, counts = [], []
+    for (sigma, q), count in sorted(groups.items()):
+        if q < 1:
+            prvs.append(PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma))
+        else:
+            prvs.append(GaussianMechanism(noise_multiplier=sigma))
+        counts.append(count)
+    accountant = PRVAccountant(
+        prvs=prvs, max_self_compositions=counts, eps_error=EPS_ERROR, delta_error=delta / 1000
+    )
+    _, eps_estimate, _ = accountant.compute_epsilon(delta=delta, num_self_compositions=counts)
+    return max(float(eps_estimate), 0.0)
+
+
+def compute_epsilon(events: Sequence[PrivacyEvent], delta: float) -> float:
+    """Epsilon spent by ``events`` at ``delta`` (0 for none, inf if any sigma is 0)."""
+    if not 0 < delta < 1:
+        raise UserError(f"delta must be in (0, 1), got {delta}")
+    if not events:
+        return 0.0
+    if any(e.noise_multiplier == 0 for e in events):
+        return math.inf
+    return _prv_epsilon(Counter(e.mechanism_key for e in events), delta)
+
+
+def schedule_epsilon(
+    noise_multipliers: Sequence[float], delta: float, sampling_rate: float = 1.0
+) -> float:
+    """Epsilon of a planned schedule (one vote per entry); used for calibration and budgets."""
+    events = [
+        PrivacyEvent(generation=g + 1, noise_multiplier=s, sampling_rate=sampling_rate)
+        for g, s in enumerate(noise_multipliers)
+    ]
+    return compute_epsilon(events, delta)
+
+
+def gdp_mu(noise_multipliers: Sequence[float]) -> float:
+    """mu of the mu-GDP composition of full-batch Gaussian mechanisms."""
+    return math.sqrt(sum(1.0 / s**2 for s in noise_multipliers))
+
+
+def gdp_delta(epsilon: float, mu: float) -> float:
+    """delta(eps) of mu-GDP: Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+    first = stats.norm.cdf(-epsilon / mu + mu / 2)
+    second = math.exp(epsilon + stats.norm.logcdf(-epsilon / mu - mu / 2))  # stable for large eps
+    return float(first - second)
+
+
+def gdp_epsilon(noise_multipliers: Sequence[float], delta: float) -> float:
+    """Closed-form epsilon of composed full-batch Gaussian mechanisms (the cross-check)."""
+    mu = gdp_mu(noise_multipliers)
+    if gdp_delta(0.0, mu) <= delta:
+        return 0.0
+    return float(optimize.brentq(lambda e: gdp_delta(e, mu) - delta, 0.0, 1e3))
+
+
+def calibrate_noise_multiplier(
+    epsilon: float, delta: float, generations: int, sampling_rate: float = 1.0
+) -> float:
+    """Smallest constant noise multiplier whose ``generations`` votes spend ``epsilon``.
+
+    A 1-D root find on the accountant's epsilon, which falls monotonically in sigma.
+    """
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise UserError(f"target epsilon must be a positive number, got {epsilon}")
+    validate_schedule_args(generations, delta, sampling_rate)
+
+    def excess(sigma: float) -> float:
+        return schedule_epsilon([sigma] * generations, delta, sampling_rate) - epsilon
+
+    low, high = 0.3, 1.0
+    while excess(high) > 0:
+        high *= 2
+        if high > 1e5:
+            raise UserError(f"epsilon={epsilon} cannot be met with {generations} generations at delta={delta}")
+    if excess(low) < 0:
+        raise UserError(
+            f"epsilon={epsilon} is so large that the noise multiplier falls below {low}; "
+            "lower the target epsilon"
+        )
+    return float(optimize.brentq(excess, low, high, xtol=1e-4))
+
+
+def validate_schedule_args(generations: int, delta: float, sampling_rate: float = 1.0) -> None:
+    """One-line errors for impossible accounting arguments."""
+    if generations < 1:
+        raise UserError(f"generations must be at least 1, got {generations}")
+    if not 0 < delta < 1:
+        raise UserError(f"delta must be in (0, 1), got {delta}")
+    if not 0 < sampling_rate <= 1:
+        raise UserError(f"sampling rate must be in (0, 1], got {sampling_rate}")

@@ -1,0 +1,115 @@
+"""The vote: every private sample votes for its nearest synthetic samples.
+
+This is the only place private data touches the algorithm. The clean histogram it
+returns is sensitive: callers add noise (``privevo.privacy.add_noise``) before
+anything leaves the process, and never store it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+
+from privevo.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def _check_finite(name: str, embeddings: np.ndarray) -> None:
+    if not np.all(np.isfinite(embeddings)):
+        # Names the set, never the values: private embeddings must not reach a message.
+        raise UserError(f"{name} embeddings contain NaN or infinite values: check the embedding model and its inputs")
+
+
+def knn_indices(queries: np.ndarray, database: np.ndarray, k: int) -> np.ndarray:
+    """Exact L2 k-nearest neighbours of each query row in ``database`` (faiss IndexFlatL2)."""
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    index = faiss.IndexFlatL2(database.shape[1])
+    index.add(database)
+    _, indices = index.search(queries, k)
+    return indices
+
+
+def nearest_neighbour_histogram(
+    private_embeddings: np.ndarray,
+    synthetic_embeddings: np.ndarray,
+    k: int = 1,
+    private_labels: np.ndarray | None = None,
+    synthetic_labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """Clean vote histogram (length N_syn) with L2 sensitivity 1.
+
+    Each private sample gives weight ``1/sqrt(k)`` to each of its ``k`` nearest
+    synthetic samples, so adding or removing one private sample changes the
+    histogram by exactly 1 in L2. With labels, a private sample votes only among
+    synthetic samples of its own class (disjoint histograms: parallel composition).
+    """
+    if k < 1:
+        raise UserError(f"vote k must be >= 1, got {k}")
+    if private_embeddings.ndim != 2 or synthetic_embeddings.ndim != 2:
+        raise UserError("embeddings must be 2-D arrays (samples x features)")
+    if private_embeddings.shape[1] != synthetic_embeddings.shape[1]:
+        raise UserError(
+            f"private embeddings have dimension {private_embeddings.shape[1]} but synthetic ones "
+            f"{synthetic_embeddings.shape[1]}: embed both with the same embedding"
+        )
+    _check_finite("private", private_embeddings)
+    _check_finite("synthetic", synthetic_embeddings)
+    if (private_labels is None) != (synthetic_labels is None):
+        raise UserError("per-class voting needs labels on both the private set and the population")
+
+    histogram = np.zeros(len(synthetic_embeddings), dtype=np.float64)
+    weight = 1.0 / math.sqrt(k)
+    if private_labels is None:
+        groups = [(np.arange(len(private_embeddings)), np.arange(len(synthetic_embeddings)))]
+    else:
+        groups = [
+            (np.flatnonzero(private_labels == c), np.flatnonzero(synthetic_labels == c))
+            for c in np.unique(private_labels)
+        ]
+    for private_idx, synthetic_idx in groups:
+        if len(synthetic_idx) < k:
+            raise UserError(
+                f"a class has {len(synthetic_idx)} synthetic samples but the vote needs k={k}: "
+                "raise population.size or lower privacy.k"
+            )
+        neighbours = knn_indices(private_embeddings[private_idx], synthetic_embeddings[synthetic_idx], k)
+        np.add.at(histogram, synthetic_idx[neighbours.ravel()], weight)
+    return histogram
+
+
+def lookahead_embeddings(
+    images: np.ndarray,
+    lookahead: int,
+    vary: Callable[[np.ndarray, int, int], np.ndarray],
+    embed: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Mean embedding over ``lookahead`` fresh variations of each image (PE's lookahead).
+
+    Streams: each batch of images is varied ``lookahead`` times, embedded, and only the
+    running mean is kept, so memory never holds all lookahead images at once.
+    ``vary(batch, repeat, start)`` returns variations of ``batch`` (``start`` is the
+    batch's offset, for per-sample seeding); ``embed(images)`` returns float32 rows.
+    With ``lookahead == 0`` the images themselves are embedded.
+    """
+    if lookahead == 0:
+        return embed(images)
+    chunks = []
+    for start, batch in _batches(images, batch_size):
+        total = None
+        for repeat in range(lookahead):
+            emb = embed(vary(batch, repeat, start)).astype(np.float64)
+            total = emb if total is None else total + emb
+        chunks.append((total / lookahead).astype(np.float32))
+    return np.concatenate(chunks)
+
+
+def _batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(images), batch_size):
+        yield start, images[start : start + batch_size]
