@@ -1,0 +1,245 @@
+"""Storage: local and Cloud Storage (emulator) round trips, atomic and write-once writes, ledger updates, manifests."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud.storage import Blob
+
+from privevo import storage
+from privevo.errors import UserError
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh run root: a temp folder, or a prefix in a fresh emulator bucket."""
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    server = request.getfixturevalue("gcs_server")
+    return storage.join(server.make_bucket(f"b-{uuid.uuid4().hex[:12]}"), "runs")
+
+
+def _one_line_error(excinfo: pytest.ExceptionInfo[UserError]) -> str:
+    """The message of a UserError, asserting it is one line."""
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def test_join_and_is_gcs() -> None:
+    assert storage.join("gs://b/", "/a/", "b.json") == "gs://b/a/b.json"
+    assert storage.join("gs://b", "gen-000", "") == "gs://b/gen-000"
+    assert storage.join("/tmp/x", "a", "/b") == "/tmp/x/a/b"
+    assert storage.is_gcs("gs://b/x") and not storage.is_gcs("/gs:/b")
+    assert storage.relative_to("gs://b/r/gen-000/a/x.npz", "gs://b/r/gen-000/") == "a/x.npz"
+
+
+def test_bytes_json_npz_round_trip(root: str) -> None:
+    data = b"\x00\x01hello"
+    uri = storage.join(root, "a", "b.bin")
+    assert storage.write_bytes(uri, data) == storage.sha256_bytes(data)
+    assert storage.read_bytes(uri) == data
+    assert storage.exists(uri) and storage.size(uri) == len(data)
+    assert storage.sha256_uri(uri) == storage.sha256_bytes(data)
+
+    obj = {"b": [1, 2.5, None], "a": "x"}
+    json_uri = storage.join(root, "c.json")
+    sha = storage.write_json(json_uri, obj)
+    assert storage.read_json(json_uri) == obj
+    assert storage.read_bytes(json_uri).decode().startswith('{\n  "a": "x"')
+    assert storage.sha256_uri(json_uri) == sha
+
+    arrays = {"images": np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3), "labels": np.array([3, 1])}
+    npz_uri = storage.join(root, "gen-000", "population.npz")
+    storage.write_npz(npz_uri, arrays)
+    back = storage.read_npz(npz_uri)
+    assert set(back) == {"images", "labels"}
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(back[key], value)
+        assert back[key].dtype == value.dtype
+
+    assert storage.list_files(root) == sorted([uri, json_uri, npz_uri])
+    assert storage.list_files(storage.join(root, "a")) == [uri]
+    assert storage.list_files(storage.join(root, "nothing-here")) == []
+
+    storage.delete(uri)
+    storage.delete(uri)
+    assert not storage.exists(uri)
+
+
+def test_exclusive_write_twice_raises(root: str) -> None:
+    uri = storage.join(root, "gen-001", "histogram.npz")
+    storage.write_bytes(uri, b"first", exclusive=True)
+    with pytest.raises(storage.AlreadyExists):
+        storage.write_bytes(uri, b"second", exclusive=True)
+    with pytest.raises(storage.AlreadyExists):
+        storage.write_json(uri, {"x": 1}, exclusive=True)
+    assert storage.read_bytes(uri) == b"first"
+    storage.write_bytes(uri, b"overwrite")
+    assert storage.read_bytes(uri) == b"overwrite"
+
+
+def test_update_json_concurrent_appends(root: str) -> None:
+    ledger = storage.join(root, "ledger.json")
+
+    def append(worker: int) -> None:
+        for i in range(20):
+            storage.update_json(ledger, lambda events: [*(events or []), {"worker": worker, "i": i}])
+
+    threads = [threading.Thread(target=append, args=(w,)) for w in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = storage.read_json(ledger)
+    assert len(events) == 40
+    for worker in range(2):
+        assert [e["i"] for e in events if e["worker"] == worker] == list(range(20))
+    assert storage.list_files(root) == [ledger]
+
+
+def test_missing_files_are_user_errors(root: str) -> None:
+    missing = storage.join(root, "nope.json")
+    for call in (storage.read_bytes, storage.read_json, storage.size, storage.sha256_uri):
+        with pytest.raises(UserError) as excinfo:
+            call(missing)
+        assert missing in _one_line_error(excinfo)
+    assert not storage.exists(missing)
+
+
+def test_bad_json_and_npz_are_user_errors(root: str) -> None:
+    uri = storage.join(root, "broken.json")
+    storage.write_bytes(uri, b"{not json")
+    with pytest.raises(UserError) as excinfo:
+        storage.read_json(uri)
+    assert uri in _one_line_error(excinfo)
+    with pytest.raises(UserError) as excinfo:
+        storage.read_npz(uri)
+    assert uri in _one_line_error(excinfo)
+
+
+def test_manifest_detects_tampering(root: str) -> None:
+    layout = storage.RunLayout(root, "run-1", root + "-private")
+    gen = layout.gen_dir(2)
+    storage.write_bytes(storage.join(gen, "population.npz"), b"pop")
+    storage.write_bytes(storage.join(gen, "shards", "0.npz"), b"shard")
+    storage.write_bytes(storage.join(gen, "histogram.npz"), b"hist")
+    storage.write_manifest(gen)
+    manifest = storage.read_json(storage.join(gen, "manifest.json"))
+    assert sorted(manifest["files"]) == ["histogram.npz", "population.npz", "shards/0.npz"]
+    assert manifest["files"]["population.npz"] == {"sha256": storage.sha256_bytes(b"pop"), "size": 3}
+    assert storage.verify_manifest(gen) == []
+
+    storage.write_bytes(storage.join(gen, "population.npz"), b"poq")
+    storage.delete(storage.join(gen, "shards", "0.npz"))
+    assert storage.verify_manifest(gen) == ["population.npz", "shards/0.npz"]
+
+
+def test_verify_without_manifest_is_user_error(root: str) -> None:
+    gen = storage.join(root, "run", "gen-000")
+    with pytest.raises(UserError) as excinfo:
+        storage.verify_manifest(gen)
+    assert "manifest.json" in _one_line_error(excinfo)
+
+
+def test_run_layout() -> None:
+    layout = storage.RunLayout("gs://released/runs", "r1", "gs://private-bucket")
+    assert layout.run_dir == "gs://released/runs/r1"
+    assert layout.run_json == "gs://released/runs/r1/run.json"
+    assert layout.ledger_json == "gs://released/runs/r1/ledger.json"
+    assert layout.metrics_json == "gs://released/runs/r1/metrics.json"
+    assert layout.report_dir == "gs://released/runs/r1/report"
+    assert layout.gen_dir(7) == "gs://released/runs/r1/gen-007"
+    assert layout.private_dir == "gs://private-bucket/r1"
+    for run_root, run_id, private_root in [("runs", "a/b", "priv"), ("runs", "r", "runs"), ("runs", "r", "runs/private")]:
+        with pytest.raises(UserError) as excinfo:
+            storage.RunLayout(run_root, run_id, private_root)
+        _one_line_error(excinfo)
+
+
+def test_local_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
+    uri = str(tmp_path / "gen-000" / "population.npz")
+    for i in range(3):
+        storage.write_bytes(uri, bytes([i]) * 1000)
+    storage.write_bytes(str(tmp_path / "once.json"), b"{}", exclusive=True)
+    with pytest.raises(storage.AlreadyExists):
+        storage.write_bytes(str(tmp_path / "once.json"), b"[]", exclusive=True)
+    storage.update_json(str(tmp_path / "ledger.json"), lambda events: [*(events or []), 1])
+    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert names == [".ledger.json.lock", "ledger.json", "once.json", "population.npz"]
+    assert storage.list_files(str(tmp_path)) == sorted(
+        str(tmp_path / n) for n in ("gen-000/population.npz", "ledger.json", "once.json")
+    )
+
+
+def test_local_failed_write_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = tmp_path / "run.json"
+    storage.write_json(str(uri), {"status": "running"})
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(storage.os, "replace", crash)
+    with pytest.raises(OSError):
+        storage.write_json(str(uri), {"status": "done"})
+    assert storage.read_json(str(uri)) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_local_permission_error_is_user_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if _can_write(folder):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(UserError) as excinfo:
+            storage.write_bytes(str(folder / "x.json"), b"{}")
+        assert str(folder / "x.json") in _one_line_error(excinfo)
+    finally:
+        folder.chmod(0o700)
+
+
+def _can_write(folder: Path) -> bool:
+    """Whether this process can create files in folder despite its mode (root can)."""
+    try:
+        (folder / ".probe").touch()
+    except PermissionError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+def test_missing_bucket_is_one_line_user_error(gcs_server) -> None:
+    uri = "gs://no-such-bucket-for-privevo/runs/r1/run.json"
+    for call in (lambda: storage.write_json(uri, {}), lambda: storage.read_bytes(uri), lambda: storage.list_files("gs://no-such-bucket-for-privevo/runs")):
+        with pytest.raises(UserError) as excinfo:
+            call()
+        assert _one_line_error(excinfo) == "bucket gs://no-such-bucket-for-privevo does not exist: create it or fix run_root"
+
+
+def test_forbidden_is_one_line_user_error(gcs_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = gcs_server.make_bucket(f"b-{uuid.uuid4().hex[:12]}")
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise gexc.Forbidden("caller does not have storage.objects.create access\nmore detail")
+
+    monkeypatch.setattr(Blob, "upload_from_string", forbidden)
+    uri = storage.join(bucket, "runs", "x.json")
+    with pytest.raises(UserError) as excinfo:
+        storage.write_json(uri, {})
+    message = _one_line_error(excinfo)
+    assert message.startswith(f"no permission to write {uri}: grant the service account")
+
+
+def test_gcs_writes_nothing_to_local_gs_folder(gcs_server) -> None:
+    bucket = gcs_server.make_bucket(f"b-{uuid.uuid4().hex[:12]}")
+    storage.write_json(storage.join(bucket, "r", "run.json"), {"ok": True})
+    storage.update_json(storage.join(bucket, "r", "ledger.json"), lambda events: [*(events or []), 1])
+    storage.write_manifest(storage.join(bucket, "r"))
+    assert not Path("gs:").exists()
