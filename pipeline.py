@@ -1,17 +1,24 @@
 """Private Evolution as a Kubeflow pipeline, and its command line.
 
-Commands: ``budget`` (privacy accounting).
+Commands: ``run`` (locally with kfp.local), ``compile``, ``submit``, ``schedule``,
+``rerun`` (one step), ``report``, ``budget`` (privacy accounting).
 User errors print one line ``error: ...`` and exit with code 2.
 """
 
-from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
+import io
 import logging
 import math
+import os
+import re
 import sys
+import time
 
 from privevo.errors import UserError
+from components import STEP_KINDS
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -19,6 +26,315 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# --------------------------------------------------------------------------- DAG
+
+PRIVATE_STEPS = ("embed_private", "dp_vote")
+
+
+def build_pipeline(config):
+    """The KFP pipeline for ``config``: T generations unrolled at compile time."""
+    import json
+
+    from kfp import dsl, kubernetes
+
+    from components.dp_vote import dp_vote
+    from components.embed_private import embed_private
+    from components.evaluate import evaluate
+    from components.generate_initial import generate_initial
+    from components.generate_variations import generate_variations
+    from privevo.config import config_to_dict
+
+    k8s = config.kubernetes
+    model_image = k8s.gpu_image if k8s.model_step.gpu_limit else k8s.image
+
+    def component(func, image):
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    steps = {
+        "embed_private": component(embed_private, model_image),
+        "generate_initial": component(generate_initial, model_image),
+        "dp_vote": component(dp_vote, model_image),
+        "generate_variations": component(generate_variations, model_image),
+        "evaluate": component(evaluate, model_image),
+    }
+    uses_model = {"generate_initial", "generate_variations", "embed_private", "evaluate"}
+    if config.population.lookahead:
+        uses_model.add("dp_vote")
+    private_steps = set(PRIVATE_STEPS) | ({"evaluate"} if config.evaluation.against_private else set())
+    config_json = json.dumps(config_to_dict(config), sort_keys=True)
+    shards = list(range(config.population.num_shards))
+
+    def configure(task, kind: str, name: str):
+        resources = k8s.model_step if kind in uses_model else k8s.cpu_step
+        task.set_display_name(name)
+        task.set_caching_options(k8s.caching)
+        task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        if k8s.retries:
+            task.set_retry(k8s.retries)
+        if resources.gpu_limit:
+            task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
+            task.set_accelerator_limit(resources.gpu_limit)
+        for key, value in k8s.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in k8s.tolerations:
+            kubernetes.add_toleration(task, **toleration)
+        if kind in private_steps and k8s.private_secret:
+            kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
+            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
+        return task
+
+    @dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution")
+    def private_evolution(run_id: str, force_new_noise: bool = False):
+        private = configure(steps["embed_private"](config_json=config_json, run_id=run_id), "embed_private", "embed-private")
+        with dsl.ParallelFor(items=shards, name="gen-000-shards") as shard:
+            initial = configure(
+                steps["generate_initial"](config_json=config_json, run_id=run_id, shard=shard),
+                "generate_initial", "generate-initial",
+            )
+        population = dsl.Collected(initial.outputs["population"])
+        for generation in range(1, config.population.generations + 1):
+            vote = configure(
+                steps["dp_vote"](
+                    config_json=config_json, run_id=run_id, generation=generation, force_new_noise=force_new_noise,
+                    private_embeddings=private.outputs["private_embeddings"], population_shards=population,
+                ),
+                "dp_vote", f"dp-vote-gen-{generation:03d}",
+            )
+            with dsl.ParallelFor(items=shards, name=f"gen-{generation:03d}-shards") as shard:
+                variations = configure(
+                    steps["generate_variations"](
+                        config_json=config_json, run_id=run_id, generation=generation, shard=shard,
+                        selection=vote.outputs["selection"],
+                    ),
+                    "generate_variations", f"generate-variations-gen-{generation:03d}",
+                )
+            population = dsl.Collected(variations.outputs["population"])
+        configure(steps["evaluate"](config_json=config_json, run_id=run_id, population_shards=population),
+                  "evaluate", "evaluate")
+
+    return private_evolution
+
+
+PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
+
+
+def _load(args: argparse.Namespace):
+    from privevo.config import check_budget, load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "run_root", None):
+        overrides.append(f"run_root={args.run_root}")
+    config = load_config(args.config, overrides)
+    check_budget(config)
+    return config
+
+
+def _new_run_id(name: str) -> str:
+    import datetime
+
+    return f"{name}-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+# --------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run the whole pipeline locally with kfp.local (tasks run as subprocesses, serially)."""
+    from kfp import local
+
+    from privevo import storage
+    from privevo.config import noise_multiplier_for
+    from privevo.steps import Run
+
+    if args.resume:
+        if args.config:
+            raise UserError("--resume takes the config stored in the run: drop --config")
+        run_root = args.run_root or "runs"
+        run = Run.open(run_root, args.resume)
+        config, run_id = run.config, args.resume
+        print(f"resuming run {run_id} from its stored config")
+    else:
+        if not args.config:
+            raise UserError("give --config CFG (or --resume RUN_ID)")
+        config = _load(args)
+        run_id = args.run_id or _new_run_id(config.name)
+        run = Run.create(config, run_id)
+    noise_multiplier_for(config)  # fail fast on an impossible epsilon target
+    print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
+          f"-> {run.layout.run_dir}")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=args.pipeline_root,
+               raise_on_error=True)
+    started = time.time()
+    pipeline_func = build_pipeline(config)
+    log_path = os.path.join(args.pipeline_root, f"{run_id}.log")
+    os.makedirs(args.pipeline_root, exist_ok=True)
+    original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
+    with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress:
+        try:
+            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+                pipeline_func(run_id=run_id)
+        except RuntimeError:
+            raise UserError(f"{progress.failure()} (full log: {log_path}); fix it, then continue with "
+                            f"`python pipeline.py run --resume {run_id}`") from None
+        finally:
+            builtins.print = original_print
+    _print_summary(run, time.time() - started)
+
+
+def _print_summary(run, seconds: float) -> None:
+    from privevo import storage
+
+    metrics = storage.read_json(run.layout.metrics_json) if storage.exists(run.layout.metrics_json) else None
+    print(f"run path: {run.layout.run_dir}")
+    print(f"report: {storage.join(run.layout.report_dir, 'index.html')}")
+    print(f"wall time: {seconds:.1f} s")
+    epsilon = run.ledger().epsilon()
+    print(f"epsilon spent: {epsilon:.4f} at delta={run.config.privacy.delta:g} over {len(run.ledger().events)} votes")
+    if metrics:
+        for row in (metrics["generations"][0], metrics["final"]):
+            label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"
+            shown = {k: v for k, v in row.items() if k not in ("generation", "non_dp", "per_class_accuracy")}
+            print(f"{label}: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class _TaskProgress(io.TextIOBase):
+    """Sends kfp.local's verbose output to a log file and prints one line per finished task."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+    _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+    _STARTED = re.compile(r"Executing task '([^']+)'")
+    _ERROR = re.compile(r"(?:UserError|Error|Exception): (.+)$")
+
+    def __init__(self, log, terminal) -> None:
+        self.log, self.terminal = log, terminal
+        self.buffer, self.started, self.done, self.last_error = "", {}, 0, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._scan(self._ANSI.sub("", line))
+        return len(text)
+
+    def _scan(self, line: str) -> None:
+        if match := self._STARTED.search(line):
+            self.started[match.group(1)] = time.time()
+        elif match := self._FINISHED.search(line):
+            name, status = match.groups()
+            if status == "SUCCESS":
+                self.done += 1
+                seconds = time.time() - self.started.get(name, time.time())
+                print(f"[{self.done:3d}] {name:<36} done in {seconds:6.1f} s", file=self.terminal, flush=True)
+        elif match := self._ERROR.search(line.strip()):
+            if "raise_on_error" not in line and "Inner task failed" not in line:
+                self.last_error = match.group(1).strip()
+                self.last_task = next(reversed(self.started), "?")
+
+    def failure(self) -> str:
+        """One line naming the failed task and its last error."""
+        return f"step {getattr(self, 'last_task', '?')} failed: {self.last_error or 'see the log'}"
+
+    def __enter__(self) -> "_TaskProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+
+# ------------------------------------------------------------ compile and submit
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    """Write the KFP IR YAML for a config."""
+    from kfp import compiler
+
+    config = _load(args)
+    compiler.Compiler().compile(build_pipeline(config), package_path=args.output)
+    print(f"compiled {config.name}: {config.population.generations} generations, "
+          f"{config.population.num_shards} shard(s) -> {args.output}")
+
+
+def _client(host: str):
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    """Submit one run to a Kubeflow Pipelines endpoint."""
+    config = _load(args)
+    run_id = args.run_id or _new_run_id(config.name)
+    result = _client(args.host).create_run_from_pipeline_func(
+        build_pipeline(config), arguments={"run_id": run_id}, run_name=run_id,
+        experiment_name=args.experiment, pipeline_root=config.kubernetes.pipeline_root,
+        service_account=config.kubernetes.public_service_account,
+    )
+    print(f"submitted run {run_id}: kfp run id {result.run_id}")
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    """Create a recurring run (cron) on a Kubeflow Pipelines endpoint."""
+    import tempfile
+
+    from kfp import compiler
+
+    config = _load(args)
+    client = _client(args.host)
+    experiment = client.create_experiment(args.experiment)
+    with tempfile.TemporaryDirectory() as folder:
+        package = f"{folder}/pipeline.yaml"
+        compiler.Compiler().compile(build_pipeline(config), package_path=package)
+        job = client.create_recurring_run(
+            experiment_id=experiment.experiment_id, job_name=f"{config.name}-recurring", cron_expression=args.cron,
+            pipeline_package_path=package, params={"run_id": f"{config.name}-scheduled"},
+            service_account=config.kubernetes.public_service_account,
+        )
+    print(f"scheduled {config.name} with cron {args.cron!r}: recurring run id {job.recurring_run_id}")
+
+
+# ------------------------------------------------------------------ rerun/report
+
+
+def cmd_rerun(args: argparse.Namespace) -> None:
+    """Re-execute one step of a stored run from its stored inputs (DP releases are reused)."""
+    import json
+
+    from privevo import evaluation, steps
+
+    run = steps.Run.open(args.run_root, args.run)
+    step, generation = args.step, args.generation
+    if step == "embed_private":
+        result = steps.embed_private(run)
+    elif step == "generate_initial":
+        result = steps.generate_initial(run, args.shard)
+    elif step == "dp_vote":
+        result = steps.dp_vote(run, generation, steps.private_reference(run), args.force_new_noise)
+    elif step == "generate_variations":
+        result = steps.generate_variations(run, generation, args.shard)
+    else:
+        result = evaluation.headline_metrics(evaluation.evaluate_run(run))
+    print(json.dumps(result, sort_keys=True, default=str))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Regenerate report/ from a finished run's stored files, without rerunning anything."""
+    from privevo import report, storage, steps
+
+    run = steps.Run.open(args.run_root, args.run)
+    if not storage.exists(run.layout.metrics_json):
+        raise UserError(f"run {args.run} has no metrics.json yet: run its evaluate step first")
+    index = report.write_report(run, storage.read_json(run.layout.metrics_json))
+    print(f"report: {index}")
 
 
 # ------------------------------------------------------------------------ budget
@@ -67,12 +383,63 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--delta", type=float, default=1e-5)
     budget.add_argument("--sampling-rate", type=float, default=1.0, help="Poisson subsampling rate of the private set")
     budget.set_defaults(func=cmd_budget)
+
+    def with_config(sub: argparse.ArgumentParser, required: bool = True) -> None:
+        sub.add_argument("--config", required=required, help="experiment config (YAML)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set population.generations=3 (repeatable)")
+
+    run = commands.add_parser("run", help="run the pipeline locally (kfp.local)")
+    with_config(run, required=False)
+    run.add_argument("--run-root", help="released data plane: a folder or gs://bucket/prefix")
+    run.add_argument("--run-id", help="run folder name (default: NAME-UTCTIME)")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue a crashed run from its last complete generation")
+    run.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local keeps its task artifacts")
+    run.set_defaults(func=cmd_run)
+
+    comp = commands.add_parser("compile", help="write the KFP pipeline YAML")
+    with_config(comp)
+    comp.add_argument("--output", required=True)
+    comp.set_defaults(func=cmd_compile)
+
+    submit = commands.add_parser("submit", help="submit a run to Kubeflow Pipelines")
+    with_config(submit)
+    submit.add_argument("--host", required=True)
+    submit.add_argument("--experiment", default="private-evolution")
+    submit.add_argument("--run-id")
+    submit.set_defaults(func=cmd_submit)
+
+    schedule = commands.add_parser("schedule", help="create a recurring run")
+    with_config(schedule)
+    schedule.add_argument("--host", required=True)
+    schedule.add_argument("--cron", required=True, help="cron expression, e.g. '0 0 3 * * *'")
+    schedule.add_argument("--experiment", default="private-evolution")
+    schedule.set_defaults(func=cmd_schedule)
+
+    rerun = commands.add_parser("rerun", help="re-execute one step of a stored run")
+    rerun.add_argument("run", metavar="RUN_ID")
+    rerun.add_argument("--step", required=True, choices=STEP_KINDS)
+    rerun.add_argument("--generation", type=int, default=0)
+    rerun.add_argument("--shard", type=int, default=0)
+    rerun.add_argument("--force-new-noise", action="store_true",
+                       help="dp_vote only: draw new noise although the release exists (charged again)")
+    rerun.add_argument("--run-root", default="runs")
+    rerun.set_defaults(func=cmd_rerun)
+
+    rep = commands.add_parser("report", help="regenerate the HTML report of a run")
+    rep.add_argument("run", metavar="RUN_ID")
+    rep.add_argument("--run-root", default="runs")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
+
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # kfp.local manages logging during a local run
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
     except UserError as error:

@@ -30,6 +30,7 @@ class DataConfig(_Strict):
     split: Literal["train", "test"] | None = None
     classes: list[str] | None = Field(default=None, description="keep only these classes")
     limit: int | None = Field(default=None, ge=1, description="seeded random subset of this size")
+    rows: tuple[int, int] | None = Field(default=None, description="keep rows [start, stop) after the class filter")
 
 
 class ModelConfig(_Strict):

@@ -315,8 +315,13 @@ def load_image_set(
     limit: int | None = None,
     seed: int = 0,
     class_names: list[str] | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> ImageSet:
-    """Load an image set from a folder, an .npz or Fashion-MNIST, then filter by class and take a seeded subset."""
+    """Load an image set from a folder, an .npz or Fashion-MNIST, then filter by class and take a seeded subset.
+
+    ``rows`` keeps rows [start, stop) after the class filter, in file order: two configs
+    with disjoint rows (a private set and a held-out evaluation set) never share an image.
+    """
     if source not in SOURCES:
         raise UserError(f"source is {source!r}: use one of {', '.join(SOURCES)}")
     if split is not None and source != "fashion_mnist":
@@ -331,6 +336,10 @@ def load_image_set(
         image_set = load_fashion_mnist(path, split or "train", image_size, channels)
     if classes:
         image_set = _filter_classes(image_set, classes, path)
+    if rows is not None:
+        start, stop = rows
+        labels = None if image_set.labels is None else image_set.labels[start:stop]
+        image_set = ImageSet(image_set.images[start:stop], labels, image_set.class_names, image_set.source)
     if limit is not None:
         image_set = _subset(image_set, limit, seed)
     if len(image_set.images) == 0:

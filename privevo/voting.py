@@ -11,7 +11,8 @@ import logging
 import math
 from typing import Callable, Iterator
 
-import faiss
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+import faiss  # noqa: E402
 import numpy as np
 
 from privevo.errors import UserError

@@ -83,3 +83,70 @@ def gcs_server() -> Iterator[GcsServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------------ command line and runs
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "pipeline.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """Run ``python pipeline.py ARGS`` from the repository root; returns the CompletedProcess."""
+    return _run_cli
+
+
+@dataclass
+class TinyRun:
+    """A finished run of configs/tiny.yaml in a temporary folder."""
+
+    run_root: str
+    private_root: str
+    run_id: str
+    stdout: str
+
+    @property
+    def run_dir(self):
+        return __import__("pathlib").Path(self.run_root) / self.run_id
+
+    def copy(self, destination) -> "TinyRun":
+        """A private copy (released and private tiers) that a test may change."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        destination = Path(destination)
+        run_root, private_root = destination / "runs", destination / "private"
+        shutil.copytree(self.run_dir, run_root / self.run_id)
+        shutil.copytree(Path(self.private_root) / self.run_id, private_root / self.run_id)
+        run_json = run_root / self.run_id / "run.json"
+        record = json.loads(run_json.read_text())
+        record["config"]["private_root"] = str(private_root)
+        record["config"]["run_root"] = str(run_root)
+        run_json.write_text(json.dumps(record, indent=2, sort_keys=True))
+        return TinyRun(str(run_root), str(private_root), self.run_id, self.stdout)
+
+
+def tiny_args(run_root, private_root, *extra: str) -> list[str]:
+    """``run`` arguments for configs/tiny.yaml with both tiers in temporary folders."""
+    return ["run", "--config", "configs/tiny.yaml", "--run-root", str(run_root),
+            "--set", f"private_root={private_root}", "--pipeline-root", str(run_root) + "-kfp", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """configs/tiny.yaml run end to end through kfp.local, once per test session (worker)."""
+    base = tmp_path_factory.mktemp("tiny")
+    result = _run_cli(*tiny_args(base / "runs", base / "private", "--run-id", "tiny-ci"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return TinyRun(str(base / "runs"), str(base / "private"), "tiny-ci", result.stdout)

@@ -1,0 +1,59 @@
+"""What every component shares: opening the run, artifact references, the step command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from privevo.config import config_to_dict, load_config, parse_config
+from privevo.errors import UserError
+from privevo.steps import Run
+
+
+def open_run(config_json: str, run_id: str) -> Run:
+    """The run a step belongs to (writes run.json on first use, refuses a different config)."""
+    return Run.create(parse_config(json.loads(config_json), source="pipeline config"), run_id)
+
+
+def write_reference(artifact: Any, reference: dict[str, Any]) -> None:
+    """Store a data-plane reference in a KFP artifact: in its metadata and as its JSON content."""
+    for key, value in reference.items():
+        artifact.metadata[key] = value
+    with open(artifact.path, "w") as handle:
+        json.dump(reference, handle, sort_keys=True)
+
+
+def read_reference(artifact: Any) -> dict[str, Any]:
+    """The reference a previous step wrote into its output artifact."""
+    with open(artifact.path) as handle:
+        return json.load(handle)
+
+
+def step_cli(
+    name: str,
+    description: str,
+    call: Callable[[Run, argparse.Namespace], dict[str, Any]],
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> int:
+    """Run one step outside KFP: ``--config CFG --run-id ID [--set k=v ...]`` plus the step's flags."""
+    parser = argparse.ArgumentParser(prog=f"python -m components.{name}", description=description)
+    parser.add_argument("--config", required=True, help="experiment config (YAML)")
+    parser.add_argument("--run-id", required=True, help="run folder name under run_root")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set population.size=100")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+        run = open_run(json.dumps(config_to_dict(config)), args.run_id)
+        print(json.dumps(call(run, args), sort_keys=True, default=str))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0

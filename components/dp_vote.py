@@ -1,0 +1,46 @@
+"""dp_vote: the DP nearest-neighbour vote of one generation (with lookahead)."""
+
+from typing import List
+
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+
+def dp_vote(
+    config_json: str,
+    run_id: str,
+    generation: int,
+    force_new_noise: bool,
+    private_embeddings: Input[Dataset],
+    population_shards: Input[List[Dataset]],
+    selection: Output[Dataset],
+    privacy: Output[Metrics],
+):
+    """Releases the noisy histogram (write-once, charged in the ledger) and selects parents."""
+    from components.common import open_run, read_reference, write_reference
+    from privevo import steps
+
+    run = open_run(config_json, run_id)
+    steps.verify_references([read_reference(shard) for shard in population_shards])
+    reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), force_new_noise)
+    write_reference(selection, reference)
+    privacy.log_metric("epsilon", reference["epsilon"])
+    privacy.log_metric("generation", int(generation))
+
+
+def main(argv=None) -> int:
+    from components.common import step_cli
+    from privevo import steps
+
+    def add_arguments(parser):
+        parser.add_argument("--generation", type=int, required=True)
+        parser.add_argument("--force-new-noise", action="store_true",
+                            help="draw new noise even if this generation's release exists (charged again)")
+
+    def call(run, args):
+        return steps.dp_vote(run, args.generation, steps.private_reference(run), args.force_new_noise)
+
+    return step_cli("dp_vote", dp_vote.__doc__, call, add_arguments, argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""embed_private: embed the private set once per run into the private tier."""
+
+from kfp.dsl import Dataset, Output
+
+
+def embed_private(config_json: str, run_id: str, private_embeddings: Output[Dataset]):
+    """Embeds the private images; outputs only a reference (URI + sha256) to the private tier."""
+    from components.common import open_run, write_reference
+    from privevo import steps
+
+    write_reference(private_embeddings, steps.embed_private(open_run(config_json, run_id)))
+
+
+def main(argv=None) -> int:
+    from components.common import step_cli
+    from privevo import steps
+
+    return step_cli("embed_private", embed_private.__doc__, lambda run, args: steps.embed_private(run), argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

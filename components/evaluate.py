@@ -1,0 +1,34 @@
+"""evaluate: metrics per generation, privacy spent, sample grids and the report."""
+
+from typing import List
+
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
+
+
+def evaluate(config_json: str, run_id: str, population_shards: Input[List[Dataset]],
+             metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown]):
+    """Scores every generation, writes metrics.json and the report, and shows them in the KFP UI."""
+    from components.common import open_run, read_reference
+    from privevo import evaluation, steps
+
+    run = open_run(config_json, run_id)
+    steps.verify_references([read_reference(shard) for shard in population_shards])
+    result = evaluation.evaluate_run(run)
+    for key, value in evaluation.headline_metrics(result).items():
+        metrics.log_metric(key, value)
+    with open(report.path, "w") as handle:
+        handle.write(evaluation.report_html(run, inline_images=True))
+    with open(summary.path, "w") as handle:
+        handle.write(evaluation.summary_markdown(result))
+
+
+def main(argv=None) -> int:
+    from components.common import step_cli
+    from privevo import evaluation
+
+    return step_cli("evaluate", evaluate.__doc__,
+                    lambda run, args: evaluation.headline_metrics(evaluation.evaluate_run(run)), argv=argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

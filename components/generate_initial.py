@@ -1,0 +1,27 @@
+"""generate_initial: RANDOM_API for one shard of generation 0 (public model only)."""
+
+from kfp.dsl import Dataset, Output
+
+
+def generate_initial(config_json: str, run_id: str, shard: int, population: Output[Dataset]):
+    """Samples generation 0's shard from the public model; no private data is read."""
+    from components.common import open_run, write_reference
+    from privevo import steps
+
+    write_reference(population, steps.generate_initial(open_run(config_json, run_id), int(shard)))
+
+
+def main(argv=None) -> int:
+    from components.common import step_cli
+    from privevo import steps
+
+    return step_cli(
+        "generate_initial", generate_initial.__doc__,
+        lambda run, args: steps.generate_initial(run, args.shard),
+        lambda parser: parser.add_argument("--shard", type=int, default=0),
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

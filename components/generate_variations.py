@@ -1,0 +1,32 @@
+"""generate_variations: VARIATION_API on one shard of the selected parents."""
+
+from kfp.dsl import Dataset, Input, Output
+
+
+def generate_variations(config_json: str, run_id: str, generation: int, shard: int,
+                        selection: Input[Dataset], population: Output[Dataset]):
+    """Makes one variation per selected parent of this shard; no private data is read."""
+    from components.common import open_run, read_reference, write_reference
+    from privevo import steps
+
+    run = open_run(config_json, run_id)
+    steps.verify_references([read_reference(selection)])
+    write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
+
+
+def main(argv=None) -> int:
+    from components.common import step_cli
+    from privevo import steps
+
+    def add_arguments(parser):
+        parser.add_argument("--generation", type=int, required=True)
+        parser.add_argument("--shard", type=int, default=0)
+
+    return step_cli(
+        "generate_variations", generate_variations.__doc__,
+        lambda run, args: steps.generate_variations(run, args.generation, args.shard), add_arguments, argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

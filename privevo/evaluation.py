@@ -1,0 +1,188 @@
+"""The evaluate step: metrics for every generation, privacy spent, metrics.json and the report.
+
+By default every metric compares the synthetic populations with a *held-out* real
+set (``evaluation.reference``) that is not the private data, so the numbers can be
+released. With ``evaluation.against_private: true`` the reference is the private set
+itself: those numbers are marked ``non_dp: true`` everywhere and are for the data
+owner's eyes only, never for release.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from privevo import metrics, storage
+from privevo.errors import UserError
+from privevo.steps import Run, last_complete_generation, load_embedding, load_population
+
+logger = logging.getLogger(__name__)
+
+#: The feature extractor of the Frechet distance; named in every key (never called FID).
+FD_EXTRACTOR = "effnet_lite0"
+FD_KEY = f"fd_{FD_EXTRACTOR}"
+PRECISION_RECALL_K = 3
+
+
+def _reference_set(run: Run):
+    """The real images metrics compare against, and whether they are the private set."""
+    from privevo.data import load_image_set
+
+    config = run.config
+    against_private = config.evaluation.against_private
+    data = config.private if against_private else config.evaluation.reference
+    if data is None:
+        return None, False
+    images = load_image_set(
+        data.source, data.path, config.image_size, config.channels, split=data.split, classes=data.classes,
+        limit=data.limit, seed=run.seed("private-subset" if against_private else "reference-subset"),
+        class_names=config.class_names, rows=data.rows,
+    )
+    return images, against_private
+
+
+def _classifier(run: Run):
+    path = run.config.evaluation.classifier_path
+    if not path:
+        return None
+    from privevo.classifier import load_classifier
+
+    return load_classifier(path)
+
+
+def evaluate_run(run: Run) -> dict[str, Any]:
+    """Score generations 0..last complete one; write metrics.json; return its content."""
+    from privevo.embeddings import EfficientNetLite0Embedding
+    from privevo.metrics import class_histogram, frechet_distance, precision_recall, total_variation
+
+    config = run.config
+    last = last_complete_generation(run)
+    if last < 0:
+        raise UserError(f"run {run.run_id} has no complete generation to evaluate")
+    reference, non_dp = _reference_set(run)
+    extractor = EfficientNetLite0Embedding(input_size=config.embedding.input_size, device=config.embedding.device)
+    batch = config.embedding.batch_size
+    reference_features = extractor.embed(reference.images, batch) if reference is not None else None
+    classifier = _classifier(run)
+    num_classes = len(config.class_names or [])
+    target_mix = None
+    if reference is not None and reference.labels is not None and num_classes:
+        target_mix = class_histogram(reference.labels, num_classes)
+
+    ledger = run.ledger()
+    rows = []
+    for generation in range(last + 1):
+        population = load_population(run, generation)
+        row: dict[str, Any] = {"generation": generation, FD_KEY: None, "precision": None, "recall": None,
+                               "class_tv": None, "epsilon": ledger.epsilon(upto_generation=generation), "non_dp": non_dp}
+        if reference_features is not None:
+            features = extractor.embed(population.images, batch)
+            row[FD_KEY] = frechet_distance(reference_features, features)
+            row["precision"], row["recall"] = precision_recall(reference_features, features, k=PRECISION_RECALL_K)
+        if classifier is not None and target_mix is not None:
+            from privevo.classifier import predict_proba
+
+            predicted = predict_proba(classifier, population.images).argmax(axis=1)
+            row["class_tv"] = total_variation(class_histogram(predicted, num_classes), target_mix)
+        rows.append(row)
+        logger.info("evaluated generation %d: %s", generation, _format_row(row))
+
+    final = dict(rows[-1])
+    final["downstream_accuracy"] = None
+    final["per_class_accuracy"] = None
+    if config.population.conditional and reference is not None and reference.labels is not None:
+        population = load_population(run, last)
+        downstream = metrics.downstream_accuracy(
+            population.images, population.labels, reference.images, reference.labels, num_classes, seed=config.seed
+        )
+        final["downstream_accuracy"] = downstream["accuracy"]
+        final["per_class_accuracy"] = downstream["per_class_accuracy"]
+    sigma = _sigma(run)
+    result = {
+        "run_id": run.run_id,
+        "non_dp": non_dp,
+        "reference": "private set (non-DP, for the data owner only)" if non_dp else "held-out real set",
+        "fd_extractor": FD_EXTRACTOR,
+        "delta": config.privacy.delta,
+        "noise_multiplier": sigma,
+        "votes": len(ledger.events),
+        "generations_complete": last,
+        "generations": rows,
+        "final": final,
+        "downstream_protocol": metrics.DOWNSTREAM_PROTOCOL if final["downstream_accuracy"] is not None else None,
+    }
+    storage.write_json(run.layout.metrics_json, result)
+    from privevo import report
+
+    report.write_report(run, result)
+    _mark_complete(run, last)
+    return result
+
+
+def _sigma(run: Run) -> float:
+    from privevo.config import noise_multiplier_for
+
+    return noise_multiplier_for(run.config)
+
+
+def _mark_complete(run: Run, last: int) -> None:
+    status = "complete" if last == run.config.population.generations else "partial"
+
+    def update(record: dict) -> dict:
+        return {**record, "status": status, "generations_complete": last}
+
+    storage.update_json(run.layout.run_json, update)
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Scalars for the KFP UI: final metrics plus the per-generation series."""
+    scalars: dict[str, float] = {"non_dp": float(result["non_dp"])}
+    for key, value in result["final"].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            scalars[f"final_{key}"] = float(value)
+    for row in result["generations"]:
+        for key in (FD_KEY, "class_tv", "epsilon"):
+            if row[key] is not None:
+                scalars[f"gen{row['generation']:03d}_{key}"] = float(row[key])
+    return scalars
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """A Markdown table of the per-generation metrics (a KFP Markdown visualization)."""
+    keys = ["generation", FD_KEY, "precision", "recall", "class_tv", "epsilon"]
+    lines = [
+        f"# Private Evolution run {result['run_id']}",
+        "",
+        f"Reference: {result['reference']}. Delta {result['delta']:g}, noise multiplier "
+        f"{result['noise_multiplier']:.4g}, votes {result['votes']}.",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+    ]
+    for row in result["generations"]:
+        lines.append("| " + " | ".join(_cell(row[k]) for k in keys) + " |")
+    lines.append("")
+    lines.append(f"Downstream accuracy (final): {_cell(result['final']['downstream_accuracy'])}")
+    if result["non_dp"]:
+        lines.append("")
+        lines.append("**non_dp: true** — computed against the private set; for the data owner, not for release.")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report_html(run: Run, inline_images: bool = False) -> str:
+    """The run's HTML report (regenerated from stored files)."""
+    from privevo import report
+
+    return report.render_html(run, storage.read_json(run.layout.metrics_json), inline_images=inline_images)

@@ -1,0 +1,173 @@
+"""The Kubeflow pipeline: compile every config, run tiny end to end, rerun a step, bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from conftest import ROOT, tiny_args
+
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def compile_config(run_cli, tmp_path, config: str, *overrides: str) -> list[dict]:
+    output = tmp_path / f"{config}.pipeline.yaml"
+    sets = [a for o in overrides for a in ("--set", o)]
+    result = run_cli("compile", "--config", f"configs/{config}", "--output", str(output), *sets)
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(output.read_text()))
+
+
+def executors_by_step(spec: dict) -> dict[str, list[str]]:
+    """Executor names grouped by step kind (exec-dp-vote, exec-dp-vote-2, ... -> dp_vote)."""
+    groups: dict[str, list[str]] = {}
+    for name in spec["deploymentSpec"]["executors"]:
+        kind = name.removeprefix("exec-").rstrip("-0123456789").replace("-", "_")
+        groups.setdefault(kind, []).append(name)
+    return groups
+
+
+def all_tasks(spec: dict) -> list[dict]:
+    tasks = list(spec["root"]["dag"]["tasks"].values())
+    for component in spec["components"].values():
+        tasks += list(component.get("dag", {}).get("tasks", {}).values())
+    return tasks
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, config):
+    from kfp.kubernetes import kubernetes_executor_config_pb2
+
+    from privevo.config import load_config
+
+    cfg = load_config(ROOT / "configs" / config)
+    docs = compile_config(run_cli, tmp_path, config, "kubernetes.private_secret=private-gcs")
+    spec = docs[0]
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for executor in platform.values():
+        json_format.ParseDict(executor, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
+
+    groups = executors_by_step(spec)
+    assert set(groups) == {"embed_private", "generate_initial", "dp_vote", "generate_variations", "evaluate"}
+    T = cfg.population.generations
+    votes = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("dp-vote")]
+    assert len(votes) == T
+    loops = [t for t in all_tasks(spec) if "parameterIterator" in t]
+    assert len(loops) == T + 1  # generation 0 and every generation's variations
+    for loop in loops:
+        assert json.loads(loop["parameterIterator"]["items"]["raw"]) == list(range(cfg.population.num_shards))
+
+    # The private-data credentials are mounted on the private steps only.
+    private = {e for kind in ("embed_private", "dp_vote") for e in groups[kind]}
+    if cfg.evaluation.against_private:
+        private |= set(groups["evaluate"])
+    assert set(platform) == private
+    for name in private:
+        assert platform[name]["secretAsVolume"][0]["secretName"] == "private-gcs"
+
+    # GPU requests on the model steps where the config asks for them.
+    for kind, names in groups.items():
+        for name in names:
+            resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
+            uses_model = kind != "dp_vote" or cfg.population.lookahead > 0
+            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and uses_model
+            assert ("accelerator" in resources) == wants_gpu, (config, name)
+
+
+def test_tiny_run_writes_the_run_layout(tiny_run):
+    run_dir = tiny_run.run_dir
+    assert "epsilon spent:" in tiny_run.stdout and "run path:" in tiny_run.stdout
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "complete" and run["config"]["name"] == "tiny"
+    ledger = json.loads((run_dir / "ledger.json").read_text())
+    assert [e["generation"] for e in ledger["events"]] == [1, 2]
+    for generation in range(3):
+        gen = run_dir / f"gen-{generation:03d}"
+        population = np.load(gen / "population.npz")
+        assert population["images"].shape == (24, 28, 28, 1) and population["images"].dtype == np.uint8
+        assert int(population["generation"]) == generation
+        manifest = json.loads((gen / "manifest.json").read_text())["files"]
+        assert "population.npz" in manifest
+        for name, entry in manifest.items():
+            assert (gen / name).stat().st_size == entry["size"]
+        if generation:
+            release = np.load(gen / "noisy_histogram.npz")["noisy_histogram"]
+            assert release.shape == (24,)
+            assert {"noisy_histogram.npz", "selection.npz", "steps/dp_vote.json"} <= set(manifest)
+            assert ledger["events"][generation - 1]["release_uri"] == f"gen-{generation:03d}/noisy_histogram.npz"
+            parents = np.load(gen / "population.npz")["parent_ids"]
+            assert parents.min() >= 0 and parents.max() < 24
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [g["generation"] for g in metrics["generations"]] == [0, 1, 2]
+    assert (run_dir / "report" / "index.html").is_file()
+    # The private tier is elsewhere, and nothing private is in the released folder.
+    assert (Path(tiny_run.private_root) / tiny_run.run_id / "private_embeddings.npz").is_file()
+    assert not list(run_dir.rglob("private_embeddings.npz"))
+
+
+def test_rerun_a_variation_step_reproduces_it(tiny_run, tmp_path, run_cli):
+    run = tiny_run.copy(tmp_path)
+    shard = run.run_dir / "gen-002" / "shards" / "shard-001.npz"
+    before = np.load(shard)["images"]
+    shard.unlink()
+    result = run_cli("rerun", run.run_id, "--run-root", run.run_root, "--step", "generate_variations",
+                     "--generation", "2", "--shard", "1")
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.load(shard)["images"], before)
+
+
+def test_step_command_line_runs_outside_kfp(run_cli):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "components.dp_vote", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--generation" in result.stdout and "--force-new-noise" in result.stdout
+
+
+def test_run_on_gcs_lands_under_the_prefix(gcs_server, tmp_path, run_cli):
+    bucket = gcs_server.make_bucket("privevo-released")
+    private = gcs_server.make_bucket("privevo-private")
+    result = run_cli(*tiny_args(f"{bucket}/runs", f"{private}/runs", "--run-id", "gcs-run",
+                                "--set", "population.generations=1", "--set", "population.degrees=0.5"),
+                     timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    names = [b.name for b in gcs_server.client.list_blobs("privevo-released")]
+    assert "runs/gcs-run/run.json" in names and "runs/gcs-run/gen-001/noisy_histogram.npz" in names
+    assert "runs/gcs-run/report/index.html" in names
+    assert [b.name for b in gcs_server.client.list_blobs("privevo-private")] == [
+        "runs/gcs-run/private_embeddings.npz"
+    ]
+    assert not (ROOT / "gs:").exists() and not Path("gs:").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--set", "bogus=1"], "bogus: unknown key"),
+        (["--set", "private.path=/nonexistent/private"], "/nonexistent/private"),
+        (["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0.5",
+          "--set", "privacy.epsilon_budget=1"], "over the budget"),
+        (["--set", "model.path=/nonexistent/model"], "/nonexistent/model"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing_half(tmp_path, run_cli, extra, needle):
+    result = run_cli(*tiny_args(tmp_path / "runs", tmp_path / "private", "--run-id", "bad", *extra))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and needle in last and "Traceback" not in result.stderr
+    # Nothing half-written: no release, no ledger, no population file.
+    assert not list(tmp_path.rglob("noisy_histogram*.npz")) and not list(tmp_path.rglob("ledger.json"))
+    assert not list(tmp_path.rglob("population.npz"))
+
+
+def test_missing_bucket_is_one_line_exit_2(gcs_server, tmp_path, run_cli):
+    result = run_cli(*tiny_args("gs://no-such-bucket/runs", tmp_path / "private", "--run-id", "x"))
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no-such-bucket" in last and "Traceback" not in result.stderr
