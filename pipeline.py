@@ -1,7 +1,7 @@
 """Private Evolution as a Kubeflow pipeline, and its command line.
 
 Commands: ``run`` (locally with kfp.local), ``compile``, ``submit``, ``schedule``,
-``rerun`` (one step), ``report``, ``budget`` (privacy accounting).
+``rerun`` (one step), ``audit``, ``report``, ``budget`` (privacy accounting).
 User errors print one line ``error: ...`` and exit with code 2.
 """
 
@@ -148,6 +148,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from privevo.config import noise_multiplier_for
     from privevo.steps import Run
 
+    if "://" in args.pipeline_root:
+        raise UserError("--pipeline-root must be a local folder for kfp.local; put the data plane in gs:// with --run-root")
     if args.resume:
         if args.config:
             raise UserError("--resume takes the config stored in the run: drop --config")
@@ -326,6 +328,17 @@ def cmd_rerun(args: argparse.Namespace) -> None:
     print(json.dumps(result, sort_keys=True, default=str))
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify a run's record: hashes, one ledger event per release, epsilon, no private data released."""
+    import json
+
+    from privevo import audit, steps
+
+    report = audit.audit_run(steps.Run.open(args.run_root, args.run))
+    print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else audit.format_report(report))
+    return 0 if report.ok else 1
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """Regenerate report/ from a finished run's stored files, without rerunning anything."""
     from privevo import report, storage, steps
@@ -426,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--run-root", default="runs")
     rerun.set_defaults(func=cmd_rerun)
 
+    aud = commands.add_parser("audit", help="verify a run: hashes, ledger, epsilon, no private data released")
+    aud.add_argument("run", metavar="RUN_ID")
+    aud.add_argument("--run-root", default="runs")
+    aud.add_argument("--json", action="store_true", help="machine-readable output")
+    aud.set_defaults(func=cmd_audit)
+
     rep = commands.add_parser("report", help="regenerate the HTML report of a run")
     rep.add_argument("run", metavar="RUN_ID")
     rep.add_argument("--run-root", default="runs")
@@ -441,11 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "run":  # kfp.local manages logging during a local run
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    return 0
 
 
 if __name__ == "__main__":

@@ -379,7 +379,7 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     parents = _select(run, generation, noisy, previous)
     selection = {"parent_ids": parents, "labels": previous.labels[parents]}
     sha = storage.write_npz(run.path(generation, SELECTION_FILE), selection)
-    epsilon = run.ledger().epsilon()
+    epsilon = run.ledger().epsilon(upto_generation=generation)
     params = {"noise_multiplier": sigma, "threshold": config.privacy.threshold, "k": config.privacy.k,
               "lookahead": config.population.lookahead, "degree": config.population.degree_schedule()[generation - 1],
               "selection": config.privacy.selection, "sampling_rate": config.privacy.sampling_rate,

@@ -137,10 +137,11 @@ class TinyRun:
         return TinyRun(str(run_root), str(private_root), self.run_id, self.stdout)
 
 
-def tiny_args(run_root, private_root, *extra: str) -> list[str]:
-    """``run`` arguments for configs/tiny.yaml with both tiers in temporary folders."""
+def tiny_args(run_root, private_root, *extra: str, pipeline_root=None) -> list[str]:
+    """``run`` arguments for configs/tiny.yaml with both tiers (and kfp.local's root) in temporary folders."""
+    pipeline_root = pipeline_root or str(run_root) + "-kfp"
     return ["run", "--config", "configs/tiny.yaml", "--run-root", str(run_root),
-            "--set", f"private_root={private_root}", "--pipeline-root", str(run_root) + "-kfp", *extra]
+            "--set", f"private_root={private_root}", "--pipeline-root", str(pipeline_root), *extra]
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,8 @@ def test_run_on_gcs_lands_under_the_prefix(gcs_server, tmp_path, run_cli):
     bucket = gcs_server.make_bucket("privevo-released")
     private = gcs_server.make_bucket("privevo-private")
     result = run_cli(*tiny_args(f"{bucket}/runs", f"{private}/runs", "--run-id", "gcs-run",
-                                "--set", "population.generations=1", "--set", "population.degrees=0.5"),
+                                "--set", "population.generations=1", "--set", "population.degrees=0.5",
+                                pipeline_root=tmp_path / "kfp"),
                      timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     names = [b.name for b in gcs_server.client.list_blobs("privevo-released")]
@@ -167,7 +168,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing_half(tmp_path, run_cli,
 
 
 def test_missing_bucket_is_one_line_exit_2(gcs_server, tmp_path, run_cli):
-    result = run_cli(*tiny_args("gs://no-such-bucket/runs", tmp_path / "private", "--run-id", "x"))
+    result = run_cli(*tiny_args("gs://no-such-bucket/runs", tmp_path / "private", "--run-id", "x",
+                                pipeline_root=tmp_path / "kfp"))
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "no-such-bucket" in last and "Traceback" not in result.stderr

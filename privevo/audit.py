@@ -1,0 +1,210 @@
+"""The audit: what each generation released, what it cost, and whether the record holds.
+
+For every generation it lists the steps and their parameters, every file with its
+sha256 and size, the DP release, sigma and cumulative epsilon; then it checks that
+every hash matches its manifest, that every release is paid for by exactly one
+ledger event (and every event by an existing, unchanged release), that epsilon
+recomputed from the ledger matches what the run reported, and that nothing in the
+released tier carries private-tier data (private embeddings, private images, clean
+counts). The first failure is named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from privevo import storage
+from privevo.steps import PRIVATE_EMBEDDINGS_FILE, RELEASE_FILE, Run, last_complete_generation
+
+#: Reported epsilons are rounded by nobody; recomputation must match to this tolerance.
+EPSILON_TOLERANCE = 1e-6
+
+
+@dataclass
+class AuditReport:
+    """Per-generation listing plus the checks that were made, in order."""
+
+    run_id: str
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    epsilon: float = 0.0
+    delta: float = 0.0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        return ok
+
+    def skip(self, name: str, reason: str) -> None:
+        self.checks.append({"check": name, "ok": None, "detail": f"skipped: {reason}"})
+
+    @property
+    def first_failure(self) -> dict[str, Any] | None:
+        return next((c for c in self.checks if c["ok"] is False), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_failure is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "ok": self.ok, "epsilon": self.epsilon, "delta": self.delta,
+                "first_failure": self.first_failure, "generations": self.generations, "checks": self.checks}
+
+
+def audit_run(run: Run) -> AuditReport:
+    """Audit a run (released tier, plus the private tier where readable for the leak checks)."""
+    report = AuditReport(run.run_id, delta=run.config.privacy.delta)
+    ledger = run.ledger()
+    last = last_complete_generation(run)
+    run_dir = run.layout.run_dir
+    for generation in range(max(last, 0) + 1):
+        report.generations.append(_generation_listing(run, generation, ledger, report))
+
+    # Every release has exactly one ledger event; every event an unchanged release.
+    releases = [u for u in storage.list_files(run_dir) if _is_release(u)]
+    for uri in releases:
+        name = storage.relative_to(uri, run_dir)
+        sha = storage.sha256_uri(uri)
+        paying = [e for e in ledger.events if e.release_uri == name]
+        if not report.check("release charged once", len(paying) == 1,
+                            f"{name}: {len(paying)} ledger events pay for this release (expected exactly 1)"):
+            break
+        report.check("release unchanged", paying[0].release_sha256 == sha,
+                     f"{name}: sha256 differs from the one its ledger event paid for")
+    for event in ledger.events:
+        if not storage.exists(storage.join(run_dir, event.release_uri)):
+            report.check("event has its release", False,
+                         f"ledger.json: event for generation {event.generation} names missing {event.release_uri}")
+    votes = {g["generation"] for g in report.generations if g["generation"] > 0}
+    charged = {e.generation for e in ledger.events}
+    report.check("every vote charged", votes <= charged,
+                 f"ledger.json: generations {sorted(votes - charged)} voted without a ledger event")
+
+    # Epsilon recomputed from the ledger matches what the run reported.
+    report.epsilon = ledger.epsilon()
+    _check_reported_epsilon(run, ledger, report)
+    _check_no_private_data(run, report)
+    return report
+
+
+def _is_release(uri: str) -> bool:
+    name = uri.rsplit("/", 1)[-1]
+    return name == RELEASE_FILE or (name.startswith("noisy_histogram-redraw-") and name.endswith(".npz"))
+
+
+def _generation_listing(run: Run, generation: int, ledger, report: AuditReport) -> dict[str, Any]:
+    gen_dir = run.layout.gen_dir(generation)
+    manifest_uri = storage.join(gen_dir, storage.MANIFEST_NAME)
+    files = storage.read_json(manifest_uri)["files"] if storage.exists(manifest_uri) else {}
+    prefix = f"gen-{generation:03d}/"
+    if report.check("manifest present", bool(files), f"{prefix}manifest.json is missing"):
+        changed = storage.verify_manifest(gen_dir)
+        report.check("hashes match", not changed,
+                     f"{prefix}{changed[0]}: sha256 or size differs from manifest.json" if changed else "")
+    steps = [storage.read_json(u) for u in storage.list_files(storage.join(gen_dir, "steps"))]
+    events = [e for e in ledger.events if e.generation == generation]
+    return {
+        "generation": generation,
+        "steps": [{"step": s["step"], "params": s["params"], "seconds": s.get("seconds")} for s in steps],
+        "files": files,
+        "releases": [{"uri": e.release_uri, "sha256": e.release_sha256, "noise_multiplier": e.noise_multiplier,
+                      "reason": e.reason} for e in events],
+        "epsilon": ledger.epsilon(upto_generation=generation),
+    }
+
+
+def _check_reported_epsilon(run: Run, ledger, report: AuditReport) -> None:
+    reported = []
+    if storage.exists(run.layout.metrics_json):
+        metrics = storage.read_json(run.layout.metrics_json)
+        reported += [(f"metrics.json generation {row['generation']}", row["generation"], row["epsilon"])
+                     for row in metrics["generations"]]
+    for listing in report.generations:
+        for step in listing["steps"]:
+            if step["step"] == "dp_vote":
+                reported.append((f"gen-{listing['generation']:03d}/steps/dp_vote.json", listing["generation"],
+                                 step["params"]["epsilon_after"]))
+    for where, generation, value in reported:
+        expected = ledger.epsilon(upto_generation=generation)
+        ok = math.isclose(value, expected, rel_tol=EPSILON_TOLERANCE, abs_tol=EPSILON_TOLERANCE) or (
+            math.isinf(value) and math.isinf(expected))
+        if not report.check("epsilon matches ledger", ok,
+                            f"{where}: reports epsilon={value} but the ledger gives {expected}"):
+            return
+
+
+def _row_hashes(array: np.ndarray) -> set[str]:
+    rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
+    return {hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in rows}
+
+
+def _check_no_private_data(run: Run, report: AuditReport) -> None:
+    """No released file holds a private embedding row, a private image, or a clean histogram."""
+    from privevo.data import load_image_set
+
+    run_dir = run.layout.run_dir
+    released = storage.list_files(run_dir)
+    tier = storage.join(run.layout.private_dir, "")
+    report.check("nothing released in the private tier",
+                 not any(u.startswith(tier.rstrip("/") + "/") for u in released)
+                 and not any(u.endswith(PRIVATE_EMBEDDINGS_FILE) for u in released),
+                 "a released file lies in the private tier or is named like the private embeddings")
+    private_uri = storage.join(run.layout.private_dir, PRIVATE_EMBEDDINGS_FILE)
+    private_rows: set[str] = set()
+    try:
+        embeddings = storage.read_npz(private_uri)["embeddings"].astype(np.float32)
+        private_rows |= _row_hashes(embeddings)
+        p = run.config.private
+        images = load_image_set(p.source, p.path, run.config.image_size, run.config.channels, split=p.split,
+                                classes=p.classes, limit=p.limit, seed=run.seed("private-subset"),
+                                class_names=run.config.class_names, rows=p.rows).images
+        private_rows |= _row_hashes(images)
+    except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
+        report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")
+        private_rows = set()
+    population_size = run.config.population.size
+    for uri in released:
+        if not uri.endswith(".npz"):
+            continue
+        with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        name = storage.relative_to(uri, run_dir)
+        for key, array in arrays.items():
+            if array.ndim == 0:
+                continue
+            candidates = _row_hashes(array.astype(np.float32) if array.dtype.kind == "f" else array)
+            if private_rows and not report.check("no private data in released files", not (candidates & private_rows),
+                                                 f"{name}[{key}] contains a private image or private embedding"):
+                return
+            looks_clean = (array.ndim == 1 and len(array) == population_size and array.dtype.kind == "f"
+                           and np.all(array >= 0) and np.all(array == np.round(array)))
+            if not report.check("no clean counts released", not looks_clean,
+                                f"{name}[{key}] holds whole non-negative counts: a clean histogram, not a noisy one"):
+                return
+
+
+def format_report(report: AuditReport) -> str:
+    """Human-readable audit: per generation, then the verdict."""
+    lines = [f"audit of run {report.run_id}"]
+    for g in report.generations:
+        lines.append(f"generation {g['generation']}: epsilon after = {g['epsilon']:.4f}")
+        for step in g["steps"]:
+            params = " ".join(f"{k}={v}" for k, v in sorted(step["params"].items()))
+            lines.append(f"  step {step['step']}: {params}")
+        for release in g["releases"]:
+            lines.append(f"  DP release {release['uri']} sha256={release['sha256'][:16]}… "
+                         f"sigma={release['noise_multiplier']:.4g} ({release['reason']})")
+        for name, entry in sorted(g["files"].items()):
+            lines.append(f"  file {name} sha256={entry['sha256'][:16]}… size={entry['size']}")
+    lines.append(f"epsilon (recomputed from the ledger) = {report.epsilon:.4f} at delta = {report.delta:g}")
+    for check in report.checks:
+        if check["ok"] is None:
+            lines.append(f"note: {check['check']}: {check['detail']}")
+    failure = report.first_failure
+    lines.append("audit: OK" if failure is None else f"audit: FAILED: {failure['detail']}")
+    return "\n".join(lines)
