@@ -76,10 +76,11 @@ def build_pipeline(config):
         if resources.gpu_limit:
             task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
             task.set_accelerator_limit(resources.gpu_limit)
-        for key, value in k8s.node_selector.items():
-            kubernetes.add_node_selector(task, label_key=key, label_value=value)
-        for toleration in k8s.tolerations:
-            kubernetes.add_toleration(task, **toleration)
+        if kind in uses_model:  # node selectors and tolerations steer the model steps to GPU nodes
+            for key, value in k8s.node_selector.items():
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for toleration in k8s.tolerations:
+                kubernetes.add_toleration(task, **toleration)
         if kind in private_steps and k8s.private_secret:
             kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
@@ -298,7 +299,7 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         compiler.Compiler().compile(build_pipeline(config), package_path=package)
         job = client.create_recurring_run(
             experiment_id=experiment.experiment_id, job_name=f"{config.name}-recurring", cron_expression=args.cron,
-            pipeline_package_path=package, params={"run_id": f"{config.name}-scheduled"},
+            pipeline_package_path=package, params={"run_id": f"{config.name}-[[Index]]"},  # one run folder per scheduled run
             service_account=config.kubernetes.public_service_account,
         )
     print(f"scheduled {config.name} with cron {args.cron!r}: recurring run id {job.recurring_run_id}")

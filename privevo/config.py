@@ -128,11 +128,13 @@ class KubernetesConfig(_Strict):
     retries: int = Field(default=1, ge=0)
     cpu_step: ResourcesConfig = ResourcesConfig()
     model_step: ResourcesConfig = ResourcesConfig(memory="16Gi")
-    node_selector: dict[str, str] = {}
-    tolerations: list[dict[str, str]] = []
+    node_selector: dict[str, str] = Field(default={}, description="applied to the model steps")
+    tolerations: list[dict[str, str]] = Field(default=[], description="applied to the model steps")
     private_secret: str | None = Field(default=None, description="secret with private-bucket credentials")
-    private_service_account: str | None = None
-    public_service_account: str | None = None
+    private_service_account: str | None = Field(
+        default=None, description="for jobs outside a run (e.g. `rerun --step dp_vote`); KFP v2 has no per-step account"
+    )
+    public_service_account: str | None = Field(default=None, description="the account every pipeline step runs as")
 
 
 class Config(_Strict):

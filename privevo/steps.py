@@ -476,12 +476,18 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     started = time.time()
     config = run.config
     uri = shard_path(run, generation, shard)
-    if storage.exists(uri):
-        logger.info("generation %d shard %d already exists: reusing it", generation, shard)
-        return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
     selection_uri = run.path(generation, SELECTION_FILE)
     if not storage.exists(selection_uri):
         raise UserError(f"generation {generation} has no selection yet: run dp_vote for generation {generation} first")
+    selection_sha = storage.sha256_uri(selection_uri)
+    record_uri = run.path(generation, f"steps/generate_variations-{shard:03d}.json")
+    if storage.exists(uri) and storage.exists(record_uri):
+        if storage.read_json(record_uri)["params"].get("selection_sha256") == selection_sha:
+            logger.info("generation %d shard %d already exists: reusing it", generation, shard)
+            return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
+        # The selection changed (a forced redraw): this shard and the merged population are stale.
+        logger.warning("generation %d shard %d was made from an earlier selection: making it again", generation, shard)
+        storage.delete(run.path(generation, POPULATION_FILE))
     selection = storage.read_npz(selection_uri)
     previous = load_population(run, generation - 1)
     part = shard_slice(len(selection["parent_ids"]), shard, config.population.num_shards)
@@ -495,7 +501,8 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     population = Population(images, labels, parent_ids, generation=generation)
     sha = storage.write_bytes(uri, population.to_bytes())
     _record_step(run, generation, f"generate_variations-{shard:03d}",
-                 {"degree": degree, "shard": shard, "num_shards": config.population.num_shards, "seed": seed}, started)
+                 {"degree": degree, "shard": shard, "num_shards": config.population.num_shards, "seed": seed,
+                  "selection_sha256": selection_sha}, started)
     logger.info("generation %d shard %d: %d variations at degree %.3g", generation, shard, len(images), degree)
     return _reference(uri, sha, generation=generation, shard=shard)
 
