@@ -32,10 +32,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from privevo.errors import UserError
+from privevo import runtime
+
+runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from privevo.errors import UserError  # noqa: E402
 
 Labels = np.ndarray | int | None
 
@@ -99,7 +103,7 @@ class FoundationModel(abc.ABC):
         self._check_seed(seed, first_index)
         labels = self._check_labels(labels, n)
 
-        def run_batch(batch: slice, batch_labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
+        def run_batch(indices: np.ndarray, batch_labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
             return self._random_batch(batch_labels, generators)
 
         return self._batched(n, seed, first_index, labels, "random", run_batch)
@@ -118,22 +122,28 @@ class FoundationModel(abc.ABC):
         self._check_seed(seed, first_index)
         labels = self._check_labels(labels, n)
 
-        def run_batch(batch: slice, batch_labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
-            return self._variation_batch(images[batch], degree, batch_labels, generators)
+        def run_batch(indices: np.ndarray, batch_labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
+            return self._variation_batch(images[indices], degree, batch_labels, generators)
 
         return self._batched(n, seed, first_index, labels, f"variation {degree:g}", run_batch)
 
     def _batched(
         self, n: int, seed: int, first_index: int, labels: np.ndarray | None, what: str, run_batch: Callable[..., np.ndarray]
     ) -> np.ndarray:
-        """Call ``run_batch(batch, labels, generators)`` for each slice of ``batch_size`` samples."""
+        """Call ``run_batch(indices, labels, generators)`` for each batch of up to ``batch_size`` samples."""
         out = np.empty((n, self.image_size, self.image_size, self.channels), dtype=np.uint8)
         with tqdm(total=n, desc=f"{self.name}: {what}", unit="img", disable=None) as progress:
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
-                generators = [sample_generator(int(seed), int(first_index) + i) for i in range(start, stop)]
-                batch_labels = None if labels is None else labels[start:stop]
-                out[start:stop] = run_batch(slice(start, stop), batch_labels, generators)
+                indices = np.arange(start, stop)
+                generators = [sample_generator(int(seed), int(first_index) + i) for i in indices]
+                if len(indices) == 1:
+                    # CPU kernels for a batch of one differ in the last bits from batched ones;
+                    # run it as two identical samples so results never depend on the batch size.
+                    indices = indices.repeat(2)
+                    generators.append(torch.Generator(device="cpu").set_state(generators[0].get_state()))
+                batch_labels = None if labels is None else labels[indices]
+                out[start:stop] = run_batch(indices, batch_labels, generators)[: stop - start]
                 progress.update(stop - start)
         return out
 
@@ -283,16 +293,10 @@ class DDPMUNetModel(FoundationModel):
     @torch.inference_mode()
     def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Deterministic DDIM (eta 0) from ``x`` at ``timesteps[0]`` down to a clean sample."""
-        # A batch of one takes a different CPU convolution path; run it as two so that
-        # results stay bit-identical whatever the batch size.
-        single = x.shape[0] == 1
-        if single:
-            x = x.repeat(2, 1, 1, 1)
-            labels = None if labels is None else labels.repeat(2)
         for t in timesteps:
             eps = self.unet(x, t.to(self.device), class_labels=labels).sample
             x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
-        return x[:1] if single else x
+        return x
 
     def _class_labels(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> torch.Tensor | None:
         """Labels as a tensor; a conditional model with no labels draws them uniformly per sample."""
@@ -465,6 +469,7 @@ def load_foundation_model(kind: str, path: str, **options: Any) -> FoundationMod
     """Load the foundation model a config names: ``kind`` picks the backend, ``options`` go to it."""
     if kind not in BACKENDS:
         raise UserError(f"unknown foundation model kind {kind!r}: use one of {', '.join(sorted(BACKENDS))}")
+    runtime.configure_torch_threads()
     backend = BACKENDS[kind]
     try:
         inspect.signature(backend.from_pretrained).bind(path, **options)

@@ -1,0 +1,81 @@
+"""Throughput of the shipped demo model's foundation-model APIs, in samples per second.
+
+Prints a table (median, min and max over repeated runs) and one JSON line, for ``random``
+and for ``variation`` at several degrees and batch sizes. Figures only: nothing is asserted.
+
+Usage:
+    .venv/bin/python bench/bench_models.py [--n 64] [--repeats 3] [--batch-sizes 16 64]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from privevo.models import load_foundation_model  # noqa: E402
+
+
+def main() -> None:
+    """Time each API call ``--repeats`` times per batch size and report samples per second."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(REPO_ROOT / "models" / "fashion-mnist-ddpm"))
+    parser.add_argument("--n", type=int, default=64, help="samples per timed call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--degrees", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    results = []
+    for batch_size in args.batch_sizes:
+        model = load_foundation_model(
+            "ddpm_unet", args.model, num_inference_steps=args.steps, batch_size=batch_size, device=args.device
+        )
+        images = model.random(args.n, seed=0)  # also the warm-up
+        calls = [("random", None, lambda seed: model.random(args.n, seed=seed))]
+        calls += [("variation", d, lambda seed, d=d: model.variation(images, d, seed=seed)) for d in args.degrees]
+        for api, degree, call in calls:
+            rates = []
+            for repeat in range(args.repeats):
+                start = time.perf_counter()
+                call(repeat + 1)
+                rates.append(args.n / (time.perf_counter() - start))
+            results.append({
+                "api": api,
+                "degree": degree,
+                "batch_size": batch_size,
+                "median": round(statistics.median(rates), 2),
+                "min": round(min(rates), 2),
+                "max": round(max(rates), 2),
+            })
+
+    device = str(model.device)
+    print(f"samples/s, {args.model}, DDIM {args.steps} steps, n={args.n}, {args.repeats} runs, {device}, {torch.get_num_threads()} threads")
+    print(f"{'api':<10} {'degree':>6} {'batch':>5} {'median':>8} {'min':>8} {'max':>8}")
+    for r in results:
+        degree = "-" if r["degree"] is None else f"{r['degree']:.2f}"
+        print(f"{r['api']:<10} {degree:>6} {r['batch_size']:>5} {r['median']:>8.2f} {r['min']:>8.2f} {r['max']:>8.2f}")
+    print(json.dumps({
+        "bench": "models",
+        "model": args.model,
+        "ddim_steps": args.steps,
+        "n": args.n,
+        "repeats": args.repeats,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()
