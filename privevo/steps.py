@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from privevo import storage
+from privevo import runtime, storage
 from privevo.config import Config, config_to_dict, noise_multiplier_for, parse_config
 from privevo.errors import UserError
 from privevo.population import Population
@@ -29,6 +29,7 @@ from privevo.privacy import EPS_ERROR, Ledger, PrivacyEvent, add_noise, compute_
 from privevo.storage import RunLayout
 
 logger = logging.getLogger(__name__)
+runtime.prefer_passive_waiting()  # every step process imports this module before torch or faiss
 
 POPULATION_FILE = "population.npz"
 RELEASE_FILE = "noisy_histogram.npz"
@@ -357,12 +358,14 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
         if private_embeddings.shape[1] != _embedding_dim(run):
             raise UserError("private embeddings do not match the configured embedding: rerun embed_private")
         keep = _private_subsample(len(private_embeddings), config.privacy.sampling_rate)
+        if not keep.all():  # boolean indexing copies the whole private set even when it keeps every row
+            private_embeddings, private_labels = private_embeddings[keep], private_labels[keep]
         degree = config.population.degree_schedule()[generation - 1]
         synthetic = synthetic_embeddings(run, previous, degree, generation)
         conditional = config.population.conditional
         clean = nearest_neighbour_histogram(
-            private_embeddings[keep], synthetic, config.privacy.k,
-            private_labels[keep] if conditional else None, previous.labels if conditional else None,
+            private_embeddings, synthetic, config.privacy.k,
+            private_labels if conditional else None, previous.labels if conditional else None,
         )
         noisy = add_noise(clean, sigma)
         del clean, private_embeddings, private_labels  # the clean histogram never leaves this function

@@ -11,28 +11,42 @@ import logging
 import math
 from typing import Callable, Iterator
 
-logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
-import faiss  # noqa: E402
-import numpy as np
+from privevo import runtime
 
-from privevo.errors import UserError
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+runtime.prefer_passive_waiting()  # before faiss loads OpenMP: see privevo.runtime
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from privevo.errors import UserError  # noqa: E402
+
+runtime.configure_faiss_threads()
 
 logger = logging.getLogger(__name__)
 
 
+#: Rows checked per block by ``_check_finite`` (bounds its temporary mask to a few MiB).
+_FINITE_CHECK_ROWS = 4096
+
+
 def _check_finite(name: str, embeddings: np.ndarray) -> None:
-    if not np.all(np.isfinite(embeddings)):
-        # Names the set, never the values: private embeddings must not reach a message.
-        raise UserError(f"{name} embeddings contain NaN or infinite values: check the embedding model and its inputs")
+    # In blocks of rows: np.isfinite over the whole array would allocate a mask a quarter
+    # the size of float32 embeddings (122 MiB at 100k x 1280) just to be reduced to one bool.
+    for start in range(0, len(embeddings), _FINITE_CHECK_ROWS):
+        if not np.isfinite(embeddings[start : start + _FINITE_CHECK_ROWS]).all():
+            # Names the set, never the values: private embeddings must not reach a message.
+            raise UserError(f"{name} embeddings contain NaN or infinite values: check the embedding model and its inputs")
 
 
 def knn_indices(queries: np.ndarray, database: np.ndarray, k: int) -> np.ndarray:
-    """Exact L2 k-nearest neighbours of each query row in ``database`` (faiss IndexFlatL2)."""
+    """Exact L2 k-nearest neighbours of each query row in ``database`` (faiss brute force).
+
+    ``faiss.knn`` runs the same exhaustive search as ``IndexFlatL2.search`` (``knn_L2sqr``,
+    same results) without building an index, so the database is not copied into one.
+    """
     database = np.ascontiguousarray(database, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    index = faiss.IndexFlatL2(database.shape[1])
-    index.add(database)
-    _, indices = index.search(queries, k)
+    _, indices = faiss.knn(queries, database, k)
     return indices
 
 
@@ -67,20 +81,23 @@ def nearest_neighbour_histogram(
     histogram = np.zeros(len(synthetic_embeddings), dtype=np.float64)
     weight = 1.0 / math.sqrt(k)
     if private_labels is None:
-        groups = [(np.arange(len(private_embeddings)), np.arange(len(synthetic_embeddings)))]
+        # One group holding everything: no index arrays, so no fancy-indexed copies of both sets.
+        groups = [(None, None)]
     else:
         groups = [
             (np.flatnonzero(private_labels == c), np.flatnonzero(synthetic_labels == c))
             for c in np.unique(private_labels)
         ]
     for private_idx, synthetic_idx in groups:
-        if len(synthetic_idx) < k:
+        queries = private_embeddings if private_idx is None else private_embeddings[private_idx]
+        database = synthetic_embeddings if synthetic_idx is None else synthetic_embeddings[synthetic_idx]
+        if len(database) < k:
             raise UserError(
-                f"a class has {len(synthetic_idx)} synthetic samples but the vote needs k={k}: "
+                f"a class has {len(database)} synthetic samples but the vote needs k={k}: "
                 "raise population.size or lower privacy.k"
             )
-        neighbours = knn_indices(private_embeddings[private_idx], synthetic_embeddings[synthetic_idx], k)
-        np.add.at(histogram, synthetic_idx[neighbours.ravel()], weight)
+        neighbours = knn_indices(queries, database, k).ravel()
+        np.add.at(histogram, neighbours if synthetic_idx is None else synthetic_idx[neighbours], weight)
     return histogram
 
 

@@ -1,0 +1,81 @@
+"""CPU thread settings for the steps' torch and faiss work (one call per process, cheap).
+
+Two measured problems, both from OpenMP (used by torch's CPU kernels and by faiss):
+
+- Busy-waiting. By default OpenMP worker threads spin between parallel regions. When the
+  process does not have every core to itself (other processes on a shared machine, two
+  kfp.local shards running side by side, a pod throttled by its CPU limit), the spinning
+  threads steal the CPU from the thread doing the work: on 2 shared cores the demo UNet ran
+  8x slower at batch 20 with 2 threads than with 1 (bench/RESULTS.md). ``OMP_WAIT_POLICY=
+  PASSIVE`` makes idle threads sleep instead; it only takes effect if set before the OpenMP
+  runtime loads, i.e. before torch or faiss is first imported, so the modules that import
+  them call :func:`prefer_passive_waiting` first.
+- Too many threads. torch and faiss default to one thread per CPU of the *machine*; in a
+  Kubernetes pod with ``cpu: 2`` on a 64-core node that is 64 threads on 2 CPUs.
+  :func:`cpu_budget` also honours the cgroup CPU quota, and the configure functions only
+  ever *lower* the thread count to it (a caller that chose fewer threads keeps its choice).
+
+An explicit ``OMP_WAIT_POLICY`` or ``OMP_NUM_THREADS`` in the environment always wins.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+
+def prefer_passive_waiting() -> None:
+    """Idle OpenMP threads sleep rather than spin (unless the environment says otherwise)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def cpu_budget() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if any."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The CPU limit in CPUs from cgroup v2 ``cpu.max`` or v1 ``cfs_quota_us``; None if unlimited."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as handle:
+            quota, period = handle.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as handle:
+            quota_us = int(handle.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as handle:
+            period_us = int(handle.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def configure_torch_threads() -> None:
+    """At most one torch intra-op thread per CPU of the budget (a lower setting is kept)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    budget = cpu_budget()
+    if torch.get_num_threads() > budget:
+        torch.set_num_threads(budget)
+
+
+def configure_faiss_threads() -> None:
+    """At most one faiss OpenMP thread per CPU of the budget (a lower setting is kept)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import faiss
+
+    budget = cpu_budget()
+    if faiss.omp_get_max_threads() > budget:
+        faiss.omp_set_num_threads(budget)

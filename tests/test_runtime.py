@@ -1,0 +1,85 @@
+"""Per-process costs: thread settings (privevo.runtime) and steps that load only what they need."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from privevo import runtime
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cpu_budget_is_within_the_affinity_mask():
+    budget = runtime.cpu_budget()
+    assert 1 <= budget <= len(os.sched_getaffinity(0))
+
+
+def test_passive_waiting_keeps_an_explicit_setting(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    runtime.prefer_passive_waiting()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    runtime.prefer_passive_waiting()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_torch_threads_are_only_ever_lowered(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        runtime.configure_torch_threads()
+        assert torch.get_num_threads() == 1  # a caller's lower choice is kept
+        torch.set_num_threads(runtime.cpu_budget() + 3)
+        runtime.configure_torch_threads()
+        assert torch.get_num_threads() == runtime.cpu_budget()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _modules_after(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; return which heavy modules it imported."""
+    probe = code + (
+        "\nimport json, os, sys\n"
+        "print(json.dumps({'diffusers': 'diffusers' in sys.modules, 'torch': 'torch' in sys.modules,"
+        " 'omp': os.environ.get('OMP_WAIT_POLICY')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_embedding_step_does_not_import_diffusers():
+    found = _modules_after(
+        "from privevo import steps\n"
+        "from privevo.config import load_config\n"
+        "steps.load_embedding(load_config('configs/demo.yaml'))\n"
+    )
+    assert found["torch"] and not found["diffusers"]
+    assert found["omp"] == "PASSIVE"  # set before torch loaded OpenMP
+
+
+def test_dp_vote_without_lookahead_does_not_load_the_model(tmp_path, monkeypatch):
+    from privevo import steps
+    from privevo.config import load_config
+
+    config = load_config(REPO_ROOT / "configs" / "tiny.yaml", [
+        f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private", "population.lookahead=0",
+        "model.path=" + str(REPO_ROOT / "models" / "tiny-unet"),
+    ])
+    run = steps.Run.create(config, "no-lookahead")
+    steps.embed_private(run)
+    for shard in range(config.population.num_shards):
+        steps.generate_initial(run, shard)
+
+    def no_model(_config):
+        raise AssertionError("dp_vote without lookahead loaded the diffusion model")
+
+    monkeypatch.setattr(steps, "load_model", no_model)
+    reference = steps.dp_vote(run, 1, steps.private_reference(run))
+    assert reference["generation"] == 1
