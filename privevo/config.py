@@ -50,7 +50,7 @@ class EmbeddingConfig(_Strict):
     """The feature space of the vote."""
 
     name: Literal["pixels", "effnet_lite0"] = "effnet_lite0"
-    input_size: int = Field(default=32, ge=8)
+    input_size: int = Field(default=32, ge=32, description="EfficientNet-Lite0 needs at least 32 px")
     batch_size: int = Field(default=256, ge=1)
     device: str = "auto"
 
