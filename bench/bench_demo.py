@@ -71,6 +71,8 @@ class TreeWatcher(threading.Thread):
         self.root, self.interval = root, interval
         self.peaks: dict[int, float] = {}
         self.names: dict[int, str] = {}
+        self.first_seen: dict[int, float] = {}
+        self.last_seen: dict[int, float] = {}
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -94,10 +96,13 @@ class TreeWatcher(threading.Thread):
             pid = stack.pop()
             seen.append(pid)
             stack.extend(children.get(pid, []))
+        now = time.perf_counter()
         for pid in seen:
             hwm = vmhwm_mb(pid)
             if hwm is None:
                 continue
+            self.first_seen.setdefault(pid, now)
+            self.last_seen[pid] = now
             self.peaks[pid] = max(self.peaks.get(pid, 0.0), hwm)
             if pid not in self.names:
                 self.names[pid] = process_name(pid, self.root)
@@ -177,7 +182,8 @@ def run_kfp(args, workdir: Path, run_id: str) -> dict:
         if match := STEP_LINE.search(line):
             tasks.append({"task": match.group(2), "seconds": float(match.group(3))})
     reported = next((float(m.group(1)) for line in lines if (m := re.search(r"wall time: ([\d.]+) s", line))), None)
-    processes = [{"process": watcher.names.get(pid, "?"), "pid": pid, "peak_rss_mb": round(peak, 1)}
+    processes = [{"process": watcher.names.get(pid, "?"), "pid": pid, "peak_rss_mb": round(peak, 1),
+                  "seconds": round(watcher.last_seen[pid] - watcher.first_seen[pid], 1)}
                  for pid, peak in watcher.peaks.items()]
     processes.sort(key=lambda p: -p["peak_rss_mb"])
     return {
@@ -416,9 +422,8 @@ def main() -> None:
         task_rows = [{"task": t["task"], "seconds": t["seconds"]} for t in kfp["tasks"]]
         print(format_table(task_rows, [("task", "task"), ("seconds", "s")]))
         print("\npeak RSS per process (MiB):")
-        print(format_table([{"process": p["process"], "peak_rss_mb": p["peak_rss_mb"]} for p in kfp["processes"]
-                            if p["process"] != "(shell wrapper)"],
-                           [("process", "process"), ("peak_rss_mb", "peak RSS MiB")]))
+        print(format_table([p for p in kfp["processes"] if p["process"] != "(shell wrapper)"],
+                           [("process", "process"), ("seconds", "alive s (polled)"), ("peak_rss_mb", "peak RSS MiB")]))
         print(f"max over the process tree (wait4 ru_maxrss): {kfp['tree_peak_rss_mb']} MiB; "
               f"driver pipeline.py {kfp['driver_peak_rss_mb']} MiB; {kfp['num_processes']} processes")
         out["kfp_peak_rss_mb"] = summary([r["tree_peak_rss_mb"] for r in results["kfp"]], 1)

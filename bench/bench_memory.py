@@ -83,7 +83,23 @@ def measure(args, workdir: str, n_syn: int, repeat: int) -> dict:
             "rss_python_mb": round(floor_before, 1)}
 
 
-def plot(rows: list[dict], fit: dict | None, path: Path, title: str) -> None:
+def floor(args, workdir: str) -> dict:
+    """RSS of a fresh process once it has imported everything and loaded both models (no vote)."""
+    stages = {"python": vmrss_mb()}
+    from privevo import steps
+    from privevo.config import load_config
+
+    stages["privevo.steps"] = vmrss_mb()
+    config = load_config(args.config, overrides_for(args, workdir, args.sizes[0]))
+    embedding = steps.load_embedding(config)
+    stages["+ embedding model"] = vmrss_mb()
+    model = steps.load_model(config)
+    stages["+ diffusion model (torch, diffusers)"] = vmrss_mb()
+    del embedding, model
+    return {k: round(v, 1) for k, v in stages.items()}
+
+
+def plot(rows: list[dict], fit: dict | None, path: Path, title: str, floor_mb: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +111,8 @@ def plot(rows: list[dict], fit: dict | None, path: Path, title: str) -> None:
                 yerr=[[r["median"] - r["min"] for r in rows], [r["max"] - r["median"] for r in rows]],
                 marker="o", capsize=3, label="dp_vote peak RSS (median, min-max)")
     ax.plot(xs, [r["rss_after_imports_mb"] for r in rows], "s--", color="grey", label="RSS after importing privevo.steps")
+    if floor_mb:
+        ax.axhline(floor_mb, ls="-.", color="C2", label=f"both models loaded, no vote ({floor_mb:.0f} MiB)")
     if fit:
         line = [fit["slope"] * x + fit["intercept"] for x in xs]
         ax.plot(xs, line, ":", color="C3", label=f"fit: {fit['slope'] * 100:.2f} MiB per 100 samples")
@@ -127,6 +145,8 @@ def main() -> None:
         if role == "setup":
             setup(args, workdir, n_syn, r)
             print(json.dumps({"setup": n_syn}))
+        elif role == "floor":
+            print(json.dumps(floor(args, workdir)))
         else:
             print(json.dumps(measure(args, workdir, n_syn, r)))
         return
@@ -137,6 +157,9 @@ def main() -> None:
                    "--degree", str(args.degree)] + [x for o in args.overrides for x in ("--set", o)]
     measurements = []
     try:
+        floor_stages = run_worker([__file__, "--worker", "floor", workdir, "0", "0", *passthrough])
+        floor_mb = list(floor_stages.values())[-1]
+        print(f"  floor: {floor_stages}", flush=True)
         for n_syn in args.sizes:
             run_worker([__file__, "--worker", "setup", workdir, str(n_syn), str(args.repeats), *passthrough])
             for r in range(args.repeats):
@@ -157,17 +180,20 @@ def main() -> None:
                      "lookahead_images_mib": round(n_syn * args.lookahead * 28 * 28 * 4 / 2**20, 2)})
     fit = fit_line([r["n_syn"] for r in rows], [r["median"] for r in rows])
     title = f"dp_vote, lookahead {args.lookahead}, demo embedding, each vote in a fresh process"
-    plot(rows, fit, Path(args.plot), title)
+    plot(rows, fit, Path(args.plot), title, floor_mb)
     print(f"\npeak RSS of one dp_vote (lookahead {args.lookahead}, DDIM {args.steps} steps) per process, MiB:")
     print(format_table(rows, [("n_syn", "N_syn"), ("median", "peak median"), ("min", "min"), ("max", "max"),
                               ("runs", "runs"), ("rss_after_imports_mb", "after imports"), ("vote_s", "vote s"),
                               ("lookahead_images_mib", "all lookahead imgs as f32 MiB")]))
+    print("RSS of a process that has loaded everything dp_vote needs, before any vote (MiB): "
+          + ", ".join(f"{k} {v}" for k, v in floor_stages.items()))
     if fit:
         print(f"fitted slope: {fit['slope'] * 1024:.2f} KiB per synthetic sample "
               f"({fit['slope'] * 100:.2f} MiB per 100), intercept {fit['intercept']:.1f} MiB, r2 {fit['r2']}")
     print(f"plot: {args.plot}")
     print(json.dumps({"bench": "memory", "sizes": args.sizes, "repeats": args.repeats, "ddim_steps": args.steps,
                       "lookahead": args.lookahead, "rows": rows, "measurements": measurements, "fit": fit,
+                      "floor_stages_mb": floor_stages,
                       "slope_kib_per_sample": None if not fit else round(fit["slope"] * 1024, 2),
                       "plot": str(args.plot), "seconds_total": round(time.perf_counter() - started, 1)}))
 

@@ -145,7 +145,9 @@ def section_memory(r: dict) -> list[str]:
             "on it). Plot: `bench/memory_curve.png`.", "",
             markdown_table(rows, [(k, k) for k in rows[0]]), "",
             f"Fitted slope: **{fmt(r.get('slope_kib_per_sample'))} KiB per synthetic sample** "
-            f"(intercept {fmt(fit.get('intercept'))} MiB, r2 {fmt(fit.get('r2'))}).", ""]
+            f"(intercept {fmt(fit.get('intercept'))} MiB, r2 {fmt(fit.get('r2'))}).", "",
+            "RSS of a fresh process that has imported and loaded everything dp_vote needs, before any vote: "
+            + ", ".join(f"{k} {v} MiB" for k, v in (r.get("floor_stages_mb") or {}).items()) + ".", ""]
 
 
 def section_demo(r: dict) -> list[str]:
@@ -160,9 +162,9 @@ def section_demo(r: dict) -> list[str]:
         kfp = r["runs"]["kfp"][len(r["runs"]["kfp"]) // 2]
         out += ["### kfp.local: seconds per task (its progress lines) and peak RSS per process", "",
                 markdown_table([{"task": t["task"], "s": t["seconds"]} for t in kfp["tasks"]], [("task", "task"), ("s", "s")]), "",
-                markdown_table([{"process": p["process"], "peak RSS MiB": p["peak_rss_mb"]} for p in kfp["processes"]
-                                if p["process"] != "(shell wrapper)"],
-                               [("process", "process"), ("peak RSS MiB", "peak RSS MiB")]), "",
+                markdown_table([{"process": p["process"], "alive s": p.get("seconds"), "peak RSS MiB": p["peak_rss_mb"]}
+                                for p in kfp["processes"] if p["process"] != "(shell wrapper)"],
+                               [("process", "process"), ("alive s", "alive s (polled)"), ("peak RSS MiB", "peak RSS MiB")]), "",
                 f"Max over the whole process tree (wait4 ru_maxrss): **{kfp['tree_peak_rss_mb']} MiB**; "
                 f"{kfp['num_processes']} processes (shell wrappers included).", ""]
     if r["runs"].get("inprocess"):
@@ -264,6 +266,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="device for the embedding and model benchmarks")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the demo and memory benchmarks (repeatable)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other benchmarks' figures already in --json (rerun a subset with --only)")
     parser.add_argument("--json", default=str(BENCH_DIR / "results.json"))
     parser.add_argument("--markdown", default=str(BENCH_DIR / "RESULTS.md"))
     parser.add_argument("--analysis", default=str(BENCH_DIR / "analysis.md"),
@@ -276,8 +280,15 @@ def main() -> None:
     started = time.perf_counter()
     results = {"machine": machine_info(), "profile": args.profile, "device": args.device or "auto",
                "overrides": args.overrides, "benches": {}}
+    if args.merge and Path(args.json).is_file():
+        previous = json.loads(Path(args.json).read_text())
+        results["benches"] = previous.get("benches", {})
+        results["machine_previous"] = previous.get("machine")
     cmds = commands(args)
-    for name in chosen:
+    unknown = [name for name in chosen if name not in cmds]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}: use {', '.join(BENCHES)}")
+    for name in chosen:  # --only "" --merge re-renders RESULTS.md from results.json without running anything
         results["benches"][name] = run_bench(name, cmds[name])
         write_json(args.json, results)  # keep what is done if a later benchmark fails
     from bench._common import loadavg
