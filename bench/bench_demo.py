@@ -73,6 +73,8 @@ class TreeWatcher(threading.Thread):
         self.names: dict[int, str] = {}
         self.first_seen: dict[int, float] = {}
         self.last_seen: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
+        self.ticks = os.sysconf("SC_CLK_TCK")
         self.stop_event = threading.Event()
 
     def run(self) -> None:
@@ -103,6 +105,12 @@ class TreeWatcher(threading.Thread):
                 continue
             self.first_seen.setdefault(pid, now)
             self.last_seen[pid] = now
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self.ticks  # utime + stime
+            except (OSError, ValueError, IndexError):
+                pass
             self.peaks[pid] = max(self.peaks.get(pid, 0.0), hwm)
             if pid not in self.names:
                 self.names[pid] = process_name(pid, self.root)
@@ -183,7 +191,8 @@ def run_kfp(args, workdir: Path, run_id: str) -> dict:
             tasks.append({"task": match.group(2), "seconds": float(match.group(3))})
     reported = next((float(m.group(1)) for line in lines if (m := re.search(r"wall time: ([\d.]+) s", line))), None)
     processes = [{"process": watcher.names.get(pid, "?"), "pid": pid, "peak_rss_mb": round(peak, 1),
-                  "seconds": round(watcher.last_seen[pid] - watcher.first_seen[pid], 1)}
+                  "seconds": round(watcher.last_seen[pid] - watcher.first_seen[pid], 1),
+                  "cpu_s": round(watcher.cpu.get(pid, 0.0), 1)}
                  for pid, peak in watcher.peaks.items()]
     processes.sort(key=lambda p: -p["peak_rss_mb"])
     return {
@@ -203,7 +212,8 @@ def run_kfp(args, workdir: Path, run_id: str) -> dict:
 
 def run_inprocess(args, workdir: Path, run_id: str) -> dict:
     """All steps in one fresh Python process (see ``inprocess_worker``)."""
-    cmd = [PYTHON, __file__, "--inprocess-worker", str(workdir), run_id, "--config", args.config]
+    # The worker gets the expanded overrides and --no-official, so they are applied exactly once.
+    cmd = [PYTHON, __file__, "--inprocess-worker", str(workdir), run_id, "--config", args.config, "--no-official"]
     for override in official_overrides(args):
         cmd += ["--set", override]
     started = time.perf_counter()
@@ -357,6 +367,11 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
 # ---------------------------------------------------------------------- driver
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run whose wall time is the median (the upper one of an even count)."""
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+
+
 def per_generation(records: list[dict]) -> list[dict]:
     """In-process seconds per generation (0 = embed + initial; -1 = evaluate)."""
     totals: dict[int, float] = defaultdict(float)
@@ -378,7 +393,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.inprocess_worker:
-        inprocess_worker(*args.inprocess_worker, args.config, official_overrides(args))
+        inprocess_worker(*args.inprocess_worker, args.config, args.overrides)
         return
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -408,13 +423,13 @@ def main() -> None:
 
     print(f"\ndemo ({args.config}; {' '.join(official_overrides(args))}), {args.repeats} run(s) per mode")
     print(format_table([{"mode": m, **s, "cpu": cpu[m]["median"],
-                         "load": " ".join((results[m][len(results[m]) // 2].get("loadavg_after") or [])[:1])}
+                         "load": " ".join((median_run(results[m]).get("loadavg_after") or [])[:1])}
                         for m, s in summaries.items()],
                        [("mode", "mode"), ("median", "wall s median"), ("min", "min"), ("max", "max"), ("runs", "runs"),
                         ("cpu", "CPU s (user+sys)"), ("load", "loadavg after")]))
 
     if "kfp" in results:
-        kfp = results["kfp"][len(results["kfp"]) // 2]
+        kfp = median_run(results["kfp"])
         print("\nkfp.local per task (seconds from its progress lines; peak RSS polled from /proc, per process):")
         peaks = defaultdict(list)
         for p in kfp["processes"]:
@@ -423,13 +438,14 @@ def main() -> None:
         print(format_table(task_rows, [("task", "task"), ("seconds", "s")]))
         print("\npeak RSS per process (MiB):")
         print(format_table([p for p in kfp["processes"] if p["process"] != "(shell wrapper)"],
-                           [("process", "process"), ("seconds", "alive s (polled)"), ("peak_rss_mb", "peak RSS MiB")]))
+                           [("process", "process"), ("seconds", "alive s (polled)"), ("cpu_s", "CPU s (polled)"),
+                            ("peak_rss_mb", "peak RSS MiB")]))
         print(f"max over the process tree (wait4 ru_maxrss): {kfp['tree_peak_rss_mb']} MiB; "
               f"driver pipeline.py {kfp['driver_peak_rss_mb']} MiB; {kfp['num_processes']} processes")
         out["kfp_peak_rss_mb"] = summary([r["tree_peak_rss_mb"] for r in results["kfp"]], 1)
 
     if "inprocess" in results:
-        inproc = results["inprocess"][len(results["inprocess"]) // 2]
+        inproc = median_run(results["inprocess"])
         print("\nin-process per step (seconds; peak = VmHWM reset before each step, so it includes what is already resident):")
         print(format_table(inproc["steps"], [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"),
                                              ("peak_rss_mb", "peak RSS MiB")]))
@@ -445,7 +461,7 @@ def main() -> None:
         out["inprocess_peak_rss_mb"] = summary([r["process_peak_rss_mb"] for r in results["inprocess"]], 1)
 
     if "subprocess" in results:
-        sub = results["subprocess"][len(results["subprocess"]) // 2]
+        sub = median_run(results["subprocess"])
         print("\none process per step, no kfp (seconds incl. process start and imports; peak = wait4 ru_maxrss):")
         print(format_table(sub["steps"], [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"),
                                           ("peak_rss_mb", "peak RSS MiB")]))
