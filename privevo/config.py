@@ -41,6 +41,10 @@ class ModelConfig(_Strict):
     num_inference_steps: int = Field(default=25, ge=1)
     batch_size: int = Field(default=64, ge=1)
     device: str = "auto"
+    autocast: Literal["auto", "off", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="mixed-precision forward pass; auto = bfloat16 where the hardware has it natively, else off",
+    )
     prompts: list[str] | None = None
     guidance_scale: float = 7.5
     disable_safety_checker: bool = True

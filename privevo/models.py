@@ -69,6 +69,29 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return names[dtype]
 
 
+def resolve_autocast(setting: str, device: torch.device, weight_dtype: torch.dtype) -> torch.dtype | None:
+    """The mixed-precision compute dtype of the network's forward pass, or None for plain weights' dtype.
+
+    "auto" picks bfloat16 when the weights are float32 and the hardware runs bfloat16 natively
+    (CUDA with bf16, CPUs with AMX or AVX512-BF16): the demo UNet then runs about 2.3x faster on
+    2 CPU cores (bench/RESULTS.md). The sampler's state and arithmetic stay float32.
+    """
+    if setting == "off":
+        return None
+    if setting == "auto":
+        if weight_dtype != torch.float32:
+            return None
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and runtime.cpu_has_native_bf16()
+        return torch.bfloat16 if native else None
+    names = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+    if setting not in names:
+        raise UserError(f"autocast {setting!r} is not supported: use 'auto', 'off', 'bfloat16' or 'float16'")
+    return names[setting]
+
+
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """A CPU generator for sample ``index`` of a call with ``seed``, independent of batching."""
     state = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
@@ -94,6 +117,8 @@ class FoundationModel(abc.ABC):
     num_classes: int | None
     name: str
     batch_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
 
     def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
         """Draw ``n`` new samples (RANDOM_API); ``labels`` pick classes where the model has them."""
@@ -132,7 +157,8 @@ class FoundationModel(abc.ABC):
     ) -> np.ndarray:
         """Call ``run_batch(indices, labels, generators)`` for each batch of up to ``batch_size`` samples."""
         out = np.empty((n, self.image_size, self.image_size, self.channels), dtype=np.uint8)
-        with tqdm(total=n, desc=f"{self.name}: {what}", unit="img", disable=None) as progress:
+        precision = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        with precision, tqdm(total=n, desc=f"{self.name}: {what}", unit="img", disable=None) as progress:
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
                 indices = np.arange(start, stop)
@@ -233,6 +259,7 @@ class DDPMUNetModel(FoundationModel):
         batch_size: int = 64,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
+        autocast: str = "auto",
     ) -> None:
         from diffusers import DDIMScheduler
 
@@ -243,6 +270,7 @@ class DDPMUNetModel(FoundationModel):
         self.unet = unet.to(self.device).eval()
         if self.unet.dtype != self.dtype:
             self.unet.to(self.dtype)
+        self.autocast_dtype = resolve_autocast(autocast, self.device, self.dtype)
         self.scheduler = DDIMScheduler.from_config(scheduler_config)
         self.scheduler.set_timesteps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
@@ -261,6 +289,7 @@ class DDPMUNetModel(FoundationModel):
         device: str = "auto",
         dtype: str = "auto",
         image_size: int | None = None,
+        autocast: str = "auto",
     ) -> "DDPMUNetModel":
         """Load a ``DDPMPipeline.save_pretrained`` folder (unet/ and scheduler/), offline."""
         from diffusers import DDPMScheduler, UNet2DModel
@@ -282,7 +311,7 @@ class DDPMUNetModel(FoundationModel):
             raise UserError(
                 f"image_size {image_size} does not match the model's resolution {sample_size} ({name_or_path}): set image_size to {sample_size} or use a model trained at {image_size}"
             )
-        return cls(unet, scheduler_config, str(name_or_path), num_inference_steps, batch_size, device, dtype)
+        return cls(unet, scheduler_config, str(name_or_path), num_inference_steps, batch_size, device, dtype, autocast)
 
     def _noise(self, generators: list[torch.Generator]) -> torch.Tensor:
         """Per-sample standard normal noise, drawn on the CPU then moved to the model."""
@@ -294,7 +323,7 @@ class DDPMUNetModel(FoundationModel):
     def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Deterministic DDIM (eta 0) from ``x`` at ``timesteps[0]`` down to a clean sample."""
         for t in timesteps:
-            eps = self.unet(x, t.to(self.device), class_labels=labels).sample
+            eps = self.unet(x, t.to(self.device), class_labels=labels).sample.to(x.dtype)
             x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
         return x
 
@@ -340,6 +369,7 @@ class StableDiffusionModel(FoundationModel):
         guidance_scale: float = 7.5,
         batch_size: int = 8,
         disable_safety_checker: bool = True,
+        autocast: str = "auto",
     ) -> None:
         from diffusers import StableDiffusionImg2ImgPipeline
 
@@ -363,6 +393,8 @@ class StableDiffusionModel(FoundationModel):
         self.guidance_scale = guidance_scale
         self.batch_size = batch_size
         self.name = name
+        self.device = torch.device(pipe.device)
+        self.autocast_dtype = resolve_autocast(autocast, self.device, pipe.unet.dtype)
 
     @classmethod
     def from_pretrained(
@@ -377,6 +409,7 @@ class StableDiffusionModel(FoundationModel):
         device: str = "auto",
         dtype: str = "auto",
         disable_safety_checker: bool = True,
+        autocast: str = "auto",
     ) -> "StableDiffusionModel":
         """Load a ``StableDiffusionPipeline.save_pretrained`` folder, offline."""
         from diffusers import StableDiffusionPipeline
@@ -397,7 +430,7 @@ class StableDiffusionModel(FoundationModel):
             raise UserError(f"could not load Stable Diffusion from {name_or_path} ({first_line}): {hint}") from err
         return cls(
             pipe.to(resolved), prompts, str(name_or_path), image_size, channels,
-            num_inference_steps, guidance_scale, batch_size, disable_safety_checker,
+            num_inference_steps, guidance_scale, batch_size, disable_safety_checker, autocast,
         )
 
     def _prompts(self, labels: np.ndarray | None, n: int) -> list[str]:

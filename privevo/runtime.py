@@ -20,6 +20,7 @@ An explicit ``OMP_WAIT_POLICY`` or ``OMP_NUM_THREADS`` in the environment always
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -79,3 +80,14 @@ def configure_faiss_threads() -> None:
     budget = cpu_budget()
     if faiss.omp_get_max_threads() > budget:
         faiss.omp_set_num_threads(budget)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX or AVX512-BF16; Linux's cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

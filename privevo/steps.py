@@ -156,7 +156,7 @@ def load_model(config: Config):
 
     m = config.model
     options = {"num_inference_steps": m.num_inference_steps, "batch_size": m.batch_size, "device": m.device,
-               "image_size": config.image_size}
+               "image_size": config.image_size, "autocast": m.autocast}
     if m.kind == "stable_diffusion":
         options.update(prompts=m.prompts or [config.name], guidance_scale=m.guidance_scale, channels=config.channels,
                        disable_safety_checker=m.disable_safety_checker)
