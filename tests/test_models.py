@@ -276,10 +276,10 @@ def test_shipped_model_samples_are_recognisable_clothes(shipped: DDPMUNetModel) 
     classifier = load_classifier(SHIPPED_CLASSIFIER)
     samples = shipped.random(500, seed=0)
     confidence = predict_proba(classifier, samples).max(1)
-    # The shipped model is briefly trained (700 steps, see its card): median confidence
-    # measured 0.67. Noise images of the same size stay far below it.
+    # The shipped model (4000 steps, see its card): median confidence measured 0.86 with
+    # 10 DDIM steps. Noise images of the same size stay far below it (0.41).
     noise = np.random.default_rng(0).integers(0, 256, samples.shape, dtype=np.uint8)
-    assert np.median(confidence) > 0.6
+    assert np.median(confidence) > 0.75
     assert np.median(confidence) > np.median(predict_proba(classifier, noise).max(1)) + 0.2
     assert set(predict_proba(classifier, samples).argmax(1).tolist()) == set(range(10))
 
