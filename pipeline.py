@@ -17,6 +17,7 @@ import re
 import sys
 import time
 
+from privevo import runtime
 from privevo.errors import UserError
 from components import STEP_KINDS
 
@@ -31,6 +32,7 @@ class _OneLineParser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- DAG
 
 PRIVATE_STEPS = ("embed_private", "dp_vote")
+KFP_LOCAL_PARALLEL_SHARDS = 2  # kfp.local's cap on concurrent ParallelFor iterations (kfp 2.17)
 
 
 def build_pipeline(config):
@@ -169,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> None:
           f"-> {run.layout.run_dir}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=args.pipeline_root,
                raise_on_error=True)
+    # kfp.local runs up to KFP_LOCAL_PARALLEL_SHARDS ParallelFor iterations at once on this machine:
+    # the shard steps split its CPUs between them instead of oversubscribing them.
+    os.environ[runtime.CONCURRENT_SHARDS_ENV] = str(min(config.population.num_shards, KFP_LOCAL_PARALLEL_SHARDS))
     started = time.time()
     pipeline_func = build_pipeline(config)
     log_path = os.path.join(args.pipeline_root, f"{run_id}.log")

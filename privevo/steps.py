@@ -261,6 +261,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
         return _reference(uri, storage.sha256_uri(uri), generation=0, shard=shard)
     part = shard_slice(run.config.population.size, shard, run.config.population.num_shards)
     labels = initial_labels(run)[part]
+    runtime.configure_torch_threads(runtime.shard_cpu_budget())
     model = load_model(run.config)
     seed = run.seed(0, "random")  # with the global sample index: the same samples however many shards
     images = model.random(len(labels), labels=_model_labels(model, labels), seed=seed, first_index=part.start)
@@ -497,6 +498,7 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     parent_ids = selection["parent_ids"][part]
     labels = selection["labels"][part]
     degree = config.population.degree_schedule()[generation - 1]
+    runtime.configure_torch_threads(runtime.shard_cpu_budget())
     model = load_model(config)
     seed = run.seed(generation, "variation")  # with the global sample index: independent of sharding
     images = model.variation(previous.images[parent_ids], degree, labels=_model_labels(model, labels), seed=seed,

@@ -41,6 +41,18 @@ def test_torch_threads_are_only_ever_lowered(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_shard_steps_split_the_cpus_between_concurrent_shards(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_budget", lambda: 8)
+    monkeypatch.delenv(runtime.CONCURRENT_SHARDS_ENV, raising=False)
+    assert runtime.shard_cpu_budget() == 8  # a cluster pod: its own budget
+    monkeypatch.setenv(runtime.CONCURRENT_SHARDS_ENV, "2")
+    assert runtime.shard_cpu_budget() == 4
+    monkeypatch.setenv(runtime.CONCURRENT_SHARDS_ENV, "16")
+    assert runtime.shard_cpu_budget() == 1
+    monkeypatch.setenv(runtime.CONCURRENT_SHARDS_ENV, "not a number")
+    assert runtime.shard_cpu_budget() == 8
+
+
 def _modules_after(code: str) -> dict:
     """Run ``code`` in a fresh interpreter; return which heavy modules it imported."""
     probe = code + (
