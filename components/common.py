@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from typing import Any, Callable
 
@@ -18,12 +19,27 @@ def open_run(config_json: str, run_id: str) -> Run:
     return Run.create(parse_config(json.loads(config_json), source="pipeline config"), run_id)
 
 
+def _kfp_value(value: Any) -> Any:
+    """KFP metadata cannot hold infinity or NaN (protobuf Struct): such floats go in as text ("inf")."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_reference(artifact: Any, reference: dict[str, Any]) -> None:
     """Store a data-plane reference in a KFP artifact: in its metadata and as its JSON content."""
     for key, value in reference.items():
-        artifact.metadata[key] = value
+        artifact.metadata[key] = _kfp_value(value)
     with open(artifact.path, "w") as handle:
         json.dump(reference, handle, sort_keys=True)
+
+
+def log_metrics(artifact: Any, values: dict[str, float]) -> None:
+    """Log scalars to a KFP Metrics artifact. KFP metrics must be finite: an infinite one (epsilon
+    of a non-private run, sigma = 0) is logged as ``<key>_infinite = 1`` instead."""
+    for key, value in values.items():
+        if math.isfinite(value):
+            artifact.log_metric(key, value)
+        else:
+            artifact.log_metric(f"{key}_infinite", 1.0)
 
 
 def read_reference(artifact: Any) -> dict[str, Any]:

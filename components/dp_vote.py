@@ -16,15 +16,14 @@ def dp_vote(
     privacy: Output[Metrics],
 ):
     """Releases the noisy histogram (write-once, charged in the ledger) and selects parents."""
-    from components.common import open_run, read_reference, write_reference
+    from components.common import log_metrics, open_run, read_reference, write_reference
     from privevo import steps
 
     run = open_run(config_json, run_id)
     steps.verify_references([read_reference(shard) for shard in population_shards])
     reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), force_new_noise)
     write_reference(selection, reference)
-    privacy.log_metric("epsilon", reference["epsilon"])
-    privacy.log_metric("generation", int(generation))
+    log_metrics(privacy, {"epsilon": reference["epsilon"], "generation": int(generation)})
 
 
 def main(argv=None) -> int:

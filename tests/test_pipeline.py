@@ -173,3 +173,24 @@ def test_missing_bucket_is_one_line_exit_2(gcs_server, tmp_path, run_cli):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "no-such-bucket" in last and "Traceback" not in result.stderr
+
+
+def test_non_private_run_metrics_fit_kfp_metadata(tmp_path):
+    """sigma = 0 gives epsilon = inf, which KFP's protobuf metadata cannot hold: it goes in as text."""
+    from google.protobuf import struct_pb2
+    from kfp import dsl
+
+    from components.common import log_metrics, write_reference
+
+    metrics = dsl.Metrics(name="privacy", uri=str(tmp_path / "m"), metadata={})
+    log_metrics(metrics, {"epsilon": float("inf"), "generation": 1})
+    selection = dsl.Dataset(name="selection", uri=str(tmp_path / "s"), metadata={})
+    selection.path = str(tmp_path / "s.json")
+    write_reference(selection, {"epsilon": float("inf"), "uri": "runs/x/selection.npz"})
+    for artifact in (metrics, selection):
+        struct = struct_pb2.Struct()
+        struct.update(artifact.metadata)
+        json_format.MessageToJson(struct)  # what kfp does with executor output: raises on inf
+    assert metrics.metadata == {"epsilon_infinite": 1.0, "generation": 1}
+    assert selection.metadata["epsilon"] == "inf"
+    assert json.loads((tmp_path / "s.json").read_text())["epsilon"] == float("inf")
