@@ -1,10 +1,12 @@
 """Throughput of the shipped demo model's foundation-model APIs, in samples per second.
 
 Prints a table (median, min and max over repeated runs) and one JSON line, for ``random``
-and for ``variation`` at several degrees and batch sizes. Figures only: nothing is asserted.
+and for ``variation`` at several degrees, batch sizes and precisions (``model.autocast``: off
+= float32, bfloat16 = mixed precision), with the speed-up over float32 beside each row.
+Figures only: nothing is asserted.
 
 Usage:
-    .venv/bin/python bench/bench_models.py [--n 64] [--repeats 3] [--batch-sizes 16 64]
+    .venv/bin/python bench/bench_models.py [--n 64] [--repeats 3] [--batch-sizes 16 64] [--autocast off bfloat16]
 """
 
 import argparse
@@ -33,38 +35,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--autocast", nargs="+", default=["off", "bfloat16"], help="model.autocast settings to compare")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     results = []
-    for batch_size in args.batch_sizes:
-        model = load_foundation_model(
-            "ddpm_unet", args.model, num_inference_steps=args.steps, batch_size=batch_size, device=args.device
-        )
-        images = model.random(args.n, seed=0)  # also the warm-up
-        calls = [("random", None, lambda seed: model.random(args.n, seed=seed))]
-        calls += [("variation", d, lambda seed, d=d: model.variation(images, d, seed=seed)) for d in args.degrees]
-        for api, degree, call in calls:
-            rates = []
-            for repeat in range(args.repeats):
-                start = time.perf_counter()
-                call(repeat + 1)
-                rates.append(args.n / (time.perf_counter() - start))
-            results.append({
-                "api": api,
-                "degree": degree,
-                "batch_size": batch_size,
-                "median": round(statistics.median(rates), 2),
-                "min": round(min(rates), 2),
-                "max": round(max(rates), 2),
-            })
+    for autocast in args.autocast:
+        for batch_size in args.batch_sizes:
+            model = load_foundation_model("ddpm_unet", args.model, num_inference_steps=args.steps,
+                                          batch_size=batch_size, device=args.device, autocast=autocast)
+            images = model.random(args.n, seed=0)  # also the warm-up
+            calls = [("random", None, lambda seed: model.random(args.n, seed=seed))]
+            calls += [("variation", d, lambda seed, d=d: model.variation(images, d, seed=seed)) for d in args.degrees]
+            for api, degree, call in calls:
+                rates = []
+                for repeat in range(args.repeats):
+                    start = time.perf_counter()
+                    call(repeat + 1)
+                    rates.append(args.n / (time.perf_counter() - start))
+                results.append({
+                    "api": api,
+                    "degree": degree,
+                    "batch_size": batch_size,
+                    "autocast": autocast,
+                    "dtype": str(model.autocast_dtype or torch.float32).replace("torch.", ""),
+                    "median": round(statistics.median(rates), 2),
+                    "min": round(min(rates), 2),
+                    "max": round(max(rates), 2),
+                })
+    baseline = {(r["api"], r["degree"], r["batch_size"]): r["median"] for r in results if r["dtype"] == "float32"}
+    for r in results:
+        base = baseline.get((r["api"], r["degree"], r["batch_size"]))
+        r["x_float32"] = round(r["median"] / base, 2) if base else None
 
     device = str(model.device)
     print(f"samples/s, {args.model}, DDIM {args.steps} steps, n={args.n}, {args.repeats} runs, {device}, {torch.get_num_threads()} threads")
-    print(f"{'api':<10} {'degree':>6} {'batch':>5} {'median':>8} {'min':>8} {'max':>8}")
+    print(f"{'api':<10} {'degree':>6} {'batch':>5} {'dtype':>9} {'median':>8} {'min':>8} {'max':>8} {'x float32':>9}")
     for r in results:
         degree = "-" if r["degree"] is None else f"{r['degree']:.2f}"
-        print(f"{r['api']:<10} {degree:>6} {r['batch_size']:>5} {r['median']:>8.2f} {r['min']:>8.2f} {r['max']:>8.2f}")
+        ratio = "-" if r["x_float32"] is None else f"{r['x_float32']:.2f}"
+        print(f"{r['api']:<10} {degree:>6} {r['batch_size']:>5} {r['dtype']:>9} {r['median']:>8.2f} {r['min']:>8.2f}"
+              f" {r['max']:>8.2f} {ratio:>9}")
     print(json.dumps({
         "bench": "models",
         "model": args.model,

@@ -128,8 +128,9 @@ def section_embeddings(r: dict) -> list[str]:
 
 
 def section_models(r: dict) -> list[str]:
-    rows = [{"api": x["api"], "degree": x["degree"], "batch": x["batch_size"], "samples/s median": x["median"],
-             "min": x["min"], "max": x["max"]} for x in r["results"]]
+    rows = [{"api": x["api"], "degree": x["degree"], "batch": x["batch_size"], "compute": x.get("dtype", "float32"),
+             "samples/s median": x["median"], "min": x["min"], "max": x["max"], "x float32": x.get("x_float32")}
+            for x in r["results"]]
     return ["## Foundation model throughput (bench/bench_models.py)", "", f"`{r['command']}`", "",
             f"DDIM {r['ddim_steps']} steps, n={r['n']} per call, {r['repeats']} runs, {r['device']}, {r['threads']} threads.", "",
             markdown_table(rows, [(k, k) for k in rows[0]]), ""]
