@@ -15,7 +15,8 @@ Backends:
 - ``StableDiffusionModel``: text-to-image with one prompt per class, img2img variations.
 
 Adding a backend (for example a DiT or a consistency model): subclass ``FoundationModel``, set
-``image_size``, ``channels``, ``num_classes``, ``name`` and ``batch_size`` in ``__init__``, and
+``image_size``, ``channels``, ``num_classes``, ``name``, ``batch_size`` and ``device`` (and, for mixed
+precision, ``autocast_dtype`` from :func:`resolve_autocast`) in ``__init__``, and
 implement ``_random_batch(labels, generators)`` and ``_variation_batch(images, degree, labels,
 generators)``. Each receives one ``torch.Generator`` per sample (draw that sample's noise from
 it, on the CPU, so CPU and CUDA runs agree) and returns uint8 NHWC. The base class validates
