@@ -115,6 +115,10 @@ def fit_line(xs: Iterable[float], ys: Iterable[float]) -> dict[str, float] | Non
             "r2": round(float(1 - (residual**2).sum() / total) if total else 1.0, 4)}
 
 
+# Columns of a per-step table (bench_demo's in-process and one-process-per-step modes).
+STEP_COLUMNS = [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"), ("peak_rss_mb", "peak RSS MiB")]
+
+
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     """A fixed-width text table; ``columns`` are (key, header) pairs."""
 

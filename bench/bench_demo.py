@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import (  # noqa: E402
-    OFFICIAL_PEAK_GB, OFFICIAL_SECONDS, PYTHON, TARGET_PEAK_GB, TARGET_SECONDS, format_table, last_json_line, loadavg,
+    OFFICIAL_PEAK_GB, OFFICIAL_SECONDS, PYTHON, STEP_COLUMNS, TARGET_PEAK_GB, TARGET_SECONDS, format_table, last_json_line, loadavg,
     peak_rss_mb, reset_vmhwm, summary, vmhwm_mb,
 )
 
@@ -447,8 +447,7 @@ def main() -> None:
     if "inprocess" in results:
         inproc = median_run(results["inprocess"])
         print("\nin-process per step (seconds; peak = VmHWM reset before each step, so it includes what is already resident):")
-        print(format_table(inproc["steps"], [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"),
-                                             ("peak_rss_mb", "peak RSS MiB")]))
+        print(format_table(inproc["steps"], STEP_COLUMNS))
         gens = per_generation(inproc["steps"])
         out["inprocess_per_generation"] = gens
         print("\nin-process seconds per generation (0 = embed_private + generate_initial, -1 = evaluate):")
@@ -463,8 +462,7 @@ def main() -> None:
     if "subprocess" in results:
         sub = median_run(results["subprocess"])
         print("\none process per step, no kfp (seconds incl. process start and imports; peak = wait4 ru_maxrss):")
-        print(format_table(sub["steps"], [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"),
-                                          ("peak_rss_mb", "peak RSS MiB")]))
+        print(format_table(sub["steps"], STEP_COLUMNS))
 
     comparison = []
     for mode, runs in results.items():

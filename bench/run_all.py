@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import (  # noqa: E402
-    BENCH_DIR, OFFICIAL_PEAK_GB, OFFICIAL_SECONDS, PYTHON, TARGET_PEAK_GB, TARGET_SECONDS, last_json_line,
+    BENCH_DIR, OFFICIAL_PEAK_GB, OFFICIAL_SECONDS, PYTHON, STEP_COLUMNS, TARGET_PEAK_GB, TARGET_SECONDS, last_json_line,
     machine_info, markdown_table, write_json,
 )
 
@@ -174,8 +174,7 @@ def section_demo(r: dict) -> list[str]:
         inproc = sorted(r["runs"]["inprocess"], key=lambda x: x["wall_s"])[len(r["runs"]["inprocess"]) // 2]
         out += ["### In one process: seconds and peak RSS per step", "",
                 "Peak = VmHWM reset before each step (includes what earlier steps left resident).", "",
-                markdown_table(inproc["steps"], [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"),
-                                                 ("peak_rss_mb", "peak RSS MiB")]), "",
+                markdown_table(inproc["steps"], STEP_COLUMNS), "",
                 markdown_table(r.get("inprocess_per_generation", []), [("generation", "generation (0 = embed + initial, -1 = evaluate)"),
                                                                        ("seconds", "s")]), "",
                 "Where the in-process time goes:", "",
@@ -184,8 +183,7 @@ def section_demo(r: dict) -> list[str]:
     if r["runs"].get("subprocess"):
         sub = sorted(r["runs"]["subprocess"], key=lambda x: x["wall_s"])[len(r["runs"]["subprocess"]) // 2]
         out += ["### One process per step, without kfp", "",
-                markdown_table(sub["steps"], [("step", "step"), ("seconds", "s"), ("cpu_s", "CPU s"),
-                                              ("peak_rss_mb", "peak RSS MiB")]), ""]
+                markdown_table(sub["steps"], STEP_COLUMNS), ""]
     out += ["### Against the official implementation", "",
             f"Official: {OFFICIAL_SECONDS:.0f} s and {OFFICIAL_PEAK_GB} GB; targets <= {TARGET_SECONDS:.0f} s "
             f"(time ratio <= 0.667) and <= {TARGET_PEAK_GB} GB in any process (ratio <= {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f}).", "",
