@@ -43,6 +43,7 @@ def build_pipeline(config):
 
     from components.dp_vote import dp_vote
     from components.embed_private import embed_private
+    from components.embed_synthetic import embed_synthetic
     from components.evaluate import evaluate
     from components.generate_initial import generate_initial
     from components.generate_variations import generate_variations
@@ -57,13 +58,13 @@ def build_pipeline(config):
     steps = {
         "embed_private": component(embed_private, model_image),
         "generate_initial": component(generate_initial, model_image),
+        "embed_synthetic": component(embed_synthetic, model_image),
         "dp_vote": component(dp_vote, model_image),
         "generate_variations": component(generate_variations, model_image),
         "evaluate": component(evaluate, model_image),
     }
-    uses_model = {"generate_initial", "generate_variations", "embed_private", "evaluate"}
-    if config.population.lookahead:
-        uses_model.add("dp_vote")
+    # dp_vote runs no network (embed_synthetic did the lookahead), so it gets the CPU step's resources
+    uses_model = {"generate_initial", "embed_synthetic", "generate_variations", "embed_private", "evaluate"}
     private_steps = set(PRIVATE_STEPS) | ({"evaluate"} if config.evaluation.against_private else set())
     config_json = json.dumps(config_to_dict(config), sort_keys=True)
     shards = list(range(config.population.num_shards))
@@ -90,18 +91,30 @@ def build_pipeline(config):
 
     @dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution")
     def private_evolution(run_id: str, force_new_noise: bool = False):
+        generations = config.population.generations
+
+        def embed_for_vote(generation: int, shard, population):
+            """Within a shard's loop iteration: embed its population for the next generation's vote."""
+            return configure(
+                steps["embed_synthetic"](config_json=config_json, run_id=run_id, generation=generation, shard=shard,
+                                         population=population),
+                "embed_synthetic", f"embed-synthetic-gen-{generation:03d}",
+            )
+
         private = configure(steps["embed_private"](config_json=config_json, run_id=run_id), "embed_private", "embed-private")
         with dsl.ParallelFor(items=shards, name="gen-000-shards") as shard:
             initial = configure(
                 steps["generate_initial"](config_json=config_json, run_id=run_id, shard=shard),
                 "generate_initial", "generate-initial",
             )
+            embedded = embed_for_vote(1, shard, initial.outputs["population"])
         population = dsl.Collected(initial.outputs["population"])
-        for generation in range(1, config.population.generations + 1):
+        for generation in range(1, generations + 1):
             vote = configure(
                 steps["dp_vote"](
                     config_json=config_json, run_id=run_id, generation=generation, force_new_noise=force_new_noise,
-                    private_embeddings=private.outputs["private_embeddings"], population_shards=population,
+                    private_embeddings=private.outputs["private_embeddings"],
+                    synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]),
                 ),
                 "dp_vote", f"dp-vote-gen-{generation:03d}",
             )
@@ -113,6 +126,8 @@ def build_pipeline(config):
                     ),
                     "generate_variations", f"generate-variations-gen-{generation:03d}",
                 )
+                if generation < generations:
+                    embedded = embed_for_vote(generation + 1, shard, variations.outputs["population"])
             population = dsl.Collected(variations.outputs["population"])
         configure(steps["evaluate"](config_json=config_json, run_id=run_id, population_shards=population),
                   "evaluate", "evaluate")
@@ -325,6 +340,8 @@ def cmd_rerun(args: argparse.Namespace) -> None:
         result = steps.embed_private(run)
     elif step == "generate_initial":
         result = steps.generate_initial(run, args.shard)
+    elif step == "embed_synthetic":
+        result = steps.embed_synthetic(run, generation, args.shard)
     elif step == "dp_vote":
         result = steps.dp_vote(run, generation, steps.private_reference(run), args.force_new_noise)
     elif step == "generate_variations":

@@ -8,7 +8,8 @@ Modes (``--modes``, default ``kfp,inprocess``):
   exact maximum over the whole process tree comes from ``RUSAGE_CHILDREN`` (ru_maxrss)
   after the run.
 - ``inprocess``: one fresh Python process calls ``privevo.steps`` directly (embed_private,
-  generate_initial per shard, then dp_vote and generate_variations per shard for every
+  generate_initial per shard, then embed_synthetic per shard, dp_vote and generate_variations
+  per shard for every
   generation, then ``evaluation.evaluate_run``). Per-step peak RSS is the process's
   **VmHWM, reset before each step** (``/proc/self/clear_refs``), so it is that step's peak
   *including* what earlier steps left resident (imported modules, allocator caches);
@@ -236,6 +237,8 @@ def run_subprocess_steps(args, workdir: Path, run_id: str) -> dict:
     plan = [("embed_private", [])]
     plan += [("generate_initial", ["--shard", str(s)]) for s in range(config.population.num_shards)]
     for g in range(1, config.population.generations + 1):
+        plan += [("embed_synthetic", ["--generation", str(g), "--shard", str(s)])
+                 for s in range(config.population.num_shards)]
         plan.append(("dp_vote", ["--generation", str(g)]))
         plan += [("generate_variations", ["--generation", str(g), "--shard", str(s)])
                  for s in range(config.population.num_shards)]
@@ -291,7 +294,7 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
 
     def instrument_model(model):
         model.random = timed("RANDOM_API (generation 0)", model.random)
-        model.variation = timed(lambda step: "VARIATION_API lookahead (dp_vote)" if step == "dp_vote"
+        model.variation = timed(lambda step: "VARIATION_API lookahead (embed_synthetic)" if step == "embed_synthetic"
                                 else "VARIATION_API next generation", model.variation)
         return model
 
@@ -331,6 +334,8 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
     for s in range(shards):
         step(f"generate_initial s{s}", "generate_initial", 0, lambda s=s: steps.generate_initial(run, s))
     for g in range(1, config.population.generations + 1):
+        for s in range(shards):
+            step(f"embed_synthetic g{g} s{s}", "embed_synthetic", g, lambda g=g, s=s: steps.embed_synthetic(run, g, s))
         step(f"dp_vote g{g}", "dp_vote", g, lambda g=g: steps.dp_vote(run, g, private_ref))
         for s in range(shards):
             step(f"generate_variations g{g} s{s}", "generate_variations", g,

@@ -137,17 +137,18 @@ def section_models(r: dict) -> list[str]:
 
 
 def section_memory(r: dict) -> list[str]:
-    rows = [{"N_syn": x["n_syn"], "peak MiB median": x["median"], "min": x["min"], "max": x["max"], "runs": x["runs"],
-             "RSS after imports MiB": x["rss_after_imports_mb"], "vote s": x["vote_s"],
+    rows = [{"step": x["step"], "N_syn": x["n_syn"], "peak MiB median": x["median"], "min": x["min"], "max": x["max"],
+             "runs": x["runs"], "RSS after imports MiB": x["rss_after_imports_mb"], "step s": x["step_s"],
              "all lookahead images (f32) MiB": x["lookahead_images_mib"]} for x in r["rows"]]
-    fit = r.get("fit") or {}
-    return ["## Peak memory of dp_vote vs N_syn (lookahead 2)", "", f"`{r['command']}`", "",
-            f"Each vote in a fresh process (peak = ru_maxrss); DDIM {r['ddim_steps']} steps (memory does not depend "
+    slopes = [f"{step}: **{fmt(fit['slope'] * 1024)} KiB per synthetic sample** (intercept {fmt(fit['intercept'])} MiB, "
+              f"r2 {fmt(fit['r2'])})" for step, fit in (r.get("fits") or {}).items() if fit]
+    return [f"## Peak memory of embed_synthetic (the lookahead) and dp_vote vs N_syn (lookahead {r['lookahead']})", "",
+            f"`{r['command']}`", "",
+            f"Each step in a fresh process (peak = ru_maxrss); DDIM {r['ddim_steps']} steps (memory does not depend "
             "on it). Plot: `bench/memory_curve.png`.", "",
             markdown_table(rows, [(k, k) for k in rows[0]]), "",
-            f"Fitted slope: **{fmt(r.get('slope_kib_per_sample'))} KiB per synthetic sample** "
-            f"(intercept {fmt(fit.get('intercept'))} MiB, r2 {fmt(fit.get('r2'))}).", "",
-            "RSS of a fresh process that has imported and loaded everything dp_vote needs, before any vote: "
+            "Fitted slopes: " + "; ".join(slopes) + ".", "",
+            "RSS of a fresh process that has imported and loaded both networks (embed_synthetic's floor), before any work: "
             + ", ".join(f"{k} {v} MiB" for k, v in (r.get("floor_stages_mb") or {}).items()) + ".", ""]
 
 
@@ -217,9 +218,11 @@ def headline(results: dict) -> list[str]:
         out.append(f"- vote (faiss exact): time ~ (N_priv N_syn)^{fit['exponent']}"
                    + (f"; the demo's own vote (1,800 x 300) takes {demo_vote['seconds']['median']} s" if demo_vote else ""))
     memory = benches.get("memory")
-    if memory and "error" not in memory and memory.get("slope_kib_per_sample") is not None:
-        out.append(f"- dp_vote peak memory grows {memory['slope_kib_per_sample']} KiB per synthetic sample "
-                   f"(intercept {memory['fit']['intercept']:.0f} MiB: the fixed cost of torch, diffusers and the models)")
+    if memory and "error" not in memory:
+        for step, fit in (memory.get("fits") or {}).items():
+            if fit:
+                out.append(f"- {step} peak memory grows {fit['slope'] * 1024:.2f} KiB per synthetic sample "
+                           f"(intercept {fit['intercept']:.0f} MiB: the fixed cost of what the step imports and loads)")
     return out + [""]
 
 

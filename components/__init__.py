@@ -5,5 +5,5 @@ reference (URI + sha256 in the artifact's metadata) to its output artifact. Ever
 module also runs as a plain command: ``python -m components.dp_vote --help``.
 """
 
-#: The five step kinds, in DAG order.
-STEP_KINDS = ("embed_private", "generate_initial", "dp_vote", "generate_variations", "evaluate")
+#: The six step kinds, in DAG order.
+STEP_KINDS = ("embed_private", "generate_initial", "embed_synthetic", "dp_vote", "generate_variations", "evaluate")

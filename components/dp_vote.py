@@ -11,7 +11,7 @@ def dp_vote(
     generation: int,
     force_new_noise: bool,
     private_embeddings: Input[Dataset],
-    population_shards: Input[List[Dataset]],
+    synthetic_embeddings: Input[List[Dataset]],
     selection: Output[Dataset],
     privacy: Output[Metrics],
 ):
@@ -20,7 +20,7 @@ def dp_vote(
     from privevo import steps
 
     run = open_run(config_json, run_id)
-    steps.verify_references([read_reference(shard) for shard in population_shards])
+    steps.verify_references([read_reference(shard) for shard in synthetic_embeddings])
     reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), force_new_noise)
     write_reference(selection, reference)
     log_metrics(privacy, {"epsilon": reference["epsilon"], "generation": int(generation)})

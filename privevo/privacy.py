@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
-from scipy import optimize, stats
 
 from privevo.errors import UserError
 
@@ -199,6 +198,8 @@ def gdp_mu(noise_multipliers: Sequence[float]) -> float:
 
 def gdp_delta(epsilon: float, mu: float) -> float:
     """delta(eps) of mu-GDP: Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+    from scipy import stats  # imported where used: steps without a vote never load scipy
+
     first = stats.norm.cdf(-epsilon / mu + mu / 2)
     second = math.exp(epsilon + stats.norm.logcdf(-epsilon / mu - mu / 2))  # stable for large eps
     return float(first - second)
@@ -206,6 +207,8 @@ def gdp_delta(epsilon: float, mu: float) -> float:
 
 def gdp_epsilon(noise_multipliers: Sequence[float], delta: float) -> float:
     """Closed-form epsilon of composed full-batch Gaussian mechanisms (the cross-check)."""
+    from scipy import optimize
+
     mu = gdp_mu(noise_multipliers)
     if gdp_delta(0.0, mu) <= delta:
         return 0.0
@@ -219,6 +222,8 @@ def calibrate_noise_multiplier(
 
     A 1-D root find on the accountant's epsilon, which falls monotonically in sigma.
     """
+    from scipy import optimize
+
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise UserError(f"target epsilon must be a positive number, got {epsilon}")
     validate_schedule_args(generations, delta, sampling_rate)

@@ -272,7 +272,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     return _reference(uri, sha, generation=0, shard=shard)
 
 
-# ---------------------------------------------------------------------- dp_vote
+# ------------------------------------------------------------------ populations
 
 
 def load_population(run: Run, generation: int) -> Population:
@@ -303,24 +303,92 @@ def merge_shards(run: Run, generation: int) -> str:
     return sha
 
 
-def synthetic_embeddings(run: Run, population: Population, degree: float, generation: int) -> np.ndarray:
-    """Embeddings the private samples vote on: lookahead means over variations, or the images themselves."""
+# -------------------------------------------------------------- embed_synthetic
+
+
+def synthetic_embeddings_path(run: Run, generation: int, shard: int) -> str:
+    """Where the vote of ``generation`` finds the embeddings of shard ``shard`` of population ``generation - 1``."""
+    return run.path(generation, f"synthetic_embeddings/shard-{shard:03d}.npz")
+
+
+def _check_vote_generation(config: Config, generation: int) -> None:
+    if not 1 <= generation <= config.population.generations:
+        raise UserError(f"generation must be in 1..{config.population.generations}, got {generation}")
+
+
+def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
+    """Embed one shard of population ``generation - 1`` for the vote of ``generation``.
+
+    With lookahead L > 0 each sample's embedding is the mean over L variations at the
+    vote's degree (PE's lookahead); with L = 0 it is the sample's own embedding. Public
+    data only: this step never reads the private tier. The result names the population
+    shard it was made from, so the vote refuses embeddings of a population that changed.
+    """
     from privevo.voting import lookahead_embeddings
 
+    started = time.time()
     config = run.config
+    _check_vote_generation(config, generation)
+    population_uri = shard_path(run, generation - 1, shard)
+    if not storage.exists(population_uri):
+        producer = "generate_initial" if generation == 1 else "generate_variations"
+        raise UserError(f"{population_uri} is missing: run {producer} for generation {generation - 1} shard {shard} first")
+    population_sha = storage.sha256_uri(population_uri)
+    uri = synthetic_embeddings_path(run, generation, shard)
+    if storage.exists(uri):
+        if str(storage.read_npz(uri)["population_sha256"]) == population_sha:
+            logger.info("generation %d shard %d: synthetic embeddings already exist: reusing them", generation, shard)
+            return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
+        logger.warning("generation %d shard %d: the population changed since it was embedded: embedding it again",
+                       generation, shard)
+    population = Population.from_bytes(storage.read_bytes(population_uri), source=population_uri)
+    offset = shard_slice(config.population.size, shard, config.population.num_shards).start
+    lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
+    runtime.configure_torch_threads(runtime.shard_cpu_budget())
     embedding = load_embedding(config)
-    lookahead = config.population.lookahead
     model = load_model(config) if lookahead else None
 
     def vary(batch: np.ndarray, repeat: int, start: int) -> np.ndarray:
         labels = _model_labels(model, population.labels[start : start + len(batch)])
+        # seeded by the global sample index: the same variations however many shards
         return model.variation(batch, degree, labels=labels, seed=run.seed(generation, "lookahead", repeat),
-                               first_index=start)
+                               first_index=offset + start)
 
-    return lookahead_embeddings(
+    embeddings = lookahead_embeddings(
         population.images, lookahead, vary, lambda x: embedding.embed(x, config.embedding.batch_size),
         batch_size=max(config.model.batch_size, 1),
     )
+    sha = storage.write_npz(uri, {"embeddings": embeddings, "population_sha256": np.array(population_sha)})
+    _record_step(run, generation, f"embed_synthetic-{shard:03d}",
+                 {"lookahead": lookahead, "degree": degree, "shard": shard, "population_sha256": population_sha},
+                 started)
+    logger.info("generation %d shard %d: embedded %d samples (lookahead %d)", generation, shard, len(embeddings),
+                lookahead)
+    return _reference(uri, sha, generation=generation, shard=shard)
+
+
+def _read_synthetic_embeddings(run: Run, generation: int, population_size: int) -> np.ndarray:
+    """The vote's synthetic embeddings, in shard order, checked against the population they describe."""
+    parts = []
+    for shard in range(run.config.population.num_shards):
+        uri = synthetic_embeddings_path(run, generation, shard)
+        stale = not storage.exists(uri) or (
+            str(storage.read_npz(uri)["population_sha256"]) != storage.sha256_uri(shard_path(run, generation - 1, shard))
+        )
+        if stale:
+            raise UserError(
+                f"generation {generation} shard {shard} has no synthetic embeddings of the current population: "
+                f"run embed_synthetic for generation {generation} shard {shard} first"
+            )
+        parts.append(storage.read_npz(uri)["embeddings"])
+    embeddings = np.concatenate(parts)
+    if len(embeddings) != population_size:
+        raise UserError(f"generation {generation}'s synthetic embeddings do not cover its population: "
+                        "rerun embed_synthetic for every shard")
+    return embeddings
+
+
+# ---------------------------------------------------------------------- dp_vote
 
 
 def _private_subsample(n: int, rate: float) -> np.ndarray:
@@ -336,15 +404,15 @@ def _private_subsample(n: int, rate: float) -> np.ndarray:
 def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_noise: bool = False) -> dict[str, Any]:
     """One DP vote: noisy nearest-neighbour histogram (write-once release + ledger event) and parents.
 
-    A release that already exists is reused (no new noise, no new charge) unless
+    The synthetic side comes from embed_synthetic, so the only step that reads private data
+    per generation runs no model (and imports no torch). A release that already exists is reused (no new noise, no new charge) unless
     ``force_new_noise``, which draws again and charges the ledger again.
     """
     from privevo.voting import nearest_neighbour_histogram
 
     started = time.time()
     config = run.config
-    if not 1 <= generation <= config.population.generations:
-        raise UserError(f"generation must be in 1..{config.population.generations}, got {generation}")
+    _check_vote_generation(config, generation)
     sigma = noise_multiplier_for(config)
     release_uri = current_release(run, generation)
     previous = load_population(run, generation - 1)
@@ -355,14 +423,11 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
         _ensure_charged(run, generation, sigma, release_uri, storage.sha256_uri(release_uri))
     else:
         _check_budget(run, generation, sigma)
+        synthetic = _read_synthetic_embeddings(run, generation, len(previous))
         private_embeddings, private_labels = _read_private(private_ref)
-        if private_embeddings.shape[1] != _embedding_dim(run):
-            raise UserError("private embeddings do not match the configured embedding: rerun embed_private")
         keep = _private_subsample(len(private_embeddings), config.privacy.sampling_rate)
         if not keep.all():  # boolean indexing copies the whole private set even when it keeps every row
             private_embeddings, private_labels = private_embeddings[keep], private_labels[keep]
-        degree = config.population.degree_schedule()[generation - 1]
-        synthetic = synthetic_embeddings(run, previous, degree, generation)
         conditional = config.population.conditional
         clean = nearest_neighbour_histogram(
             private_embeddings, synthetic, config.privacy.k,
@@ -407,14 +472,6 @@ def current_release(run: Run, generation: int) -> str | None:
 
 def _now_tag() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-
-
-def _embedding_dim(run: Run) -> int:
-    from privevo.embeddings import EfficientNetLite0Embedding
-
-    if run.config.embedding.name == "pixels":
-        return run.config.image_size**2 * run.config.channels
-    return EfficientNetLite0Embedding.dim
 
 
 def _select(run: Run, generation: int, noisy: np.ndarray, previous: Population) -> np.ndarray:

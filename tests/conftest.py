@@ -144,6 +144,22 @@ def tiny_args(run_root, private_root, *extra: str, pipeline_root=None) -> list[s
             "--set", f"private_root={private_root}", "--pipeline-root", str(pipeline_root), *extra]
 
 
+def make_tiny_run(tmp_path, run_id: str, *overrides: str):
+    """A configs/tiny.yaml run (``privevo.steps.Run``) in tmp_path with its private embeddings and generation 0."""
+    from privevo import steps
+    from privevo.config import load_config
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private",
+        f"model.path={ROOT / 'models' / 'tiny-unet'}", *overrides,
+    ])
+    run = steps.Run.create(config, run_id)
+    steps.embed_private(run)
+    for shard in range(config.population.num_shards):
+        steps.generate_initial(run, shard)
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> TinyRun:
     """configs/tiny.yaml run end to end through kfp.local, once per test session (worker)."""

@@ -53,10 +53,14 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
         json_format.ParseDict(executor, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
 
     groups = executors_by_step(spec)
-    assert set(groups) == {"embed_private", "generate_initial", "dp_vote", "generate_variations", "evaluate"}
+    assert set(groups) == {"embed_private", "generate_initial", "embed_synthetic", "dp_vote", "generate_variations",
+                           "evaluate"}
     T = cfg.population.generations
     votes = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("dp-vote")]
     assert len(votes) == T
+    # One embed_synthetic per vote, each beside the step that made the shard it embeds.
+    embeds = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("embed-synthetic")]
+    assert sorted(t["taskInfo"]["name"] for t in embeds) == [f"embed-synthetic-gen-{g:03d}" for g in range(1, T + 1)]
     loops = [t for t in all_tasks(spec) if "parameterIterator" in t]
     assert len(loops) == T + 1  # generation 0 and every generation's variations
     for loop in loops:
@@ -74,8 +78,7 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
     for kind, names in groups.items():
         for name in names:
             resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
-            uses_model = kind != "dp_vote" or cfg.population.lookahead > 0
-            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and uses_model
+            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind != "dp_vote"  # the vote runs no network
             assert ("accelerator" in resources) == wants_gpu, (config, name)
 
 

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from conftest import make_tiny_run
 from privevo import runtime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +61,7 @@ def _modules_after(code: str) -> dict:
     probe = code + (
         "\nimport json, os, sys\n"
         "print(json.dumps({'diffusers': 'diffusers' in sys.modules, 'torch': 'torch' in sys.modules,"
+        " 'gcs': 'google.cloud.storage' in sys.modules,"
         " 'omp': os.environ.get('OMP_WAIT_POLICY')}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
@@ -76,22 +80,32 @@ def test_embedding_step_does_not_import_diffusers():
     assert found["omp"] == "PASSIVE"  # set before torch loaded OpenMP
 
 
-def test_dp_vote_without_lookahead_does_not_load_the_model(tmp_path, monkeypatch):
+def test_embed_synthetic_without_lookahead_embeds_the_images_without_the_model(tmp_path, monkeypatch):
     from privevo import steps
-    from privevo.config import load_config
 
-    config = load_config(REPO_ROOT / "configs" / "tiny.yaml", [
-        f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private", "population.lookahead=0",
-        "model.path=" + str(REPO_ROOT / "models" / "tiny-unet"),
-    ])
-    run = steps.Run.create(config, "no-lookahead")
-    steps.embed_private(run)
-    for shard in range(config.population.num_shards):
-        steps.generate_initial(run, shard)
+    run = make_tiny_run(tmp_path, "no-lookahead", "population.lookahead=0")
 
     def no_model(_config):
-        raise AssertionError("dp_vote without lookahead loaded the diffusion model")
+        raise AssertionError("embed_synthetic without lookahead loaded the diffusion model")
 
     monkeypatch.setattr(steps, "load_model", no_model)
-    reference = steps.dp_vote(run, 1, steps.private_reference(run))
-    assert reference["generation"] == 1
+    reference = steps.embed_synthetic(run, 1, 1)
+    shard = steps.load_population(run, 0).images[steps.shard_slice(run.config.population.size, 1, 2)]
+    expected = steps.load_embedding(run.config).embed(shard)
+    assert np.array_equal(np.load(reference["uri"])["embeddings"], expected)
+
+
+def test_dp_vote_imports_no_torch(tmp_path):
+    """The only step that reads private data each generation runs no network: embed_synthetic did."""
+    from privevo import steps
+
+    run = make_tiny_run(tmp_path, "vote")
+    for shard in range(run.config.population.num_shards):
+        steps.embed_synthetic(run, 1, shard)
+    found = _modules_after(
+        "from privevo import steps\n"
+        f"run = steps.Run.open({run.config.run_root!r}, 'vote')\n"
+        "assert steps.dp_vote(run, 1, steps.private_reference(run))['generation'] == 1\n"
+    )
+    assert not found["torch"] and not found["diffusers"]
+    assert not found["gcs"]  # a local run root never loads google-cloud-storage

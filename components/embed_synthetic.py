@@ -1,0 +1,33 @@
+"""embed_synthetic: one shard of a population embedded for the next vote (PE's lookahead)."""
+
+from kfp.dsl import Dataset, Input, Output
+
+
+def embed_synthetic(config_json: str, run_id: str, generation: int, shard: int,
+                    population: Input[Dataset], embeddings: Output[Dataset]):
+    """Embeds this shard of population generation-1 for the vote of generation (lookahead means); public data only."""
+    from components.common import open_run, read_reference, write_reference
+    from privevo import steps
+
+    run = open_run(config_json, run_id)
+    steps.verify_references([read_reference(population)])
+    write_reference(embeddings, steps.embed_synthetic(run, int(generation), int(shard)))
+
+
+def main(argv=None) -> int:
+    from components.common import step_cli
+    from privevo import steps
+
+    def add_arguments(parser):
+        parser.add_argument("--generation", type=int, required=True,
+                            help="the vote these embeddings are for (embeds population generation-1)")
+        parser.add_argument("--shard", type=int, default=0)
+
+    return step_cli(
+        "embed_synthetic", embed_synthetic.__doc__,
+        lambda run, args: steps.embed_synthetic(run, args.generation, args.shard), add_arguments, argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
