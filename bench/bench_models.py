@@ -1,12 +1,14 @@
 """Throughput of the shipped demo model's foundation-model APIs, in samples per second.
 
 Prints a table (median, min and max over repeated runs) and one JSON line, for ``random``
-and for ``variation`` at several degrees, batch sizes and precisions (``model.autocast``: off
-= float32, bfloat16 = mixed precision), with the speed-up over float32 beside each row.
-Figures only: nothing is asserted.
+and for ``variation`` at several degrees, batch sizes, thread counts and precisions
+(``model.autocast``: off = float32, bfloat16 = mixed precision), with the speed-up over
+float32 beside each row. One thread is what each local shard step gets (kfp.local runs two
+shards at once on two cores). Figures only: nothing is asserted.
 
 Usage:
-    .venv/bin/python bench/bench_models.py [--n 64] [--repeats 3] [--batch-sizes 16 64] [--autocast off bfloat16]
+    .venv/bin/python bench/bench_models.py [--n 64] [--repeats 3] [--batch-sizes 16 64] [--threads 1 2]
+        [--autocast off bfloat16]
 """
 
 import argparse
@@ -33,12 +35,44 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--degrees", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--autocast", nargs="+", default=["off", "bfloat16"], help="model.autocast settings to compare")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
 
+    results = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        results += measure(args, threads)
+    baseline = {(r["api"], r["degree"], r["batch_size"], r["threads"]): r["median"] for r in results
+                if r["dtype"] == "float32"}
+    for r in results:
+        base = baseline.get((r["api"], r["degree"], r["batch_size"], r["threads"]))
+        r["x_float32"] = round(r["median"] / base, 2) if base else None
+
+    device = results[0]["device"]
+    print(f"samples/s, {args.model}, DDIM {args.steps} steps, n={args.n}, {args.repeats} runs, {device}")
+    print(f"{'api':<10} {'degree':>6} {'batch':>5} {'threads':>7} {'dtype':>9} {'median':>8} {'min':>8} {'max':>8}"
+          f" {'x float32':>9}")
+    for r in results:
+        degree = "-" if r["degree"] is None else f"{r['degree']:.2f}"
+        ratio = "-" if r["x_float32"] is None else f"{r['x_float32']:.2f}"
+        print(f"{r['api']:<10} {degree:>6} {r['batch_size']:>5} {r['threads']:>7} {r['dtype']:>9} {r['median']:>8.2f}"
+              f" {r['min']:>8.2f} {r['max']:>8.2f} {ratio:>9}")
+    print(json.dumps({
+        "bench": "models",
+        "model": args.model,
+        "ddim_steps": args.steps,
+        "n": args.n,
+        "repeats": args.repeats,
+        "device": device,
+        "threads": args.threads,
+        "results": results,
+    }))
+
+
+def measure(args, threads: int) -> list[dict]:
+    """Samples per second of every API, batch size and precision at the current thread count."""
     results = []
     for autocast in args.autocast:
         for batch_size in args.batch_sizes:
@@ -57,35 +91,15 @@ def main() -> None:
                     "api": api,
                     "degree": degree,
                     "batch_size": batch_size,
+                    "threads": threads,
+                    "device": str(model.device),
                     "autocast": autocast,
                     "dtype": str(model.autocast_dtype or torch.float32).replace("torch.", ""),
                     "median": round(statistics.median(rates), 2),
                     "min": round(min(rates), 2),
                     "max": round(max(rates), 2),
                 })
-    baseline = {(r["api"], r["degree"], r["batch_size"]): r["median"] for r in results if r["dtype"] == "float32"}
-    for r in results:
-        base = baseline.get((r["api"], r["degree"], r["batch_size"]))
-        r["x_float32"] = round(r["median"] / base, 2) if base else None
-
-    device = str(model.device)
-    print(f"samples/s, {args.model}, DDIM {args.steps} steps, n={args.n}, {args.repeats} runs, {device}, {torch.get_num_threads()} threads")
-    print(f"{'api':<10} {'degree':>6} {'batch':>5} {'dtype':>9} {'median':>8} {'min':>8} {'max':>8} {'x float32':>9}")
-    for r in results:
-        degree = "-" if r["degree"] is None else f"{r['degree']:.2f}"
-        ratio = "-" if r["x_float32"] is None else f"{r['x_float32']:.2f}"
-        print(f"{r['api']:<10} {degree:>6} {r['batch_size']:>5} {r['dtype']:>9} {r['median']:>8.2f} {r['min']:>8.2f}"
-              f" {r['max']:>8.2f} {ratio:>9}")
-    print(json.dumps({
-        "bench": "models",
-        "model": args.model,
-        "ddim_steps": args.steps,
-        "n": args.n,
-        "repeats": args.repeats,
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "results": results,
-    }))
+    return results
 
 
 if __name__ == "__main__":

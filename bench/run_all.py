@@ -52,7 +52,8 @@ def commands(args) -> dict[str, list[str]]:
         "vote": ["bench/bench_vote.py"] + (["--quick"] if quick else []),
         "embeddings": ["bench/bench_embeddings.py"] + (["--n", "256", "--repeats", "2"] if quick else []) + device,
         "models": ["bench/bench_models.py"] + (["--n", "16", "--repeats", "2", "--batch-sizes", "16"] if quick
-                                               else ["--n", "100", "--repeats", "2", "--degrees", "0.6", "--batch-sizes", "25", "50", "100"]) + device,
+                                               else ["--n", "100", "--repeats", "2", "--degrees", "0.6", "--batch-sizes", "25", "50", "100",
+                                                     "--threads", "1", "2"]) + device,
         "memory": ["bench/bench_memory.py"] + (["--sizes", "50", "100", "200", "--repeats", "1", "--steps", "3"]
                                                if quick else []) + sets,
         "demo": ["bench/bench_demo.py", "--repeats", str(args.demo_repeats)] + sets
@@ -128,11 +129,13 @@ def section_embeddings(r: dict) -> list[str]:
 
 
 def section_models(r: dict) -> list[str]:
-    rows = [{"api": x["api"], "degree": x["degree"], "batch": x["batch_size"], "compute": x.get("dtype", "float32"),
+    rows = [{"api": x["api"], "degree": x["degree"], "batch": x["batch_size"], "threads": x.get("threads", r["threads"]),
+             "compute": x.get("dtype", "float32"),
              "samples/s median": x["median"], "min": x["min"], "max": x["max"], "x float32": x.get("x_float32")}
             for x in r["results"]]
     return ["## Foundation model throughput (bench/bench_models.py)", "", f"`{r['command']}`", "",
-            f"DDIM {r['ddim_steps']} steps, n={r['n']} per call, {r['repeats']} runs, {r['device']}, {r['threads']} threads.", "",
+            f"DDIM {r['ddim_steps']} steps, n={r['n']} per call, {r['repeats']} runs, {r['device']}; one thread is what "
+            "each local shard step gets (two shards at once on two cores).", "",
             markdown_table(rows, [(k, k) for k in rows[0]]), ""]
 
 

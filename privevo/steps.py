@@ -372,15 +372,13 @@ def _read_synthetic_embeddings(run: Run, generation: int, population_size: int) 
     parts = []
     for shard in range(run.config.population.num_shards):
         uri = synthetic_embeddings_path(run, generation, shard)
-        stale = not storage.exists(uri) or (
-            str(storage.read_npz(uri)["population_sha256"]) != storage.sha256_uri(shard_path(run, generation - 1, shard))
-        )
-        if stale:
+        stored = storage.read_npz(uri) if storage.exists(uri) else None
+        if stored is None or str(stored["population_sha256"]) != storage.sha256_uri(shard_path(run, generation - 1, shard)):
             raise UserError(
                 f"generation {generation} shard {shard} has no synthetic embeddings of the current population: "
                 f"run embed_synthetic for generation {generation} shard {shard} first"
             )
-        parts.append(storage.read_npz(uri)["embeddings"])
+        parts.append(stored["embeddings"])
     embeddings = np.concatenate(parts)
     if len(embeddings) != population_size:
         raise UserError(f"generation {generation}'s synthetic embeddings do not cover its population: "
