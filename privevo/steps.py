@@ -403,8 +403,9 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     """One DP vote: noisy nearest-neighbour histogram (write-once release + ledger event) and parents.
 
     The synthetic side comes from embed_synthetic, so the only step that reads private data
-    per generation runs no model (and imports no torch). A release that already exists is reused (no new noise, no new charge) unless
-    ``force_new_noise``, which draws again and charges the ledger again.
+    per generation runs no network (and imports no torch). A release that already exists is
+    reused (no new noise, no new charge) unless ``force_new_noise``, which draws again and
+    charges the ledger again.
     """
     from privevo.voting import nearest_neighbour_histogram
 
