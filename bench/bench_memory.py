@@ -210,12 +210,10 @@ def main() -> None:
             print(f"{step}: fitted slope {fit['slope'] * 1024:.2f} KiB per synthetic sample "
                   f"({fit['slope'] * 100:.2f} MiB per 100), intercept {fit['intercept']:.1f} MiB, r2 {fit['r2']}")
     print(f"plot: {args.plot}")
-    lookahead_fit = fits["embed_synthetic"]
     print(json.dumps({"bench": "memory", "sizes": args.sizes, "repeats": args.repeats, "ddim_steps": args.steps,
                       "lookahead": args.lookahead, "rows": rows, "measurements": measurements, "fits": fits,
-                      "fit": lookahead_fit, "floor_stages_mb": floor_stages,
-                      "slope_kib_per_sample": None if not lookahead_fit else round(lookahead_fit["slope"] * 1024, 2),
-                      "plot": str(args.plot), "seconds_total": round(time.perf_counter() - started, 1)}))
+                      "floor_stages_mb": floor_stages, "plot": str(args.plot),
+                      "seconds_total": round(time.perf_counter() - started, 1)}))
 
 
 if __name__ == "__main__":

@@ -333,15 +333,16 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     if not storage.exists(population_uri):
         producer = "generate_initial" if generation == 1 else "generate_variations"
         raise UserError(f"{population_uri} is missing: run {producer} for generation {generation - 1} shard {shard} first")
-    population_sha = storage.sha256_uri(population_uri)
+    population_bytes = storage.read_bytes(population_uri)
+    population_sha = storage.sha256_bytes(population_bytes)
     uri = synthetic_embeddings_path(run, generation, shard)
+    if _stored_synthetic_embeddings(run, generation, shard, population_sha) is not None:
+        logger.info("generation %d shard %d: synthetic embeddings already exist: reusing them", generation, shard)
+        return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
     if storage.exists(uri):
-        if str(storage.read_npz(uri)["population_sha256"]) == population_sha:
-            logger.info("generation %d shard %d: synthetic embeddings already exist: reusing them", generation, shard)
-            return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
         logger.warning("generation %d shard %d: the population changed since it was embedded: embedding it again",
                        generation, shard)
-    population = Population.from_bytes(storage.read_bytes(population_uri), source=population_uri)
+    population = Population.from_bytes(population_bytes, source=population_uri)
     offset = shard_slice(config.population.size, shard, config.population.num_shards).start
     lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
@@ -367,18 +368,27 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     return _reference(uri, sha, generation=generation, shard=shard)
 
 
+def _stored_synthetic_embeddings(run: Run, generation: int, shard: int, population_sha: str) -> np.ndarray | None:
+    """The shard's stored embeddings for vote ``generation`` if they were made from this population; else None."""
+    uri = synthetic_embeddings_path(run, generation, shard)
+    if not storage.exists(uri):
+        return None
+    stored = storage.read_npz(uri)
+    return stored["embeddings"] if str(stored["population_sha256"]) == population_sha else None
+
+
 def _read_synthetic_embeddings(run: Run, generation: int, population_size: int) -> np.ndarray:
     """The vote's synthetic embeddings, in shard order, checked against the population they describe."""
     parts = []
     for shard in range(run.config.population.num_shards):
-        uri = synthetic_embeddings_path(run, generation, shard)
-        stored = storage.read_npz(uri) if storage.exists(uri) else None
-        if stored is None or str(stored["population_sha256"]) != storage.sha256_uri(shard_path(run, generation - 1, shard)):
+        population_sha = storage.sha256_uri(shard_path(run, generation - 1, shard))
+        embeddings = _stored_synthetic_embeddings(run, generation, shard, population_sha)
+        if embeddings is None:
             raise UserError(
                 f"generation {generation} shard {shard} has no synthetic embeddings of the current population: "
                 f"run embed_synthetic for generation {generation} shard {shard} first"
             )
-        parts.append(stored["embeddings"])
+        parts.append(embeddings)
     embeddings = np.concatenate(parts)
     if len(embeddings) != population_size:
         raise UserError(f"generation {generation}'s synthetic embeddings do not cover its population: "
