@@ -19,7 +19,7 @@ import time
 
 from privevo import runtime
 from privevo.errors import UserError
-from components import STEP_KINDS
+from privevo.step_table import STEP_NAMES, STEPS, StepArgs, StepSpec, step
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,46 +31,33 @@ class _OneLineParser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------------- DAG
 
-PRIVATE_STEPS = ("embed_private", "dp_vote")
 KFP_LOCAL_PARALLEL_SHARDS = 2  # kfp.local's cap on concurrent ParallelFor iterations (kfp 2.17)
 
 
 def build_pipeline(config):
     """The KFP pipeline for ``config``: T generations unrolled at compile time."""
+    import importlib
     import json
 
     from kfp import dsl, kubernetes
 
-    from components.dp_vote import dp_vote
-    from components.embed_private import embed_private
-    from components.embed_synthetic import embed_synthetic
-    from components.evaluate import evaluate
-    from components.generate_initial import generate_initial
-    from components.generate_variations import generate_variations
     from privevo.config import config_to_dict
 
     k8s = config.kubernetes
-    model_image = k8s.gpu_image if k8s.model_step.gpu_limit else k8s.image
 
-    def component(func, image):
-        return dsl.component(func, base_image=image, install_kfp_package=False)
+    def component(spec: StepSpec):
+        """The step's KFP component, in the GPU image only when it runs a network on GPUs."""
+        image = k8s.gpu_image if spec.runs_network and k8s.model_step.gpu_limit else k8s.image
+        function = getattr(importlib.import_module(spec.component), spec.name)
+        return dsl.component(function, base_image=image, install_kfp_package=False)
 
-    steps = {
-        "embed_private": component(embed_private, model_image),
-        "generate_initial": component(generate_initial, model_image),
-        "embed_synthetic": component(embed_synthetic, model_image),
-        "dp_vote": component(dp_vote, model_image),
-        "generate_variations": component(generate_variations, model_image),
-        "evaluate": component(evaluate, model_image),
-    }
-    # dp_vote runs no network (embed_synthetic did the lookahead), so it gets the CPU step's resources
-    uses_model = {"generate_initial", "embed_synthetic", "generate_variations", "embed_private", "evaluate"}
-    private_steps = set(PRIVATE_STEPS) | ({"evaluate"} if config.evaluation.against_private else set())
+    steps = {spec.name: component(spec) for spec in STEPS}
     config_json = json.dumps(config_to_dict(config), sort_keys=True)
     shards = list(range(config.population.num_shards))
 
     def configure(task, kind: str, name: str):
-        resources = k8s.model_step if kind in uses_model else k8s.cpu_step
+        spec = step(kind)
+        resources = k8s.model_step if spec.runs_network else k8s.cpu_step
         task.set_display_name(name)
         task.set_caching_options(k8s.caching)
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
@@ -79,12 +66,12 @@ def build_pipeline(config):
         if resources.gpu_limit:
             task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
             task.set_accelerator_limit(resources.gpu_limit)
-        if kind in uses_model:  # node selectors and tolerations steer the model steps to GPU nodes
+        if spec.runs_network:  # node selectors and tolerations steer the model steps to GPU nodes
             for key, value in k8s.node_selector.items():
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
             for toleration in k8s.tolerations:
                 kubernetes.add_toleration(task, **toleration)
-        if kind in private_steps and k8s.private_secret:
+        if spec.reads_private(config) and k8s.private_secret:
             kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
         return task
@@ -139,20 +126,21 @@ PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
 
 
 def _load(args: argparse.Namespace):
-    from privevo.config import check_budget, load_config
+    from privevo.config import load_config
+    from privevo.privacy import check_planned_budget
 
     overrides = list(args.overrides)
     if getattr(args, "run_root", None):
         overrides.append(f"run_root={args.run_root}")
     config = load_config(args.config, overrides)
-    check_budget(config)
+    check_planned_budget(config)
     return config
 
 
 def _new_run_id(name: str) -> str:
     import datetime
 
-    return f"{name}-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return f"{name}-{datetime.datetime.now(datetime.UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
 # --------------------------------------------------------------------------- run
@@ -162,9 +150,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Run the whole pipeline locally with kfp.local (tasks run as subprocesses, serially)."""
     from kfp import local
 
-    from privevo import storage
-    from privevo.config import noise_multiplier_for
-    from privevo.steps import Run
+    from privevo.privacy import noise_multiplier_for
+    from privevo.run import Run
 
     if "://" in args.pipeline_root:
         raise UserError("--pipeline-root must be a local folder for kfp.local; put the data plane in gs:// with --run-root")
@@ -208,10 +195,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _print_summary(run, seconds: float) -> None:
     from privevo import storage
+    from privevo.report import format_value
 
     metrics = storage.read_json(run.layout.metrics_json) if storage.exists(run.layout.metrics_json) else None
     print(f"run path: {run.layout.run_dir}")
-    print(f"report: {storage.join(run.layout.report_dir, 'index.html')}")
+    print(f"report: {run.layout.report_index}")
     print(f"wall time: {seconds:.1f} s")
     epsilon = run.ledger().epsilon()
     print(f"epsilon spent: {epsilon:.4f} at delta={run.config.privacy.delta:g} over {len(run.ledger().events)} votes")
@@ -219,11 +207,7 @@ def _print_summary(run, seconds: float) -> None:
         for row in (metrics["generations"][0], metrics["final"]):
             label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"
             shown = {k: v for k, v in row.items() if k not in ("generation", "non_dp", "per_class_accuracy")}
-            print(f"{label}: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+            print(f"{label}: " + " ".join(f"{k}={format_value(v)}" for k, v in shown.items()))
 
 
 class _TaskProgress(io.TextIOBase):
@@ -258,10 +242,10 @@ class _TaskProgress(io.TextIOBase):
                 self.done += 1
                 seconds = time.time() - self.started.get(name, time.time())
                 print(f"[{self.done:3d}] {name:<36} done in {seconds:6.1f} s", file=self.terminal, flush=True)
-        elif match := self._ERROR.search(line.strip()):
-            if "raise_on_error" not in line and "Inner task failed" not in line:
-                self.last_error = match.group(1).strip()
-                self.last_task = next(reversed(self.started), "?")
+        elif (match := self._ERROR.search(line.strip())) and not (
+                "raise_on_error" in line or "Inner task failed" in line):
+            self.last_error = match.group(1).strip()
+            self.last_task = next(reversed(self.started), "?")
 
     def failure(self) -> str:
         """One line naming the failed task and its last error."""
@@ -332,22 +316,10 @@ def cmd_rerun(args: argparse.Namespace) -> None:
     """Re-execute one step of a stored run from its stored inputs (DP releases are reused)."""
     import json
 
-    from privevo import evaluation, steps
+    from privevo.run import Run
 
-    run = steps.Run.open(args.run_root, args.run)
-    step, generation = args.step, args.generation
-    if step == "embed_private":
-        result = steps.embed_private(run)
-    elif step == "generate_initial":
-        result = steps.generate_initial(run, args.shard)
-    elif step == "embed_synthetic":
-        result = steps.embed_synthetic(run, generation, args.shard)
-    elif step == "dp_vote":
-        result = steps.dp_vote(run, generation, steps.private_reference(run), args.force_new_noise)
-    elif step == "generate_variations":
-        result = steps.generate_variations(run, generation, args.shard)
-    else:
-        result = evaluation.headline_metrics(evaluation.evaluate_run(run))
+    run = Run.open(args.run_root, args.run)
+    result = step(args.step).call(run, StepArgs(args.generation, args.shard, args.force_new_noise))
     print(json.dumps(result, sort_keys=True, default=str))
 
 
@@ -355,18 +327,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Verify a run's record: hashes, one ledger event per release, epsilon, no private data released."""
     import json
 
-    from privevo import audit, steps
+    from privevo import audit
+    from privevo.run import Run
 
-    report = audit.audit_run(steps.Run.open(args.run_root, args.run))
+    report = audit.audit_run(Run.open(args.run_root, args.run))
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else audit.format_report(report))
     return 0 if report.ok else 1
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     """Regenerate report/ from a finished run's stored files, without rerunning anything."""
-    from privevo import report, storage, steps
+    from privevo import report, storage
+    from privevo.run import Run
 
-    run = steps.Run.open(args.run_root, args.run)
+    run = Run.open(args.run_root, args.run)
     if not storage.exists(run.layout.metrics_json):
         raise UserError(f"run {args.run} has no metrics.json yet: run its evaluate step first")
     index = report.write_report(run, storage.read_json(run.layout.metrics_json))
@@ -454,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rerun = commands.add_parser("rerun", help="re-execute one step of a stored run")
     rerun.add_argument("run", metavar="RUN_ID")
-    rerun.add_argument("--step", required=True, choices=STEP_KINDS)
+    rerun.add_argument("--step", required=True, choices=STEP_NAMES)
     rerun.add_argument("--generation", type=int, default=0)
     rerun.add_argument("--shard", type=int, default=0)
     rerun.add_argument("--force-new-noise", action="store_true",

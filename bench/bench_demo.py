@@ -49,8 +49,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import (  # noqa: E402
-    OFFICIAL_PEAK_GB, OFFICIAL_SECONDS, PYTHON, STEP_COLUMNS, TARGET_PEAK_GB, TARGET_SECONDS, format_table, last_json_line, loadavg,
-    peak_rss_mb, reset_vmhwm, summary, vmhwm_mb,
+    OFFICIAL_PEAK_GB,
+    OFFICIAL_SECONDS,
+    PYTHON,
+    STEP_COLUMNS,
+    TARGET_PEAK_GB,
+    TARGET_SECONDS,
+    format_table,
+    last_json_line,
+    loadavg,
+    peak_rss_mb,
+    reset_vmhwm,
+    summary,
+    vmhwm_mb,
 )
 
 OFFICIAL_TASK = [
@@ -231,7 +242,7 @@ def run_subprocess_steps(args, workdir: Path, run_id: str) -> dict:
     """Each step via its plain command line, one process each (no kfp)."""
     from privevo.config import load_config
 
-    overrides = official_overrides(args) + [f"run_root={workdir / 'runs'}", f"private_root={workdir / 'private'}"]
+    overrides = [*official_overrides(args), f"run_root={workdir / 'runs'}", f"private_root={workdir / 'private'}"]
     config = load_config(args.config, overrides)
     base = ["--config", args.config, "--run-id", run_id] + [x for o in overrides for x in ("--set", o)]
     plan = [("embed_private", [])]
@@ -272,10 +283,11 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
     import privevo.steps as steps
     from privevo import evaluation
     from privevo.config import load_config
+    from privevo.run import Run
 
     t_imports = time.perf_counter() - t_start
-    config = load_config(config_path, overrides + [f"run_root={workdir}/runs", f"private_root={workdir}/private"])
-    run = steps.Run.create(config, run_id)
+    config = load_config(config_path, [*overrides, f"run_root={workdir}/runs", f"private_root={workdir}/private"])
+    run = Run.create(config, run_id)
 
     breakdown: dict[str, float] = defaultdict(float)
     current = {"step": ""}
@@ -303,7 +315,8 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
     steps.load_embedding = timed("load embedding model", original_load_embedding)
     voting.nearest_neighbour_histogram = timed("k-NN vote (faiss)", voting.nearest_neighbour_histogram)
     try:
-        from privevo.embeddings import EfficientNetLite0Embedding, PixelEmbedding
+        from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
+        from privevo.embeddings.pixels import PixelEmbedding
 
         EfficientNetLite0Embedding.embed = timed(lambda step: f"embed ({step})", EfficientNetLite0Embedding.embed)
         PixelEmbedding.embed = timed(lambda step: f"embed ({step})", PixelEmbedding.embed)
@@ -488,10 +501,22 @@ def main() -> None:
         out["orchestration_overhead_ratio"] = round(summaries["kfp"]["median"] / summaries["inprocess"]["median"], 3)
         print(f"\norchestration overhead ratio kfp.local / in-process: {out['orchestration_overhead_ratio']:.2f}")
     print(f"\nvs the official implementation ({OFFICIAL_SECONDS:.0f} s, {OFFICIAL_PEAK_GB} GB; "
-          f"targets <= {TARGET_SECONDS:.0f} s (ratio 0.667) and <= {TARGET_PEAK_GB} GB (ratio {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f})):")
-    print(format_table(comparison, [("mode", "mode"), ("seconds", "ours s"), ("time_ratio", "ours/official time"),
-                                    ("peak_gb", "ours peak GB"), ("peak_ratio", "ours/official peak"),
-                                    ("time_ok", "time within target"), ("memory_ok", "memory within target")]))
+          f"targets <= {TARGET_SECONDS:.0f} s (ratio 0.667) and <= {TARGET_PEAK_GB} GB "
+          f"(ratio {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f})):")
+    print(
+        format_table(
+            comparison,
+            [
+                ("mode", "mode"),
+                ("seconds", "ours s"),
+                ("time_ratio", "ours/official time"),
+                ("peak_gb", "ours peak GB"),
+                ("peak_ratio", "ours/official peak"),
+                ("time_ok", "time within target"),
+                ("memory_ok", "memory within target"),
+            ],
+        )
+    )
     out["seconds_total"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, default=str))
 

@@ -62,9 +62,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
 
-    from privevo.embeddings import EfficientNetLite0Embedding, PixelEmbedding  # first: sets the OpenMP policy
+    from privevo import runtime
 
+    runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
     import torch
+
+    from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
+    from privevo.embeddings.pixels import PixelEmbedding
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +80,7 @@ def main() -> None:
         rows.append({"sweep": kind, "embedding": name, "input_size": input_size, "batch_size": batch_size,
                      "images_per_s": s, "median": s["median"], "min": s["min"], "max": s["max"],
                      "peak_rss_mb": None if peak is None else round(peak, 1)})
-        print(f"  {kind:<10} {name:<13} {str(input_size):>4} px  batch {batch_size:>4}: {s['median']:9.1f} img/s "
+        print(f"  {kind:<10} {name:<13} {input_size!s:>4} px  batch {batch_size:>4}: {s['median']:9.1f} img/s "
               f"(load {' '.join(loadavg() or [])})", flush=True)
 
     pixels = PixelEmbedding(28, 1)

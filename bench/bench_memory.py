@@ -32,9 +32,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import (  # noqa: E402
-    BENCH_DIR, fit_line, format_table, loadavg, peak_rss_mb, run_worker, summary, vmrss_mb,
-)
+from bench._common import BENCH_DIR, fit_line, format_table, loadavg, peak_rss_mb, run_worker, summary, vmrss_mb  # noqa: E402
 
 
 def overrides_for(args, workdir: str, n_syn: int) -> list[str]:
@@ -50,11 +48,12 @@ def setup(args, workdir: str, n_syn: int, repeats: int) -> None:
     """Generation 0 for ``repeats`` runs of size ``n_syn`` (computed once, then copied)."""
     from privevo import steps
     from privevo.config import load_config
+    from privevo.run import Run
 
     config = load_config(args.config, overrides_for(args, workdir, n_syn))
-    first = steps.Run.create(config, f"mem-{n_syn}-0")
+    first = Run.create(config, f"mem-{n_syn}-0")
     shared = Path(workdir) / "private-embeddings.npz"
-    target = Path(first.layout.private_dir) / steps.PRIVATE_EMBEDDINGS_FILE
+    target = Path(first.layout.private_embeddings)
     if shared.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shared, target)
@@ -64,9 +63,9 @@ def setup(args, workdir: str, n_syn: int, repeats: int) -> None:
     for shard in range(config.population.num_shards):
         steps.generate_initial(first, shard)
     for r in range(1, repeats):
-        run = steps.Run.create(config, f"mem-{n_syn}-{r}")
+        run = Run.create(config, f"mem-{n_syn}-{r}")
         Path(run.layout.private_dir).mkdir(parents=True, exist_ok=True)
-        shutil.copy(target, Path(run.layout.private_dir) / steps.PRIVATE_EMBEDDINGS_FILE)
+        shutil.copy(target, Path(run.layout.private_embeddings))
         shutil.copytree(first.layout.gen_dir(0), run.layout.gen_dir(0), dirs_exist_ok=True)
 
 
@@ -78,10 +77,11 @@ def measure(args, workdir: str, n_syn: int, repeat: int, step: str) -> dict:
     floor_before = vmrss_mb()
     from privevo import steps
     from privevo.config import load_config
+    from privevo.run import Run
 
     floor = vmrss_mb()
     config = load_config(args.config, overrides_for(args, workdir, n_syn))
-    run = steps.Run.create(config, f"mem-{n_syn}-{repeat}")
+    run = Run.create(config, f"mem-{n_syn}-{repeat}")
     start = time.perf_counter()
     if step == "embed_synthetic":
         steps.embed_synthetic(run, 1, 0)
@@ -115,7 +115,7 @@ def plot(rows: list[dict], fits: dict[str, dict | None], path: Path, title: str,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for color, step in zip(("C0", "C1"), STEPS):
+    for color, step in zip(("C0", "C1"), STEPS, strict=True):
         ours = [r for r in rows if r["step"] == step]
         xs = [r["n_syn"] for r in ours]
         ax.errorbar(xs, [r["median"] for r in ours],

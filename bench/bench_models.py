@@ -4,7 +4,9 @@ Prints a table (median, min and max over repeated runs) and one JSON line, for `
 and for ``variation`` at several degrees, batch sizes, thread counts and precisions
 (``model.autocast``: off = float32, bfloat16 = mixed precision), with the speed-up over
 float32 beside each row. One thread is what each local shard step gets (kfp.local runs two
-shards at once on two cores). Figures only: nothing is asserted.
+shards at once on two cores). The model is loaded as the pipeline loads it: ``configs/demo.yaml``
+with its ``model`` section set from the arguments, through ``privevo.models.load_model``.
+Figures only: nothing is asserted.
 
 Usage:
     .venv/bin/python bench/bench_models.py [--n 64] [--repeats 3] [--batch-sizes 16 64] [--threads 1 2]
@@ -12,6 +14,7 @@ Usage:
 """
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -19,11 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from privevo.models import load_foundation_model  # noqa: E402
+from privevo.config import Config, parse_config  # noqa: E402
+from privevo.models import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -71,21 +76,28 @@ def main() -> None:
     }))
 
 
+def demo_config(args, batch_size: int, autocast: str) -> Config:
+    """configs/demo.yaml with the model under test: the settings the pipeline would load it with."""
+    data = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
+    data["model"].update(path=args.model, num_inference_steps=args.steps, batch_size=batch_size, device=args.device,
+                         autocast=autocast)
+    return parse_config(data, source="configs/demo.yaml")
+
+
 def measure(args, threads: int) -> list[dict]:
     """Samples per second of every API, batch size and precision at the current thread count."""
     results = []
     for autocast in args.autocast:
         for batch_size in args.batch_sizes:
-            model = load_foundation_model("ddpm_unet", args.model, num_inference_steps=args.steps,
-                                          batch_size=batch_size, device=args.device, autocast=autocast)
+            model = load_model(demo_config(args, batch_size, autocast))
             images = model.random(args.n, seed=0)  # also the warm-up
-            calls = [("random", None, lambda seed: model.random(args.n, seed=seed))]
-            calls += [("variation", d, lambda seed, d=d: model.variation(images, d, seed=seed)) for d in args.degrees]
+            calls = [("random", None, functools.partial(model.random, args.n))]
+            calls += [("variation", d, functools.partial(model.variation, images, d)) for d in args.degrees]
             for api, degree, call in calls:
                 rates = []
                 for repeat in range(args.repeats):
                     start = time.perf_counter()
-                    call(repeat + 1)
+                    call(seed=repeat + 1)
                     rates.append(args.n / (time.perf_counter() - start))
                 results.append({
                     "api": api,

@@ -39,9 +39,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import (  # noqa: E402
-    fit_power_law, format_table, loadavg, peak_rss_mb, run_worker, summary, vmrss_mb,
-)
+from bench._common import fit_power_law, format_table, loadavg, peak_rss_mb, run_worker, summary, vmrss_mb  # noqa: E402
 
 NUMPY_MAX_PAIRS = 20_000 * 20_000
 CHUNK_BYTES = 64 * 2**20
@@ -95,7 +93,7 @@ def faiss_ivf_indices(private, synthetic, nprobe: int = 8):
     import faiss
 
     d = synthetic.shape[1]
-    nlist = max(1, min(int(round(math.sqrt(len(synthetic)))), len(synthetic) // 39 or 1))
+    nlist = max(1, min(round(math.sqrt(len(synthetic))), len(synthetic) // 39 or 1))
     quantizer = faiss.IndexFlatL2(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist)
     index.cp.max_points_per_centroid = 64

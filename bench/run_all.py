@@ -28,8 +28,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import (  # noqa: E402
-    BENCH_DIR, OFFICIAL_PEAK_GB, OFFICIAL_SECONDS, PYTHON, STEP_COLUMNS, TARGET_PEAK_GB, TARGET_SECONDS, last_json_line,
-    machine_info, markdown_table, write_json,
+    BENCH_DIR,
+    OFFICIAL_PEAK_GB,
+    OFFICIAL_SECONDS,
+    PYTHON,
+    STEP_COLUMNS,
+    TARGET_PEAK_GB,
+    TARGET_SECONDS,
+    last_json_line,
+    machine_info,
+    markdown_table,
+    write_json,
 )
 
 BENCHES = ("vote", "embeddings", "models", "memory", "demo")
@@ -43,16 +52,17 @@ def commands(args) -> dict[str, list[str]]:
         return {
             "vote": ["bench/bench_vote.py", "--quick"],  # faiss-cpu: the vote stays on the CPU
             "embeddings": ["bench/bench_embeddings.py", "--n", "2048", "--sizes", "32", "64",
-                           "--batch-sizes", "128", "256", "512", "1024"] + device,
-            "models": ["bench/bench_models.py", "--n", "200", "--batch-sizes", "50", "100", "200"] + device,
-            "memory": ["bench/bench_memory.py", "--repeats", "1"] + sets,
-            "demo": ["bench/bench_demo.py", "--repeats", "1"] + sets,
+                           "--batch-sizes", "128", "256", "512", "1024", *device],
+            "models": ["bench/bench_models.py", "--n", "200", "--batch-sizes", "50", "100", "200", *device],
+            "memory": ["bench/bench_memory.py", "--repeats", "1", *sets],
+            "demo": ["bench/bench_demo.py", "--repeats", "1", *sets],
         }
     return {
         "vote": ["bench/bench_vote.py"] + (["--quick"] if quick else []),
         "embeddings": ["bench/bench_embeddings.py"] + (["--n", "256", "--repeats", "2"] if quick else []) + device,
         "models": ["bench/bench_models.py"] + (["--n", "16", "--repeats", "2", "--batch-sizes", "16"] if quick
-                                               else ["--n", "100", "--repeats", "2", "--degrees", "0.6", "--batch-sizes", "25", "50", "100",
+                                               else ["--n", "100", "--repeats", "2", "--degrees", "0.6",
+                                                     "--batch-sizes", "25", "50", "100",
                                                      "--threads", "1", "2"]) + device,
         "memory": ["bench/bench_memory.py"] + (["--sizes", "50", "100", "200", "--repeats", "1", "--steps", "3"]
                                                if quick else []) + sets,
@@ -166,7 +176,8 @@ def section_demo(r: dict) -> list[str]:
     if r["runs"].get("kfp"):
         kfp = sorted(r["runs"]["kfp"], key=lambda x: x["wall_s"])[len(r["runs"]["kfp"]) // 2]
         out += ["### kfp.local: seconds per task (its progress lines) and peak RSS per process", "",
-                markdown_table([{"task": t["task"], "s": t["seconds"]} for t in kfp["tasks"]], [("task", "task"), ("s", "s")]), "",
+                markdown_table([{"task": t["task"], "s": t["seconds"]} for t in kfp["tasks"]],
+                               [("task", "task"), ("s", "s")]), "",
                 markdown_table([{"process": p["process"], "alive s": p.get("seconds"), "cpu s": p.get("cpu_s"),
                                  "peak RSS MiB": p["peak_rss_mb"]}
                                 for p in kfp["processes"] if p["process"] != "(shell wrapper)"],
@@ -179,10 +190,12 @@ def section_demo(r: dict) -> list[str]:
         out += ["### In one process: seconds and peak RSS per step", "",
                 "Peak = VmHWM reset before each step (includes what earlier steps left resident).", "",
                 markdown_table(inproc["steps"], STEP_COLUMNS), "",
-                markdown_table(r.get("inprocess_per_generation", []), [("generation", "generation (0 = embed + initial, -1 = evaluate)"),
+                markdown_table(r.get("inprocess_per_generation", []),
+                               [("generation", "generation (0 = embed + initial, -1 = evaluate)"),
                                                                        ("seconds", "s")]), "",
                 "Where the in-process time goes:", "",
-                markdown_table([{"what": k, "s": v} for k, v in inproc["breakdown_s"].items()], [("what", "what"), ("s", "s")]), "",
+                markdown_table([{"what": k, "s": v} for k, v in inproc["breakdown_s"].items()],
+                               [("what", "what"), ("s", "s")]), "",
                 f"Process peak RSS {inproc['process_peak_rss_mb']} MiB; imports {inproc['imports_s']} s.", ""]
     if r["runs"].get("subprocess"):
         sub = sorted(r["runs"]["subprocess"], key=lambda x: x["wall_s"])[len(r["runs"]["subprocess"]) // 2]
@@ -190,7 +203,8 @@ def section_demo(r: dict) -> list[str]:
                 markdown_table(sub["steps"], STEP_COLUMNS), ""]
     out += ["### Against the official implementation", "",
             f"Official: {OFFICIAL_SECONDS:.0f} s and {OFFICIAL_PEAK_GB} GB; targets <= {TARGET_SECONDS:.0f} s "
-            f"(time ratio <= 0.667) and <= {TARGET_PEAK_GB} GB in any process (ratio <= {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f}).", "",
+            f"(time ratio <= 0.667) and <= {TARGET_PEAK_GB} GB in any process "
+            f"(ratio <= {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f}).", "",
             markdown_table(r["vs_official"], [("mode", "mode"), ("seconds", "ours s"), ("time_ratio", "ours/official time"),
                                               ("peak_gb", "ours peak GB"), ("peak_ratio", "ours/official peak"),
                                               ("time_ok", "time within target"), ("memory_ok", "memory within target")]), ""]
@@ -205,8 +219,10 @@ def headline(results: dict) -> list[str]:
     if demo and "error" not in demo:
         for row in demo["vs_official"]:
             out.append(f"- {row['mode']}: {row['seconds']} s ({row['time_ratio']:.2f} x official; target 0.667) - "
-                       f"peak {row['peak_gb']} GB ({row['peak_ratio']:.2f} x official; target {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f}) - "
-                       f"time {'within' if row['time_ok'] else 'ABOVE'} target, memory {'within' if row['memory_ok'] else 'ABOVE'} target")
+                       f"peak {row['peak_gb']} GB ({row['peak_ratio']:.2f} x official; "
+                       f"target {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f}) - "
+                       f"time {'within' if row['time_ok'] else 'ABOVE'} target, "
+                       f"memory {'within' if row['memory_ok'] else 'ABOVE'} target")
         if demo["runs"].get("inprocess"):
             inproc = sorted(demo["runs"]["inprocess"], key=lambda x: x["wall_s"])[len(demo["runs"]["inprocess"]) // 2]
             total = sum(inproc["breakdown_s"].values()) or 1.0
@@ -226,7 +242,7 @@ def headline(results: dict) -> list[str]:
             if fit:
                 out.append(f"- {step} peak memory grows {fit['slope'] * 1024:.2f} KiB per synthetic sample "
                            f"(intercept {fit['intercept']:.0f} MiB: the fixed cost of what the step imports and loads)")
-    return out + [""]
+    return [*out, ""]
 
 
 def write_markdown(path: Path, results: dict, analysis: str | None) -> None:

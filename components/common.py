@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from privevo.config import config_to_dict, load_config, parse_config
 from privevo.errors import UserError
-from privevo.steps import Run
+from privevo.run import Run
 
 
 def open_run(config_json: str, run_id: str) -> Run:
@@ -48,27 +49,32 @@ def read_reference(artifact: Any) -> dict[str, Any]:
         return json.load(handle)
 
 
-def step_cli(
-    name: str,
-    description: str,
-    call: Callable[[Run, argparse.Namespace], dict[str, Any]],
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    argv: list[str] | None = None,
-) -> int:
-    """Run one step outside KFP: ``--config CFG --run-id ID [--set k=v ...]`` plus the step's flags."""
-    parser = argparse.ArgumentParser(prog=f"python -m components.{name}", description=description)
+def step_cli(name: str, argv: list[str] | None = None) -> int:
+    """Run one step outside KFP: ``--config CFG --run-id ID [--set k=v ...]`` plus the flags its table row names."""
+    from privevo.step_table import StepArgs, step
+
+    spec = step(name)
+    component = getattr(importlib.import_module(spec.component), name)
+    parser = argparse.ArgumentParser(prog=f"python -m {spec.component}", description=component.__doc__)
     parser.add_argument("--config", required=True, help="experiment config (YAML)")
     parser.add_argument("--run-id", required=True, help="run folder name under run_root")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set population.size=100")
-    if add_arguments:
-        add_arguments(parser)
+    if spec.per_generation:
+        parser.add_argument("--generation", type=int, required=True, help="the generation (vote) to run")
+    if spec.sharded:
+        parser.add_argument("--shard", type=int, default=0)
+    if spec.redraws:
+        parser.add_argument("--force-new-noise", action="store_true",
+                            help="draw new noise even if this generation's release exists (charged again)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
         run = open_run(json.dumps(config_to_dict(config)), args.run_id)
-        print(json.dumps(call(run, args), sort_keys=True, default=str))
+        step_args = StepArgs(getattr(args, "generation", 0), getattr(args, "shard", 0),
+                             getattr(args, "force_new_noise", False))
+        print(json.dumps(spec.call(run, step_args), sort_keys=True, default=str))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

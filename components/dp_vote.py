@@ -1,6 +1,5 @@
 """dp_vote: the DP nearest-neighbour vote of one generation (with lookahead)."""
 
-from typing import List
 
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -11,7 +10,7 @@ def dp_vote(
     generation: int,
     force_new_noise: bool,
     private_embeddings: Input[Dataset],
-    synthetic_embeddings: Input[List[Dataset]],
+    synthetic_embeddings: Input[list[Dataset]],
     selection: Output[Dataset],
     privacy: Output[Metrics],
 ):
@@ -26,19 +25,10 @@ def dp_vote(
     log_metrics(privacy, {"epsilon": reference["epsilon"], "generation": int(generation)})
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from components.common import step_cli
-    from privevo import steps
 
-    def add_arguments(parser):
-        parser.add_argument("--generation", type=int, required=True)
-        parser.add_argument("--force-new-noise", action="store_true",
-                            help="draw new noise even if this generation's release exists (charged again)")
-
-    def call(run, args):
-        return steps.dp_vote(run, args.generation, steps.private_reference(run), args.force_new_noise)
-
-    return step_cli("dp_vote", dp_vote.__doc__, call, add_arguments, argv=argv)
+    return step_cli("dp_vote", argv)
 
 
 if __name__ == "__main__":

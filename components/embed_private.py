@@ -11,11 +11,10 @@ def embed_private(config_json: str, run_id: str, private_embeddings: Output[Data
     write_reference(private_embeddings, steps.embed_private(open_run(config_json, run_id)))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from components.common import step_cli
-    from privevo import steps
 
-    return step_cli("embed_private", embed_private.__doc__, lambda run, args: steps.embed_private(run), argv=argv)
+    return step_cli("embed_private", argv)
 
 
 if __name__ == "__main__":

@@ -14,19 +14,10 @@ def embed_synthetic(config_json: str, run_id: str, generation: int, shard: int,
     write_reference(embeddings, steps.embed_synthetic(run, int(generation), int(shard)))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from components.common import step_cli
-    from privevo import steps
 
-    def add_arguments(parser):
-        parser.add_argument("--generation", type=int, required=True,
-                            help="the vote these embeddings are for (embeds population generation-1)")
-        parser.add_argument("--shard", type=int, default=0)
-
-    return step_cli(
-        "embed_synthetic", embed_synthetic.__doc__,
-        lambda run, args: steps.embed_synthetic(run, args.generation, args.shard), add_arguments, argv=argv,
-    )
+    return step_cli("embed_synthetic", argv)
 
 
 if __name__ == "__main__":

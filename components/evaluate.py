@@ -1,11 +1,10 @@
 """evaluate: metrics per generation, privacy spent, sample grids and the report."""
 
-from typing import List
 
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
 
 
-def evaluate(config_json: str, run_id: str, population_shards: Input[List[Dataset]],
+def evaluate(config_json: str, run_id: str, population_shards: Input[list[Dataset]],
              metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown]):
     """Scores every generation, writes metrics.json and the report, and shows them in the KFP UI."""
     from components.common import log_metrics, open_run, read_reference
@@ -21,12 +20,10 @@ def evaluate(config_json: str, run_id: str, population_shards: Input[List[Datase
         handle.write(evaluation.summary_markdown(result))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from components.common import step_cli
-    from privevo import evaluation
 
-    return step_cli("evaluate", evaluate.__doc__,
-                    lambda run, args: evaluation.headline_metrics(evaluation.evaluate_run(run)), argv=argv)
+    return step_cli("evaluate", argv)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,10 @@ def generate_initial(config_json: str, run_id: str, shard: int, population: Outp
     write_reference(population, steps.generate_initial(open_run(config_json, run_id), int(shard)))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from components.common import step_cli
-    from privevo import steps
 
-    return step_cli(
-        "generate_initial", generate_initial.__doc__,
-        lambda run, args: steps.generate_initial(run, args.shard),
-        lambda parser: parser.add_argument("--shard", type=int, default=0),
-        argv=argv,
-    )
+    return step_cli("generate_initial", argv)
 
 
 if __name__ == "__main__":

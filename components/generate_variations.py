@@ -14,18 +14,10 @@ def generate_variations(config_json: str, run_id: str, generation: int, shard: i
     write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from components.common import step_cli
-    from privevo import steps
 
-    def add_arguments(parser):
-        parser.add_argument("--generation", type=int, required=True)
-        parser.add_argument("--shard", type=int, default=0)
-
-    return step_cli(
-        "generate_variations", generate_variations.__doc__,
-        lambda run, args: steps.generate_variations(run, args.generation, args.shard), add_arguments, argv=argv,
-    )
+    return step_cli("generate_variations", argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from privevo import storage
-from privevo.steps import PRIVATE_EMBEDDINGS_FILE, RELEASE_FILE, Run, last_complete_generation
+from privevo.layout import PRIVATE_EMBEDDINGS_FILE, RunLayout, generation_name
+from privevo.run import Run
+from privevo.steps import last_complete_generation
 
 #: Reported epsilons are rounded by nobody; recomputation must match to this tolerance.
 EPSILON_TOLERANCE = 1e-6
@@ -66,9 +68,9 @@ def audit_run(run: Run) -> AuditReport:
         report.generations.append(_generation_listing(run, generation, ledger, report))
 
     # Every release has exactly one ledger event; every event an unchanged release.
-    releases = [u for u in storage.list_files(run_dir) if _is_release(u)]
+    releases = [u for u in storage.list_files(run_dir) if RunLayout.is_release(run.layout.relative(u))]
     for uri in releases:
-        name = storage.relative_to(uri, run_dir)
+        name = run.layout.relative(uri)
         sha = storage.sha256_uri(uri)
         paying = [e for e in ledger.events if e.release_uri == name]
         if not report.check("release charged once", len(paying) == 1,
@@ -77,7 +79,7 @@ def audit_run(run: Run) -> AuditReport:
         report.check("release unchanged", paying[0].release_sha256 == sha,
                      f"{name}: sha256 differs from the one its ledger event paid for")
     for event in ledger.events:
-        if not storage.exists(storage.join(run_dir, event.release_uri)):
+        if not storage.exists(run.layout.absolute(event.release_uri)):
             report.check("event has its release", False,
                          f"ledger.json: event for generation {event.generation} names missing {event.release_uri}")
     votes = {g["generation"] for g in report.generations if g["generation"] > 0}
@@ -92,21 +94,15 @@ def audit_run(run: Run) -> AuditReport:
     return report
 
 
-def _is_release(uri: str) -> bool:
-    name = uri.rsplit("/", 1)[-1]
-    return name == RELEASE_FILE or (name.startswith("noisy_histogram-redraw-") and name.endswith(".npz"))
-
-
 def _generation_listing(run: Run, generation: int, ledger, report: AuditReport) -> dict[str, Any]:
-    gen_dir = run.layout.gen_dir(generation)
-    manifest_uri = storage.join(gen_dir, storage.MANIFEST_NAME)
+    gen_dir, manifest_uri = run.layout.gen_dir(generation), run.layout.manifest(generation)
     files = storage.read_json(manifest_uri)["files"] if storage.exists(manifest_uri) else {}
-    prefix = f"gen-{generation:03d}/"
-    if report.check("manifest present", bool(files), f"{prefix}manifest.json is missing"):
-        changed = storage.verify_manifest(gen_dir)
+    prefix = f"{generation_name(generation)}/"
+    if report.check("manifest present", bool(files), f"{run.layout.relative(manifest_uri)} is missing"):
+        changed = storage.verify_manifest(gen_dir, manifest_uri)
         report.check("hashes match", not changed,
-                     f"{prefix}{changed[0]}: sha256 or size differs from manifest.json" if changed else "")
-    steps = [storage.read_json(u) for u in storage.list_files(storage.join(gen_dir, "steps"))]
+                     f"{prefix}{changed[0]}: sha256 or size differs from its manifest" if changed else "")
+    steps = [storage.read_json(u) for u in storage.list_files(run.layout.steps_dir(generation))]
     events = [e for e in ledger.events if e.generation == generation]
     return {
         "generation": generation,
@@ -127,7 +123,8 @@ def _check_reported_epsilon(run: Run, ledger, report: AuditReport) -> None:
     for listing in report.generations:
         for step in listing["steps"]:
             if step["step"] == "dp_vote":
-                reported.append((f"gen-{listing['generation']:03d}/steps/dp_vote.json", listing["generation"],
+                reported.append((run.layout.relative(run.layout.step_record(listing["generation"], "dp_vote")),
+                                 listing["generation"],
                                  step["params"]["epsilon_after"]))
     for where, generation, value in reported:
         expected = ledger.epsilon(upto_generation=generation)
@@ -149,12 +146,12 @@ def _check_no_private_data(run: Run, report: AuditReport) -> None:
 
     run_dir = run.layout.run_dir
     released = storage.list_files(run_dir)
-    tier = storage.join(run.layout.private_dir, "")
+    tier = run.layout.private_dir.rstrip("/") + "/"
     report.check("nothing released in the private tier",
-                 not any(u.startswith(tier.rstrip("/") + "/") for u in released)
+                 not any(u.startswith(tier) for u in released)
                  and not any(u.endswith(PRIVATE_EMBEDDINGS_FILE) for u in released),
                  "a released file lies in the private tier or is named like the private embeddings")
-    private_uri = storage.join(run.layout.private_dir, PRIVATE_EMBEDDINGS_FILE)
+    private_uri = run.layout.private_embeddings
     private_rows: set[str] = set()
     try:
         embeddings = storage.read_npz(private_uri)["embeddings"].astype(np.float32)
@@ -173,7 +170,7 @@ def _check_no_private_data(run: Run, report: AuditReport) -> None:
             continue
         with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        name = storage.relative_to(uri, run_dir)
+        name = run.layout.relative(uri)
         for key, array in arrays.items():
             if array.ndim == 0:
                 continue

@@ -152,7 +152,10 @@ def load_classifier(directory: str | Path) -> SmallCNN:
     directory = Path(directory)
     config_file, weights_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_file.is_file() or not weights_file.is_file():
-        raise UserError(f"{directory} is not a saved classifier (needs {CONFIG_NAME} and {WEIGHTS_NAME}): train one with models/train_public_classifier.py")
+        raise UserError(
+            f"{directory} is not a saved classifier (needs {CONFIG_NAME} and {WEIGHTS_NAME}): "
+            "train one with models/train_public_classifier.py"
+        )
     config = json.loads(config_file.read_text())
     if config.get("architecture") != "SmallCNN":
         raise UserError(f"{config_file} names architecture {config.get('architecture')!r}, expected 'SmallCNN'")

@@ -8,14 +8,16 @@ A config is a YAML file; any key can be overridden with ``--set dotted.key=value
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from privevo.embeddings import EMBEDDINGS
 from privevo.errors import UserError
+from privevo.models import MODEL_BACKENDS
+from privevo.registry import check_registered
 
 
 class _Strict(BaseModel):
@@ -36,7 +38,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """The public foundation model and how to call it."""
 
-    kind: Literal["ddpm_unet", "stable_diffusion"] = "ddpm_unet"
+    kind: str = Field(default="ddpm_unet", description="a key of privevo.models.MODEL_BACKENDS")
     path: str
     num_inference_steps: int = Field(default=25, ge=1)
     batch_size: int = Field(default=64, ge=1)
@@ -49,14 +51,24 @@ class ModelConfig(_Strict):
     guidance_scale: float = 7.5
     disable_safety_checker: bool = True
 
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
+
 
 class EmbeddingConfig(_Strict):
     """The feature space of the vote."""
 
-    name: Literal["pixels", "effnet_lite0"] = "effnet_lite0"
+    name: str = Field(default="effnet_lite0", description="a key of privevo.embeddings.EMBEDDINGS")
     input_size: int = Field(default=32, ge=32, description="EfficientNet-Lite0 needs at least 32 px")
     batch_size: int = Field(default=256, ge=1)
     device: str = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, name: str) -> str:
+        return check_registered(EMBEDDINGS, name, "embedding")
 
 
 class PopulationConfig(_Strict):
@@ -70,7 +82,7 @@ class PopulationConfig(_Strict):
     conditional: bool = Field(default=False, description="per-class PE: needs labelled private data")
 
     @model_validator(mode="after")
-    def _degrees_match(self) -> "PopulationConfig":
+    def _degrees_match(self) -> PopulationConfig:
         degrees = self.degree_schedule()
         if len(degrees) != self.generations:
             raise ValueError(f"population.degrees has {len(degrees)} entries but generations is {self.generations}")
@@ -98,7 +110,7 @@ class PrivacyConfig(_Strict):
     sampling_rate: float = Field(default=1.0, gt=0, le=1, description="Poisson subsampling of the private set per vote")
 
     @model_validator(mode="after")
-    def _one_of(self) -> "PrivacyConfig":
+    def _one_of(self) -> PrivacyConfig:
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("set exactly one of privacy.epsilon and privacy.noise_multiplier")
         return self
@@ -160,7 +172,7 @@ class Config(_Strict):
     kubernetes: KubernetesConfig = KubernetesConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
+    def _consistent(self) -> Config:
         if self.population.conditional and not self.class_names:
             raise ValueError("population.conditional needs class_names")
         return self
@@ -216,31 +228,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain data (for run.json and for passing a config to a step)."""
     return config.model_dump(mode="json")
-
-
-def noise_multiplier_for(config: Config) -> float:
-    """The per-vote noise multiplier: explicit, or calibrated from the target epsilon."""
-    from privevo.privacy import calibrate_noise_multiplier
-
-    privacy = config.privacy
-    if privacy.noise_multiplier is not None:
-        return privacy.noise_multiplier
-    return calibrate_noise_multiplier(
-        privacy.epsilon, privacy.delta, config.population.generations, privacy.sampling_rate
-    )
-
-
-def check_budget(config: Config) -> None:
-    """Refuse configs whose planned votes already exceed the epsilon budget."""
-    from privevo.privacy import schedule_epsilon
-
-    budget = config.privacy.epsilon_budget
-    if budget is None:
-        return
-    sigma = noise_multiplier_for(config)
-    planned = schedule_epsilon([sigma] * config.population.generations, config.privacy.delta, config.privacy.sampling_rate)
-    if planned > budget + 1e-9 or math.isinf(planned):
-        raise UserError(
-            f"the planned {config.population.generations} votes at noise multiplier {sigma:.4g} spend "
-            f"epsilon={planned:.4g}, over the budget {budget}: raise the noise, lower generations or the budget"
-        )

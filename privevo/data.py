@@ -121,7 +121,9 @@ def _decode_image(data: bytes, name: str, channels: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError):
         raise UserError(f"cannot decode image {name}: the file is corrupt or not a PNG/JPEG; replace or delete it") from None
     if mode in _ALPHA_MODES:
-        raise UserError(f"image {name} has transparency (mode {mode}): flatten it onto a background and save it as RGB or grayscale")
+        raise UserError(
+            f"image {name} has transparency (mode {mode}): flatten it onto a background and save it as RGB or grayscale"
+        )
     if array.ndim == 2:
         array = array[:, :, None]
     if array.dtype != np.uint8 or array.shape[2] not in (1, 3):
@@ -154,7 +156,7 @@ def _index_labels(names: list[str], class_names: list[str] | None, files: list[s
     if class_names is None:
         class_names = sorted(set(names))
     index = {name: i for i, name in enumerate(class_names)}
-    for name, file in zip(names, files):
+    for name, file in zip(names, files, strict=True):
         if name not in index:
             raise UserError(f"label {name!r} of {file} is not in class_names: add it to class_names or remove the file")
     return np.array([index[name] for name in names], dtype=np.int64), list(class_names)
@@ -165,8 +167,8 @@ def load_image_folder(path: str, image_size: int, channels: int, class_names: li
 
     Classes come from the top-level subfolder (cat/001.png), else from the file-name prefix
     before the first '_' when every file has one (cat_001.png), else the set is unlabelled.
-    Palette images become RGB (any palette transparency is dropped), 1-bit and 16-bit grayscale become 8-bit grayscale, images with
-    transparency are rejected. Images of another size are resized (shorter side) and
+    Palette images become RGB (any palette transparency is dropped), 1-bit and 16-bit grayscale
+    become 8-bit grayscale, images with transparency are rejected. Images of another size are resized (shorter side) and
     centre-cropped to image_size.
     """
     _check_image_size(image_size)
@@ -187,12 +189,16 @@ def load_image_folder(path: str, image_size: int, channels: int, class_names: li
 # ---------------------------------------------------------------------------- npz files
 
 
-def _check_labels(labels: np.ndarray, count: int, class_names: list[str] | None, path: str) -> tuple[np.ndarray, list[str]]:
+def _check_labels(
+    labels: np.ndarray, count: int, class_names: list[str] | None, path: str
+) -> tuple[np.ndarray, list[str]]:
     """Validate integer labels against the images and class_names; infer names '0'..'K-1' when none are configured."""
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"labels in {path} are {labels.dtype}: store class indices as integers")
     if labels.ndim != 1 or len(labels) != count:
-        raise UserError(f"labels in {path} have shape {labels.shape} but there are {count} images: store one label per image")
+        raise UserError(
+            f"labels in {path} have shape {labels.shape} but there are {count} images: store one label per image"
+        )
     labels = labels.astype(np.int64)
     if count == 0:
         return labels, list(class_names or [])
@@ -216,15 +222,21 @@ def load_npz(path: str, image_size: int, channels: int, class_names: list[str] |
     arrays = storage.read_npz(path)
     if "images" not in arrays:
         found = ", ".join(sorted(arrays)) or "none"
-        raise UserError(f"{path} has no 'images' array (found: {found}): save it with numpy.savez(path, images=..., labels=...)")
+        raise UserError(
+            f"{path} has no 'images' array (found: {found}): save it with numpy.savez(path, images=..., labels=...)"
+        )
     images = arrays["images"]
     if images.dtype != np.uint8:
-        raise UserError(f"images in {path} are {images.dtype}: convert them to uint8 in 0..255 (e.g. (x * 255).round().astype('uint8'))")
+        raise UserError(
+            f"images in {path} are {images.dtype}: convert them to uint8 in 0..255 (e.g. (x * 255).round().astype('uint8'))"
+        )
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[3] not in (1, 3):
         hint = " (looks channels-first: transpose to NHWC)" if images.ndim == 4 and images.shape[1] in (1, 3) else ""
-        raise UserError(f"images in {path} have shape {images.shape}{hint}: store them as NHWC with 1 or 3 channels, or NHW")
+        raise UserError(
+            f"images in {path} have shape {images.shape}{hint}: store them as NHWC with 1 or 3 channels, or NHW"
+        )
     if images.shape[3] != channels:
         raise UserError(
             f"images in {path} have {images.shape[3]} channel(s) but channels is {channels}: "
@@ -246,10 +258,14 @@ def _read_idx(uri: str, magic: int, dims: int) -> np.ndarray:
     try:
         data = gzip.decompress(storage.read_bytes(uri))
     except (OSError, EOFError, zlib.error):
-        raise UserError(f"{uri} is not a readable gzip file: reinstall it with `apt-get install --reinstall dataset-fashion-mnist`") from None
+        raise UserError(
+            f"{uri} is not a readable gzip file: reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
+        ) from None
     header = 4 + 4 * dims
     if len(data) < header or int.from_bytes(data[:4], "big") != magic:
-        raise UserError(f"{uri} is not an idx file with magic number {magic}: point path at the Fashion-MNIST idx .gz files")
+        raise UserError(
+            f"{uri} is not an idx file with magic number {magic}: point path at the Fashion-MNIST idx .gz files"
+        )
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     if len(data) - header != int(np.prod(shape)):
         raise UserError(f"{uri} is truncated: reinstall it with `apt-get install --reinstall dataset-fashion-mnist`")
@@ -274,7 +290,9 @@ def load_fashion_mnist(directory: str, split: str, image_size: int, channels: in
     images = _read_idx(images_uri, _IDX_IMAGES_MAGIC, 3)
     labels = _read_idx(labels_uri, _IDX_LABELS_MAGIC, 1).astype(np.int64)
     if len(labels) != len(images) or (len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES)):
-        raise UserError(f"{labels_uri} does not match {images_uri}: reinstall with `apt-get install --reinstall dataset-fashion-mnist`")
+        raise UserError(
+            f"{labels_uri} does not match {images_uri}: reinstall with `apt-get install --reinstall dataset-fashion-mnist`"
+        )
     images = to_channels(resize_center_crop(images[..., None], image_size), channels)
     return ImageSet(images, labels, list(FASHION_MNIST_CLASSES), directory)
 
@@ -332,7 +350,10 @@ def load_image_set(
         image_set = load_npz(path, image_size, channels, class_names)
     else:
         if class_names is not None and list(class_names) != FASHION_MNIST_CLASSES:
-            raise UserError(f"class_names for fashion_mnist must be left out or be the 10 Fashion-MNIST names: {', '.join(FASHION_MNIST_CLASSES)}")
+            raise UserError(
+                "class_names for fashion_mnist must be left out or be the 10 Fashion-MNIST names: "
+                + ", ".join(FASHION_MNIST_CLASSES)
+            )
         image_set = load_fashion_mnist(path, split or "train", image_size, channels)
     if classes:
         image_set = _filter_classes(image_set, classes, path)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from privevo import metrics, storage
 from privevo.errors import UserError
-from privevo.steps import Run, last_complete_generation, load_embedding, load_population
+from privevo.report import format_value
+from privevo.run import Run
+from privevo.steps import last_complete_generation, load_population
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _classifier(run: Run):
 
 def evaluate_run(run: Run) -> dict[str, Any]:
     """Score generations 0..last complete one; write metrics.json; return its content."""
-    from privevo.embeddings import EfficientNetLite0Embedding
+    from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
     from privevo.metrics import class_histogram, frechet_distance, precision_recall, total_variation
 
     config = run.config
@@ -62,7 +62,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     if last < 0:
         raise UserError(f"run {run.run_id} has no complete generation to evaluate")
     reference, non_dp = _reference_set(run)
-    extractor = EfficientNetLite0Embedding(input_size=config.embedding.input_size, device=config.embedding.device)
+    extractor = EfficientNetLite0Embedding.from_config(config)
     batch = config.embedding.batch_size
     reference_features = extractor.embed(reference.images, batch) if reference is not None else None
     classifier = _classifier(run)
@@ -122,7 +122,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
 
 
 def _sigma(run: Run) -> float:
-    from privevo.config import noise_multiplier_for
+    from privevo.privacy import noise_multiplier_for
 
     return noise_multiplier_for(run.config)
 
@@ -137,7 +137,7 @@ def _mark_complete(run: Run, last: int) -> None:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    return " ".join(f"{k}={format_value(v)}" for k, v in row.items())
 
 
 def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -166,19 +166,13 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * len(keys),
     ]
     for row in result["generations"]:
-        lines.append("| " + " | ".join(_cell(row[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join(format_value(row[k]) for k in keys) + " |")
     lines.append("")
-    lines.append(f"Downstream accuracy (final): {_cell(result['final']['downstream_accuracy'])}")
+    lines.append(f"Downstream accuracy (final): {format_value(result['final']['downstream_accuracy'])}")
     if result["non_dp"]:
         lines.append("")
         lines.append("**non_dp: true** — computed against the private set; for the data owner, not for release.")
     return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def report_html(run: Run, inline_images: bool = False) -> str:

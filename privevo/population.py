@@ -54,7 +54,7 @@ class Population:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "population") -> "Population":
+    def from_bytes(cls, data: bytes, source: str = "population") -> Population:
         """Decode and check the format version."""
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -74,7 +74,7 @@ class Population:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
-    def concatenate(cls, parts: list["Population"]) -> "Population":
+    def concatenate(cls, parts: list[Population]) -> Population:
         """Merge shards (in order) into one population."""
         generations = {p.generation for p in parts}
         if len(generations) != 1:

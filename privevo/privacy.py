@@ -1,27 +1,37 @@
-"""Differential privacy for Private Evolution: noise, threshold, selection, accounting.
+"""Differential privacy for Private Evolution: every piece of DP logic lives here.
 
 Each generation's vote is one Gaussian mechanism with L2 sensitivity 1 (one private
 sample moves one unit of weight). Its DP output is the noisy histogram; everything
 computed from it (threshold, selection, variations) is post-processing.
 
-Privacy events are data (:class:`PrivacyEvent`), kept in an append-only
-:class:`Ledger`; epsilon is always recomputed from the ledger by ``prv-accountant``,
-never read from a config. The closed-form mu-GDP composition is kept as a
-cross-check (:func:`gdp_epsilon`).
+This module holds the only secret randomness (:func:`secret_rng`: DP noise and the
+private subsample), the noise, the threshold and selection, the release of a vote
+(write-once, charged in the ledger), the accountant, calibration and the one budget
+rule (:func:`check_budget`). Privacy events are data (:class:`PrivacyEvent`), kept
+in an append-only :class:`Ledger`; epsilon is always recomputed from the ledger by
+``prv-accountant``, never read from a config. The closed-form mu-GDP composition is
+kept as a cross-check (:func:`gdp_epsilon`).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import math
 import secrets
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from privevo import storage
 from privevo.errors import UserError
+
+if TYPE_CHECKING:
+    from privevo.config import Config, PrivacyConfig
+    from privevo.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +44,27 @@ Selection = Literal["sample", "rank"]
 # --------------------------------------------------------------------------- noise
 
 
-def gaussian_noise(shape: int | tuple[int, ...], sigma: float) -> np.ndarray:
-    """N(0, sigma^2) noise from a generator freshly seeded from OS entropy.
+def secret_rng() -> np.random.Generator:
+    """A generator freshly seeded from OS entropy: the only source of secret randomness.
 
     There is deliberately no seed argument: whoever knows the seed of the DP noise
     can subtract it. The entropy is drawn with :mod:`secrets` and never stored.
     """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(128))))
+
+
+def gaussian_noise(shape: int | tuple[int, ...], sigma: float) -> np.ndarray:
+    """N(0, sigma^2) noise from :func:`secret_rng`."""
     if sigma < 0 or not math.isfinite(sigma):
         raise UserError(f"noise multiplier must be a finite number >= 0, got {sigma}")
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(128))))
-    return rng.normal(0.0, sigma, size=shape)
+    return secret_rng().normal(0.0, sigma, size=shape)
+
+
+def private_subsample(n: int, rate: float) -> np.ndarray:
+    """Poisson subsample (a boolean mask) of the private set for amplification; secret randomness."""
+    if rate >= 1:
+        return np.ones(n, dtype=bool)
+    return secret_rng().random(n) < rate
 
 
 def add_noise(histogram: np.ndarray, sigma: float, sensitivity: float = 1.0) -> np.ndarray:
@@ -147,8 +168,15 @@ class Ledger:
         return {"delta": self.delta, "events": [asdict(e) for e in self.events]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Ledger":
+    def from_dict(cls, data: dict) -> Ledger:
         return cls(delta=float(data["delta"]), events=[PrivacyEvent(**e) for e in data["events"]])
+
+    @classmethod
+    def load(cls, uri: str, delta: float) -> Ledger:
+        """The ledger stored at ``uri``; an empty one (at ``delta``) before the first vote."""
+        if not storage.exists(uri):
+            return cls(delta=delta)
+        return cls.from_dict(storage.read_json(uri))
 
 
 def _prv_epsilon(groups: Counter, delta: float) -> float:
@@ -252,3 +280,126 @@ def validate_schedule_args(generations: int, delta: float, sampling_rate: float 
         raise UserError(f"delta must be in (0, 1), got {delta}")
     if not 0 < sampling_rate <= 1:
         raise UserError(f"sampling rate must be in (0, 1], got {sampling_rate}")
+
+
+# ------------------------------------------------------------------ budget
+
+
+def noise_multiplier_for(config: Config) -> float:
+    """The per-vote noise multiplier: explicit, or calibrated from the target epsilon."""
+    privacy = config.privacy
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    assert privacy.epsilon is not None  # the config holds exactly one of the two
+    return calibrate_noise_multiplier(privacy.epsilon, privacy.delta, config.population.generations,
+                                      privacy.sampling_rate)
+
+
+def budget_of(privacy: PrivacyConfig) -> float | None:
+    """The epsilon a run may spend: ``epsilon_budget``, else the target ``epsilon`` (None: unlimited)."""
+    return privacy.epsilon_budget if privacy.epsilon_budget is not None else privacy.epsilon
+
+
+def check_budget(spent: Sequence[PrivacyEvent], planned: Sequence[PrivacyEvent], privacy: PrivacyConfig,
+                 what: str) -> None:
+    """The one budget rule: refuse ``planned`` events when, composed with ``spent``, they exceed the budget."""
+    budget = budget_of(privacy)
+    if budget is None:
+        return
+    after = compute_epsilon([*spent, *planned], privacy.delta)
+    if after > budget + EPS_ERROR:
+        raise UserError(f"{what} would spend epsilon={after:.4g} in total, over the budget {budget:g}: "
+                        "nothing was released; raise the noise or the budget, or run fewer votes")
+
+
+def check_planned_budget(config: Config) -> None:
+    """Refuse a config whose planned votes alone already exceed its budget."""
+    sigma = noise_multiplier_for(config)
+    planned = [PrivacyEvent(generation=g + 1, noise_multiplier=sigma, sampling_rate=config.privacy.sampling_rate)
+               for g in range(config.population.generations)]
+    check_budget([], planned, config.privacy, f"the planned {len(planned)} votes at noise multiplier {sigma:.4g}")
+
+
+# ------------------------------------------------------------------ releases
+
+
+@dataclass(frozen=True)
+class Release:
+    """A generation's DP release in force: the noisy histogram and where it lies."""
+
+    noisy_histogram: np.ndarray
+    uri: str
+    sha256: str
+
+
+def current_release(layout: RunLayout, ledger: Ledger, generation: int) -> str | None:
+    """URI of the generation's DP release in force: the latest one the ledger paid for.
+
+    A release written just before a crash, before its ledger event, is still the
+    release (it happened): it is returned, and charged when reused.
+    """
+    paid = [e for e in ledger.events if e.generation == generation and e.release_uri]
+    if paid:
+        return layout.absolute(paid[-1].release_uri)
+    first = layout.release(generation)
+    return first if storage.exists(first) else None
+
+
+def release_vote(
+    layout: RunLayout,
+    config: Config,
+    generation: int,
+    clean_histogram: Callable[[], np.ndarray],
+    force_new_noise: bool = False,
+) -> Release:
+    """The generation's DP release: reused when it exists, else noised, written once and charged.
+
+    ``clean_histogram`` computes the clean vote; it runs only when a new release is drawn,
+    and its result never leaves this function. ``force_new_noise`` draws again beside the
+    first release and charges the ledger again.
+    """
+    sigma = noise_multiplier_for(config)
+    ledger = Ledger.load(layout.ledger_json, config.privacy.delta)
+    uri = current_release(layout, ledger, generation)
+    if uri and not force_new_noise:
+        logger.info("generation %d: the DP release already exists: reusing it (no new noise, no new charge)",
+                    generation)
+        sha = storage.sha256_uri(uri)
+        _charge(layout, config, generation, sigma, uri, sha, reason="vote")
+        return Release(storage.read_npz(uri)["noisy_histogram"], uri, sha)
+    planned = PrivacyEvent(generation=generation, noise_multiplier=sigma, sampling_rate=config.privacy.sampling_rate)
+    check_budget(ledger.events, [planned], config.privacy, f"vote {generation}")
+    noisy = add_noise(clean_histogram(), sigma)
+    reason = "force-new-noise" if uri else "vote"
+    uri = layout.release(generation) if reason == "vote" else layout.redraw(generation, _now_tag())
+    try:
+        sha = storage.write_npz(uri, {"noisy_histogram": noisy}, exclusive=True)
+    except storage.AlreadyExists:  # a concurrent retry released first: use its draw, discard ours
+        noisy = storage.read_npz(uri)["noisy_histogram"]
+        sha = storage.sha256_uri(uri)
+    _charge(layout, config, generation, sigma, uri, sha, reason=reason)
+    logger.info("generation %d: released the noisy histogram (sigma=%.4g)", generation, sigma)
+    return Release(noisy, uri, sha)
+
+
+def _now_tag() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+
+
+def _charge(layout: RunLayout, config: Config, generation: int, sigma: float, release_uri: str, sha256: str,
+            reason: str) -> None:
+    """Append the release's ledger event unless one already pays for this exact release."""
+    event = PrivacyEvent(
+        generation=generation, noise_multiplier=sigma, sensitivity=1.0,
+        sampling_rate=config.privacy.sampling_rate, release_sha256=sha256,
+        release_uri=layout.relative(release_uri), reason=reason,
+        created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+
+    def append(current: dict[str, Any] | None) -> dict[str, Any]:
+        ledger = Ledger.from_dict(current) if current else Ledger(delta=config.privacy.delta)
+        if not any(e.release_sha256 == sha256 for e in ledger.events):
+            ledger.append(event)
+        return ledger.to_dict()
+
+    storage.update_json(layout.ledger_json, append)

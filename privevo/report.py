@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from privevo import storage
-from privevo.steps import Run, load_population
+from privevo.layout import CURVES_PNG
+from privevo.run import Run
+from privevo.steps import load_population
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -33,7 +35,7 @@ def _png(array: np.ndarray, scale: int = 3) -> bytes:
     from PIL import Image
 
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -65,7 +67,7 @@ def curves_png(result: dict[str, Any]) -> bytes:
         ("epsilon", f"epsilon spent (delta={result['delta']:g})"),
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
-    for axis, (key, title) in zip(axes, panels):
+    for axis, (key, title) in zip(axes, panels, strict=True):
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("generation")
         for series in ([key, "recall"] if key == "precision" else [key]):
@@ -84,30 +86,24 @@ def sample_grid_png(run: Run, generation: int, count: int) -> bytes:
     return _png(image_grid(population.images[:count]))
 
 
-def _grid_name(generation: int) -> str:
-    return f"samples-gen-{generation:03d}.png"
-
-
 def write_report(run: Run, result: dict[str, Any]) -> str:
     """Write report/ (PNG files and index.html) for a run; returns the index URI."""
-    report_dir = run.layout.report_dir
     count = run.config.evaluation.samples_per_grid
     for row in result["generations"]:
         g = row["generation"]
-        storage.write_bytes(storage.join(report_dir, _grid_name(g)), sample_grid_png(run, g, count))
-    storage.write_bytes(storage.join(report_dir, "curves.png"), curves_png(result))
-    index = storage.join(report_dir, "index.html")
+        storage.write_bytes(run.layout.report_file(run.layout.sample_grid_name(g)), sample_grid_png(run, g, count))
+    storage.write_bytes(run.layout.report_file(CURVES_PNG), curves_png(result))
+    index = run.layout.report_index
     storage.write_bytes(index, render_html(run, result, inline_images=False).encode())
     return index
 
 
 def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -> str:
     """The report page; ``inline_images`` embeds PNGs as data URIs (one self-contained file)."""
-    report_dir = run.layout.report_dir
 
     def image(name: str, alt: str) -> str:
         if inline_images:
-            data = base64.b64encode(storage.read_bytes(storage.join(report_dir, name))).decode()
+            data = base64.b64encode(storage.read_bytes(run.layout.report_file(name))).decode()
             src = f"data:image/png;base64,{data}"
         else:
             src = name
@@ -127,7 +123,7 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
         else f"<p>Metrics compare each generation with the {html.escape(result['reference'])}.</p>"
     )
     grids = "".join(
-        f"<figure>{image(_grid_name(row['generation']), 'generation ' + str(row['generation']) + ' samples')}"
+        f"<figure>{image(run.layout.sample_grid_name(row['generation']), 'generation ' + str(row['generation']) + ' samples')}"
         f"<figcaption>generation {row['generation']}</figcaption></figure>"
         for row in result["generations"]
     )
@@ -153,7 +149,12 @@ noise multiplier {_cell(result['noise_multiplier'])} (recomputed from the ledger
 """
 
 
-def _cell(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A metric as people read it: 4 significant digits, "n/a" for a missing one."""
     if value is None:
         return "n/a"
-    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cell(value: Any) -> str:
+    return html.escape(format_value(value))

@@ -1,4 +1,4 @@
-"""CPU thread settings for the steps' torch and faiss work (one call per process, cheap).
+"""Where the steps' torch and faiss work runs: the device, and CPU thread settings (one call per process, cheap).
 
 Two measured problems, both from OpenMP (used by torch's CPU kernels and by faiss):
 
@@ -16,6 +16,9 @@ Two measured problems, both from OpenMP (used by torch's CPU kernels and by fais
   ever *lower* the thread count to it (a caller that chose fewer threads keeps its choice).
 
 An explicit ``OMP_WAIT_POLICY`` or ``OMP_NUM_THREADS`` in the environment always wins.
+
+:func:`resolve_device` turns a config's ``device`` into a ``torch.device`` for models and
+embeddings alike, so that "auto", a typo and a missing GPU mean the same everywhere.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import TYPE_CHECKING
+
+from privevo.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def prefer_passive_waiting() -> None:
@@ -78,7 +87,7 @@ def shard_cpu_budget() -> int:
 
 
 def configure_torch_threads(budget: int | None = None) -> None:
-    """At most one torch intra-op thread per CPU of ``budget`` (default: :func:`cpu_budget`); a lower setting is kept."""
+    """At most one torch intra-op thread per CPU of ``budget`` (default: :func:`cpu_budget`); keeps a lower setting."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     import torch
@@ -108,3 +117,18 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device a config names: "auto" is cuda when available, else cpu; an unusable one is a UserError."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"device {device!r} is not valid: use 'auto', 'cpu' or 'cuda'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available: use device 'auto' or 'cpu'")
+    return resolved

@@ -1,4 +1,4 @@
-"""Data plane for local paths and gs:// URIs: atomic writes, write-once files, hashes, run layout.
+"""Data plane for local paths and gs:// URIs: atomic writes, write-once files, hashes, manifests.
 
 Every file a step reads or writes goes through this module, so a run works the same on a
 laptop (plain folders) and on a cluster (Cloud Storage buckets), and a crash never leaves a
@@ -20,7 +20,6 @@ import secrets
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 # (the embedded default) do not load it (about 25 MiB and 0.3 s per process).
 
 GCS_SCHEME = "gs://"
-MANIFEST_NAME = "manifest.json"
 _TMP_MARK = ".tmp-"
 _LOCK_SUFFIX = ".lock"
 _UPDATE_ATTEMPTS = 20
@@ -140,7 +138,9 @@ def _gcs_errors(action: str, uri: str) -> Iterator[None]:
         raise UserError(f"file {uri} does not exist: check the path or run the step that writes it") from None
     except gexc.BadRequest as e:
         reason = (str(e.message).splitlines() or ["bad request"])[0]
-        raise UserError(f"Cloud Storage rejected the request to {action} {uri} ({reason}): check the bucket and object names") from None
+        raise UserError(
+            f"Cloud Storage rejected the request to {action} {uri} ({reason}): check the bucket and object names"
+        ) from None
 
 
 def _blob(uri: str) -> gcs.Blob:
@@ -164,7 +164,9 @@ def _local_errors(action: str, path: str) -> Iterator[None]:
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not a file: point at a file inside it") from None
     except PermissionError:
-        raise UserError(f"no permission to {action} {path}: fix the file permissions or choose another folder") from None
+        raise UserError(
+            f"no permission to {action} {path}: fix the file permissions or choose another folder"
+        ) from None
 
 
 def _fsync_dir(folder: str) -> None:
@@ -254,7 +256,7 @@ def list_files(prefix_uri: str) -> list[str]:
         with _gcs_errors("list", root):
             blobs = _client().list_blobs(bucket, prefix=f"{name}/" if name else "")
             return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
-    found = []
+    found: list[str] = []
     for folder, _, names in os.walk(root):
         found.extend(os.path.join(folder, n) for n in names if not _is_internal(n))
     return sorted(found)
@@ -336,7 +338,7 @@ def read_npz(uri: str) -> dict[str, np.ndarray]:
 def write_npz(uri: str, arrays: dict[str, np.ndarray], *, exclusive: bool = False) -> str:
     """Write arrays as a compressed .npz, atomically; returns the sha256."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return write_bytes(uri, buf.getvalue(), exclusive=exclusive)
 
 
@@ -372,97 +374,33 @@ def update_json(uri: str, fn: Callable[[Any], Any]) -> str:
                 return sha256_bytes(data)
             except gexc.PreconditionFailed:
                 time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
-    raise UserError(f"{uri} kept changing while updating it ({_UPDATE_ATTEMPTS} tries): another writer is busy; rerun the step")
+    raise UserError(
+        f"{uri} kept changing while updating it ({_UPDATE_ATTEMPTS} tries): another writer is busy; rerun the step"
+    )
 
 
-# ---------------------------------------------------------------------------- run layout and manifests
+# ---------------------------------------------------------------------------- manifests
 
 
-def _same_or_inside(path: str, root: str) -> bool:
-    """Whether path is root or lies under it."""
-    if is_gcs(path) != is_gcs(root):
-        return False
-    if not is_gcs(path):
-        path, root = os.path.abspath(path), os.path.abspath(root)
-    path, root = path.rstrip("/"), root.rstrip("/")
-    return path == root or path.startswith(root + "/")
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where each file of a run lives: released files under run_root, private ones under private_root."""
-
-    run_root: str
-    run_id: str
-    private_root: str
-
-    def __post_init__(self) -> None:
-        """Reject run ids that escape the run folder and private roots that overlap the released one."""
-        if not self.run_id or "/" in self.run_id or self.run_id in (".", ".."):
-            raise UserError(f"run_id {self.run_id!r} is not a plain folder name: use letters, digits, '-', '_' or '.'")
-        if _same_or_inside(self.private_root, self.run_root) or _same_or_inside(self.run_root, self.private_root):
-            raise UserError(
-                f"private_root {self.private_root} overlaps run_root {self.run_root}: keep private data in a separate folder or bucket"
-            )
-
-    @property
-    def run_dir(self) -> str:
-        """Released folder of this run."""
-        return join(self.run_root, self.run_id)
-
-    @property
-    def run_json(self) -> str:
-        """Config, versions and status of the run."""
-        return join(self.run_dir, "run.json")
-
-    @property
-    def ledger_json(self) -> str:
-        """Privacy ledger: one event per executed vote."""
-        return join(self.run_dir, "ledger.json")
-
-    @property
-    def metrics_json(self) -> str:
-        """Metrics of the run."""
-        return join(self.run_dir, "metrics.json")
-
-    @property
-    def report_dir(self) -> str:
-        """HTML report, sample grids and curves."""
-        return join(self.run_dir, "report")
-
-    @property
-    def private_dir(self) -> str:
-        """Private-tier folder of this run (embeddings of private data)."""
-        return join(self.private_root, self.run_id)
-
-    def gen_dir(self, generation: int) -> str:
-        """Folder of one generation, gen-000 style."""
-        if generation < 0:
-            raise ValueError(f"generation must be >= 0, got {generation}")
-        return join(self.run_dir, f"gen-{generation:03d}")
-
-
-def _manifest_entries(gen_dir: str) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file under gen_dir except the manifest itself."""
+def _manifest_entries(folder: str, manifest_uri: str) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under folder except the manifest itself."""
     entries = {}
-    for uri in list_files(gen_dir):
-        rel = relative_to(uri, gen_dir)
-        if rel != MANIFEST_NAME:
+    for uri in list_files(folder):
+        if uri != manifest_uri:
             data = read_bytes(uri)
-            entries[rel] = {"sha256": sha256_bytes(data), "size": len(data)}
+            entries[relative_to(uri, folder)] = {"sha256": sha256_bytes(data), "size": len(data)}
     return entries
 
 
-def write_manifest(gen_dir: str) -> str:
-    """Record sha256 and size of every file of a generation in gen_dir/manifest.json; returns its sha256."""
-    return write_json(join(gen_dir, MANIFEST_NAME), {"files": _manifest_entries(gen_dir)})
+def write_manifest(folder: str, manifest_uri: str) -> str:
+    """Record sha256 and size of every file under folder in manifest_uri; returns its sha256."""
+    return write_json(manifest_uri, {"files": _manifest_entries(folder, manifest_uri)})
 
 
-def verify_manifest(gen_dir: str) -> list[str]:
-    """Names of files listed in gen_dir/manifest.json that are missing or no longer match (sorted)."""
-    manifest_uri = join(gen_dir, MANIFEST_NAME)
+def verify_manifest(folder: str, manifest_uri: str) -> list[str]:
+    """Names of files listed in the manifest that are missing or no longer match (sorted)."""
     if not exists(manifest_uri):
         raise UserError(f"{manifest_uri} does not exist: the generation was never finished; rerun its step")
     recorded = read_json(manifest_uri).get("files", {})
-    actual = _manifest_entries(gen_dir)
+    actual = _manifest_entries(folder, manifest_uri)
     return sorted(name for name, entry in recorded.items() if actual.get(name) != entry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from privevo import runtime
 
@@ -82,7 +82,7 @@ def nearest_neighbour_histogram(
     weight = 1.0 / math.sqrt(k)
     if private_labels is None:
         # One group holding everything: no index arrays, so no fancy-indexed copies of both sets.
-        groups = [(None, None)]
+        groups: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, None)]
     else:
         groups = [
             (np.flatnonzero(private_labels == c), np.flatnonzero(synthetic_labels == c))
@@ -120,11 +120,8 @@ def lookahead_embeddings(
         return embed(images)
     chunks = []
     for start, batch in _batches(images, batch_size):
-        total = None
-        for repeat in range(lookahead):
-            emb = embed(vary(batch, repeat, start)).astype(np.float64)
-            total = emb if total is None else total + emb
-        chunks.append((total / lookahead).astype(np.float32))
+        repeats = [embed(vary(batch, repeat, start)).astype(np.float64) for repeat in range(lookahead)]
+        chunks.append((np.sum(repeats, axis=0) / lookahead).astype(np.float32))
     return np.concatenate(chunks)
 
 

@@ -119,7 +119,7 @@ class TinyRun:
     def run_dir(self):
         return __import__("pathlib").Path(self.run_root) / self.run_id
 
-    def copy(self, destination) -> "TinyRun":
+    def copy(self, destination) -> TinyRun:
         """A private copy (released and private tiers) that a test may change."""
         import json
         import shutil
@@ -145,15 +145,16 @@ def tiny_args(run_root, private_root, *extra: str, pipeline_root=None) -> list[s
 
 
 def make_tiny_run(tmp_path, run_id: str, *overrides: str):
-    """A configs/tiny.yaml run (``privevo.steps.Run``) in tmp_path with its private embeddings and generation 0."""
+    """A configs/tiny.yaml run (``privevo.run.Run``) in tmp_path with its private embeddings and generation 0."""
     from privevo import steps
     from privevo.config import load_config
+    from privevo.run import Run
 
     config = load_config(ROOT / "configs" / "tiny.yaml", [
         f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private",
         f"model.path={ROOT / 'models' / 'tiny-unet'}", *overrides,
     ])
-    run = steps.Run.create(config, run_id)
+    run = Run.create(config, run_id)
     steps.embed_private(run)
     for shard in range(config.population.num_shards):
         steps.generate_initial(run, shard)

@@ -6,14 +6,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, tiny_args
+
 from privevo import privacy
-from privevo.config import load_config, noise_multiplier_for
+from privevo.config import load_config
+from privevo.privacy import noise_multiplier_for
 
 
 def audit(run_cli, run, *extra):
@@ -135,7 +135,7 @@ def test_kill_mid_generation_then_resume(tmp_path, run_cli, marker, during):
     assert not (tmp_path / "runs" / "killed" / "metrics.json").exists()
     # No half file that looks whole: every population file that exists loads.
     for path in (tmp_path / "runs").rglob("*.npz"):
-        np.load(path).files
+        assert np.load(path).files
 
     result = run_cli("run", "--resume", "killed", "--run-root", str(tmp_path / "runs"),
                      "--pipeline-root", str(tmp_path / "kfp"))
@@ -150,7 +150,7 @@ def test_kill_mid_generation_then_resume(tmp_path, run_cli, marker, during):
 
 def test_canary_never_reaches_a_released_file(tmp_path, run_cli):
     """A distinctive private image and its embedding appear in no released byte."""
-    from privevo.embeddings import PixelEmbedding
+    from privevo.embeddings.pixels import PixelEmbedding
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)

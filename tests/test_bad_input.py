@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import tiny_args
+from PIL import Image
 
 
 def write_png(path, array):

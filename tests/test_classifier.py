@@ -51,7 +51,7 @@ def test_same_seed_same_model_other_seed_differs() -> None:
     first = train_classifier(images, labels, 4, epochs=1, batch_size=32, seed=5)
     again = train_classifier(images, labels, 4, epochs=1, batch_size=32, seed=5)
     other = train_classifier(images, labels, 4, epochs=1, batch_size=32, seed=6)
-    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(first.head[-1].weight, other.head[-1].weight)
 

@@ -3,8 +3,9 @@
 import pytest
 import yaml
 
-from privevo.config import check_budget, load_config, noise_multiplier_for
+from privevo.config import load_config
 from privevo.errors import UserError
+from privevo.privacy import check_planned_budget, noise_multiplier_for
 
 BASE = {
     "name": "t",
@@ -70,5 +71,5 @@ def test_noise_is_calibrated_from_target_epsilon(config_file):
 def test_budget_that_cannot_be_met_is_refused(config_file):
     config = load_config(config_file, ["privacy.epsilon=null", "privacy.noise_multiplier=1", "privacy.epsilon_budget=1"])
     with pytest.raises(UserError, match="over the budget"):
-        check_budget(config)
-    check_budget(load_config(config_file, ["privacy.epsilon_budget=4.5"]))
+        check_planned_budget(config)
+    check_planned_budget(load_config(config_file, ["privacy.epsilon_budget=4.5"]))

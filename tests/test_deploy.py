@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -287,15 +286,15 @@ def test_compiled_pipeline_parses_strictly(compiled):
 
 
 def test_private_secret_on_exactly_the_private_steps(compiled, rendered):
-    import pipeline
+    from privevo.step_table import STEPS
 
     config, (spec, platform) = compiled
     functions = _executor_functions(spec)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     mounted = {label: e["secretAsVolume"] for label, e in executors.items() if e.get("secretAsVolume")}
-    assert {functions[label] for label in mounted} == set(pipeline.PRIVATE_STEPS) == {"embed_private", "dp_vote"}
-    assert all(functions[label] in pipeline.PRIVATE_STEPS for label in mounted)
-    assert set(mounted) == {label for label, f in functions.items() if f in pipeline.PRIVATE_STEPS}
+    private = {spec.name for spec in STEPS if spec.reads_private(config)}
+    assert {functions[label] for label in mounted} == private == {"embed_private", "dp_vote"}
+    assert set(mounted) == {label for label, f in functions.items() if f in private}
     for overlay in OVERLAYS:
         secret = _by_kind(rendered[overlay], "Secret")[PRIVATE_SECRET]
         assert set(secret["data"]) == {"key.json"}
@@ -439,5 +438,5 @@ def test_image_names_come_from_the_config_defaults():
     from privevo.config import KubernetesConfig
 
     readme = (REPO / "images" / "README.md").read_text()
-    built = dict((kind, tag) for tag, kind in re.findall(r"docker build -t (\S+) -f images/Dockerfile\.(cpu|cuda) \.", readme))
+    built = {kind: tag for tag, kind in re.findall(r"docker build -t (\S+) -f images/Dockerfile\.(cpu|cuda) \.", readme)}
     assert built == {"cpu": KubernetesConfig().image, "cuda": KubernetesConfig().gpu_image}

@@ -1,5 +1,6 @@
 """Metrics against reference computations (privevo.metrics)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -211,7 +212,7 @@ def test_epsilon_curve_increases_to_ledger_total():
         ledger.append(PrivacyEvent(generation=g, noise_multiplier=10.0))
     curve = metrics.epsilon_curve(ledger, 4)
     assert len(curve) == 4
-    assert all(b > a for a, b in zip(curve, curve[1:]))
+    assert all(b > a for a, b in itertools.pairwise(curve))
     assert curve[-1] == ledger.epsilon()
 
 

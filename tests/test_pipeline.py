@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import ROOT, tiny_args
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-
-from conftest import ROOT, tiny_args
 
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import make_tiny_run
+
 from privevo import runtime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,8 @@ def test_dp_vote_imports_no_torch(tmp_path):
         steps.embed_synthetic(run, 1, shard)
     found = _modules_after(
         "from privevo import steps\n"
-        f"run = steps.Run.open({run.config.run_root!r}, 'vote')\n"
+        "from privevo.run import Run\n"
+        f"run = Run.open({run.config.run_root!r}, 'vote')\n"
         "assert steps.dp_vote(run, 1, steps.private_reference(run))['generation'] == 1\n"
     )
     assert not found["torch"] and not found["diffusers"]

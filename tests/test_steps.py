@@ -2,27 +2,31 @@
 
 import numpy as np
 import pytest
-
 from conftest import make_tiny_run
+
 from privevo import steps
 from privevo.errors import UserError
 from privevo.population import Population
+from privevo.testing import BATCH_TOLERANCE, assert_close_images
 
 
 def _vote_embeddings(run, generation: int) -> np.ndarray:
     for shard in range(run.config.population.num_shards):
         steps.embed_synthetic(run, generation, shard)
-    return np.concatenate([np.load(steps.synthetic_embeddings_path(run, generation, s))["embeddings"]
+    return np.concatenate([np.load(run.layout.synthetic_embeddings(generation, s))["embeddings"]
                            for s in range(run.config.population.num_shards)])
 
 
 def test_lookahead_embeddings_do_not_depend_on_the_sharding(tmp_path):
     two = make_tiny_run(tmp_path / "two", "two-shards", "population.num_shards=2", "population.lookahead=2")
     one = make_tiny_run(tmp_path / "one", "one-shard", "population.num_shards=1", "population.lookahead=2")
-    assert np.array_equal(steps.load_population(two, 0).images, steps.load_population(one, 0).images)
+    # shards run at other batch sizes than the whole: equal within the suite's float-kernel tolerance
+    assert_close_images(steps.load_population(two, 0).images, steps.load_population(one, 0).images)
     sharded, whole = _vote_embeddings(two, 1), _vote_embeddings(one, 1)
     assert sharded.shape == (two.config.population.size, whole.shape[1])
-    assert np.array_equal(sharded, whole)
+    # pixel embeddings (x / 255) of lookahead variations: the same tolerance, in embedding units
+    assert np.abs(sharded - whole).max() <= BATCH_TOLERANCE.max_levels / 255 + 1e-6
+    assert np.mean(sharded != whole) <= BATCH_TOLERANCE.max_fraction
     # the lookahead means are of variations, not of the images themselves
     assert not np.allclose(whole, steps.load_embedding(one.config).embed(steps.load_population(one, 0).images))
 
@@ -30,8 +34,9 @@ def test_lookahead_embeddings_do_not_depend_on_the_sharding(tmp_path):
 def test_the_vote_refuses_embeddings_of_a_population_that_changed(tmp_path):
     run = make_tiny_run(tmp_path, "changed")
     _vote_embeddings(run, 1)
-    shard_uri = steps.shard_path(run, 0, 1)
-    shard = Population.from_bytes(open(shard_uri, "rb").read(), source=shard_uri)
+    shard_uri = run.layout.shard(0, 1)
+    with open(shard_uri, "rb") as handle:
+        shard = Population.from_bytes(handle.read(), source=shard_uri)
     changed = Population(255 - shard.images, shard.labels, shard.parent_ids, generation=0)
     with open(shard_uri, "wb") as handle:
         handle.write(changed.to_bytes())
@@ -40,9 +45,9 @@ def test_the_vote_refuses_embeddings_of_a_population_that_changed(tmp_path):
         steps.dp_vote(run, 1, steps.private_reference(run))
     assert not (tmp_path / "runs" / "changed" / "gen-001" / "noisy_histogram.npz").exists()  # nothing released
 
-    before = np.load(steps.synthetic_embeddings_path(run, 1, 1))["embeddings"]
+    before = np.load(run.layout.synthetic_embeddings(1, 1))["embeddings"]
     steps.embed_synthetic(run, 1, 1)  # notices the change and embeds the shard again
-    assert not np.array_equal(np.load(steps.synthetic_embeddings_path(run, 1, 1))["embeddings"], before)
+    assert not np.array_equal(np.load(run.layout.synthetic_embeddings(1, 1))["embeddings"], before)
     assert steps.dp_vote(run, 1, steps.private_reference(run))["generation"] == 1
 
 
@@ -50,5 +55,5 @@ def test_embed_synthetic_needs_the_population_shard(tmp_path):
     run = make_tiny_run(tmp_path, "early")
     with pytest.raises(UserError, match="run generate_variations for generation 1 shard 0 first"):
         steps.embed_synthetic(run, 2, 0)
-    with pytest.raises(UserError, match="generation must be in 1..2"):
+    with pytest.raises(UserError, match=r"generation must be in 1\.\.2"):
         steps.embed_synthetic(run, 3, 0)

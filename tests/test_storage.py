@@ -13,6 +13,7 @@ from google.cloud.storage import Blob
 
 from privevo import storage
 from privevo.errors import UserError
+from privevo.layout import RunLayout
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -89,7 +90,7 @@ def test_update_json_concurrent_appends(root: str) -> None:
 
     def append(worker: int) -> None:
         for i in range(20):
-            storage.update_json(ledger, lambda events: [*(events or []), {"worker": worker, "i": i}])
+            storage.update_json(ledger, lambda events, i=i: [*(events or []), {"worker": worker, "i": i}])
 
     threads = [threading.Thread(target=append, args=(w,)) for w in range(2)]
     for thread in threads:
@@ -124,31 +125,31 @@ def test_bad_json_and_npz_are_user_errors(root: str) -> None:
 
 
 def test_manifest_detects_tampering(root: str) -> None:
-    layout = storage.RunLayout(root, "run-1", root + "-private")
-    gen = layout.gen_dir(2)
+    layout = RunLayout(root, "run-1", root + "-private")
+    gen, manifest_uri = layout.gen_dir(2), layout.manifest(2)
     storage.write_bytes(storage.join(gen, "population.npz"), b"pop")
     storage.write_bytes(storage.join(gen, "shards", "0.npz"), b"shard")
     storage.write_bytes(storage.join(gen, "histogram.npz"), b"hist")
-    storage.write_manifest(gen)
-    manifest = storage.read_json(storage.join(gen, "manifest.json"))
+    storage.write_manifest(gen, manifest_uri)
+    manifest = storage.read_json(manifest_uri)
     assert sorted(manifest["files"]) == ["histogram.npz", "population.npz", "shards/0.npz"]
     assert manifest["files"]["population.npz"] == {"sha256": storage.sha256_bytes(b"pop"), "size": 3}
-    assert storage.verify_manifest(gen) == []
+    assert storage.verify_manifest(gen, manifest_uri) == []
 
     storage.write_bytes(storage.join(gen, "population.npz"), b"poq")
     storage.delete(storage.join(gen, "shards", "0.npz"))
-    assert storage.verify_manifest(gen) == ["population.npz", "shards/0.npz"]
+    assert storage.verify_manifest(gen, manifest_uri) == ["population.npz", "shards/0.npz"]
 
 
 def test_verify_without_manifest_is_user_error(root: str) -> None:
-    gen = storage.join(root, "run", "gen-000")
+    layout = RunLayout(root, "run", root + "-private")
     with pytest.raises(UserError) as excinfo:
-        storage.verify_manifest(gen)
+        storage.verify_manifest(layout.gen_dir(0), layout.manifest(0))
     assert "manifest.json" in _one_line_error(excinfo)
 
 
 def test_run_layout() -> None:
-    layout = storage.RunLayout("gs://released/runs", "r1", "gs://private-bucket")
+    layout = RunLayout("gs://released/runs", "r1", "gs://private-bucket")
     assert layout.run_dir == "gs://released/runs/r1"
     assert layout.run_json == "gs://released/runs/r1/run.json"
     assert layout.ledger_json == "gs://released/runs/r1/ledger.json"
@@ -156,9 +157,19 @@ def test_run_layout() -> None:
     assert layout.report_dir == "gs://released/runs/r1/report"
     assert layout.gen_dir(7) == "gs://released/runs/r1/gen-007"
     assert layout.private_dir == "gs://private-bucket/r1"
+    assert layout.private_embeddings == "gs://private-bucket/r1/private_embeddings.npz"
+    assert layout.shard(2, 1) == "gs://released/runs/r1/gen-002/shards/shard-001.npz"
+    assert layout.synthetic_embeddings(3, 0) == "gs://released/runs/r1/gen-003/synthetic_embeddings/shard-000.npz"
+    assert layout.release(1) == "gs://released/runs/r1/gen-001/noisy_histogram.npz"
+    assert layout.redraw(1, "x") == "gs://released/runs/r1/gen-001/noisy_histogram-redraw-x.npz"
+    assert layout.step_record(1, "generate_variations", 2) == "gs://released/runs/r1/gen-001/steps/generate_variations-002.json"
+    assert layout.report_file(layout.sample_grid_name(4)) == "gs://released/runs/r1/report/samples-gen-004.png"
+    assert RunLayout.is_release("gen-001/noisy_histogram.npz") and RunLayout.is_release("gen-001/noisy_histogram-redraw-x.npz")
+    assert not RunLayout.is_release("gen-001/selection.npz") and not RunLayout.is_release("noisy_histogram.npz")
+    assert RunLayout.generation_of("gen-012/steps/dp_vote.json") == 12 and RunLayout.generation_of("ledger.json") is None
     for run_root, run_id, private_root in [("runs", "a/b", "priv"), ("runs", "r", "runs"), ("runs", "r", "runs/private")]:
         with pytest.raises(UserError) as excinfo:
-            storage.RunLayout(run_root, run_id, private_root)
+            RunLayout(run_root, run_id, private_root)
         _one_line_error(excinfo)
 
 
@@ -241,5 +252,5 @@ def test_gcs_writes_nothing_to_local_gs_folder(gcs_server) -> None:
     bucket = gcs_server.make_bucket(f"b-{uuid.uuid4().hex[:12]}")
     storage.write_json(storage.join(bucket, "r", "run.json"), {"ok": True})
     storage.update_json(storage.join(bucket, "r", "ledger.json"), lambda events: [*(events or []), 1])
-    storage.write_manifest(storage.join(bucket, "r"))
+    storage.write_manifest(storage.join(bucket, "r"), storage.join(bucket, "r", "manifest.json"))
     assert not Path("gs:").exists()

@@ -1,0 +1,208 @@
+"""The run layout: every file name and path of a run, in one place.
+
+Like diffusers' ``CONFIG_NAME``/``WEIGHTS_NAME``, each file a run writes has one
+constant here, and every path is a method of :class:`RunLayout`. Steps, the audit,
+the report and the command line ask the layout; nobody else formats a run path.
+
+```
+<run_root>/<run_id>/run.json, ledger.json, metrics.json
+<run_root>/<run_id>/gen-NNN/population.npz, shards/shard-SSS.npz,
+    synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws),
+    selection.npz, steps/<step>.json, manifest.json
+<run_root>/<run_id>/report/index.html, samples-gen-NNN.png, curves.png
+<private_root>/<run_id>/private_embeddings.npz      (PRIVATE tier)
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from privevo import storage
+from privevo.errors import UserError
+
+RUN_JSON = "run.json"
+LEDGER_JSON = "ledger.json"
+METRICS_JSON = "metrics.json"
+REPORT_DIR = "report"
+REPORT_INDEX = "index.html"
+CURVES_PNG = "curves.png"
+MANIFEST_NAME = "manifest.json"
+POPULATION_FILE = "population.npz"
+RELEASE_FILE = "noisy_histogram.npz"
+REDRAW_PREFIX = "noisy_histogram-redraw-"
+SELECTION_FILE = "selection.npz"
+SHARDS_DIR = "shards"
+SYNTHETIC_EMBEDDINGS_DIR = "synthetic_embeddings"
+STEPS_DIR = "steps"
+PRIVATE_EMBEDDINGS_FILE = "private_embeddings.npz"
+
+_GEN_DIR = re.compile(r"^gen-(\d{3,})/")
+_RELEASE_NAME = re.compile(rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz)$")
+
+
+def _same_or_inside(path: str, root: str) -> bool:
+    """Whether path is root or lies under it."""
+    if storage.is_gcs(path) != storage.is_gcs(root):
+        return False
+    if not storage.is_gcs(path):
+        path, root = os.path.abspath(path), os.path.abspath(root)
+    path, root = path.rstrip("/"), root.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+def generation_name(generation: int) -> str:
+    """A generation's folder name, gen-000 style."""
+    if generation < 0:
+        raise ValueError(f"generation must be >= 0, got {generation}")
+    return f"gen-{generation:03d}"
+
+
+def _shard_name(shard: int) -> str:
+    return f"shard-{shard:03d}.npz"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each file of a run lives: released files under run_root, private ones under private_root.
+
+    An empty ``private_root`` means "not known yet" (reading run.json, which names it).
+    """
+
+    run_root: str
+    run_id: str
+    private_root: str
+
+    def __post_init__(self) -> None:
+        """Reject run ids that escape the run folder and private roots that overlap the released one."""
+        if not self.run_id or "/" in self.run_id or self.run_id in (".", ".."):
+            raise UserError(f"run_id {self.run_id!r} is not a plain folder name: use letters, digits, '-', '_' or '.'")
+        if (self.private_root and _same_or_inside(self.private_root, self.run_root)) or _same_or_inside(
+            self.run_root, self.private_root
+        ):
+            raise UserError(
+                f"private_root {self.private_root} overlaps run_root {self.run_root}: "
+                "keep private data in a separate folder or bucket"
+            )
+
+    # ------------------------------------------------------------------ run level
+
+    @property
+    def run_dir(self) -> str:
+        """Released folder of this run."""
+        return storage.join(self.run_root, self.run_id)
+
+    @property
+    def run_json(self) -> str:
+        """Config, versions and status of the run."""
+        return storage.join(self.run_dir, RUN_JSON)
+
+    @property
+    def ledger_json(self) -> str:
+        """Privacy ledger: one event per DP release."""
+        return storage.join(self.run_dir, LEDGER_JSON)
+
+    @property
+    def metrics_json(self) -> str:
+        """Metrics of the run."""
+        return storage.join(self.run_dir, METRICS_JSON)
+
+    @property
+    def report_dir(self) -> str:
+        """HTML report, sample grids and curves."""
+        return storage.join(self.run_dir, REPORT_DIR)
+
+    def report_file(self, name: str) -> str:
+        """A file of the report folder."""
+        return storage.join(self.report_dir, name)
+
+    @property
+    def report_index(self) -> str:
+        """The report's HTML page."""
+        return self.report_file(REPORT_INDEX)
+
+    @staticmethod
+    def sample_grid_name(generation: int) -> str:
+        """File name (inside report/) of a generation's sample grid."""
+        return f"samples-{generation_name(generation)}.png"
+
+    # ----------------------------------------------------------------- private tier
+
+    @property
+    def private_dir(self) -> str:
+        """Private-tier folder of this run (embeddings of private data)."""
+        return storage.join(self.private_root, self.run_id)
+
+    @property
+    def private_embeddings(self) -> str:
+        """The private set's embeddings (PRIVATE tier: never released)."""
+        return storage.join(self.private_dir, PRIVATE_EMBEDDINGS_FILE)
+
+    # ------------------------------------------------------------- per generation
+
+    def gen_dir(self, generation: int) -> str:
+        """Folder of one generation, gen-000 style."""
+        return storage.join(self.run_dir, generation_name(generation))
+
+    def manifest(self, generation: int) -> str:
+        """sha256 and size of every file of a generation."""
+        return storage.join(self.gen_dir(generation), MANIFEST_NAME)
+
+    def population(self, generation: int) -> str:
+        """A generation's merged population."""
+        return storage.join(self.gen_dir(generation), POPULATION_FILE)
+
+    def shard(self, generation: int, shard: int) -> str:
+        """One shard of a generation's population, written before the merge."""
+        return storage.join(self.gen_dir(generation), SHARDS_DIR, _shard_name(shard))
+
+    def synthetic_embeddings(self, generation: int, shard: int) -> str:
+        """Embeddings of shard ``shard`` of population ``generation - 1``, for the vote of ``generation``."""
+        return storage.join(self.gen_dir(generation), SYNTHETIC_EMBEDDINGS_DIR, _shard_name(shard))
+
+    def release(self, generation: int) -> str:
+        """The generation's first DP release (the noisy histogram, write-once)."""
+        return storage.join(self.gen_dir(generation), RELEASE_FILE)
+
+    def redraw(self, generation: int, tag: str) -> str:
+        """A forced redraw's DP release, beside the first one."""
+        if not re.fullmatch(r"[\w.-]+", tag):
+            raise ValueError(f"redraw tag {tag!r} must be letters, digits, '_', '-' or '.'")
+        return storage.join(self.gen_dir(generation), f"{REDRAW_PREFIX}{tag}.npz")
+
+    def selection(self, generation: int) -> str:
+        """The parents the vote selected."""
+        return storage.join(self.gen_dir(generation), SELECTION_FILE)
+
+    def steps_dir(self, generation: int) -> str:
+        """Folder of a generation's step records."""
+        return storage.join(self.gen_dir(generation), STEPS_DIR)
+
+    def step_record(self, generation: int, step: str, shard: int | None = None) -> str:
+        """Parameters, seeds and timing of one step (of one shard) of a generation."""
+        name = step if shard is None else f"{step}-{shard:03d}"
+        return storage.join(self.steps_dir(generation), f"{name}.json")
+
+    # ------------------------------------------------------------------- names
+
+    def relative(self, uri: str) -> str:
+        """A run file's name relative to the run folder (as the ledger and the audit name it)."""
+        return storage.relative_to(uri, self.run_dir)
+
+    def absolute(self, relative: str) -> str:
+        """The URI of a run file named relative to the run folder."""
+        return storage.join(self.run_dir, relative)
+
+    @staticmethod
+    def is_release(relative: str) -> bool:
+        """Whether a run-relative name is a DP release (first draw or a redraw)."""
+        match = _GEN_DIR.match(relative)
+        return match is not None and _RELEASE_NAME.match(relative[match.end() :]) is not None
+
+    @staticmethod
+    def generation_of(relative: str) -> int | None:
+        """The generation a run-relative name belongs to, None outside the generation folders."""
+        match = _GEN_DIR.match(relative)
+        return int(match.group(1)) if match else None

@@ -1,0 +1,146 @@
+"""The ``ddpm_unet`` backend: a diffusers UNet2DModel with DDIM sampling and SDEdit variations.
+
+Loads the layout ``DDPMPipeline.save_pretrained`` writes (model_index.json, unet/, scheduler/);
+the UNet may be unconditional or class-conditional (``num_class_embeds``).
+"""
+
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+
+from privevo import runtime
+
+runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
+import torch  # noqa: E402
+
+from privevo.errors import UserError  # noqa: E402
+from privevo.models.base import (  # noqa: E402
+    FoundationModel,
+    check_model_index,
+    check_sampling_options,
+    first_line,
+    images_to_tensor,
+    resolve_autocast,
+    resolve_dtype,
+    resolve_model_dir,
+    tensor_to_images,
+)
+
+if TYPE_CHECKING:
+    from privevo.config import Config
+
+
+class DDPMUNetModel(FoundationModel):
+    """A diffusers UNet2DModel: DDIM sampling for random, SDEdit (noise then DDIM back) for variation."""
+
+    def __init__(
+        self,
+        unet: Any,
+        scheduler_config: dict[str, Any],
+        name: str = "ddpm_unet",
+        num_inference_steps: int = 25,
+        batch_size: int = 64,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        autocast: str = "auto",
+    ) -> None:
+        from diffusers import DDIMScheduler
+
+        check_sampling_options(num_inference_steps, batch_size)
+        self.device = runtime.resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.unet = unet.to(self.device).eval()
+        if self.unet.dtype != self.dtype:
+            self.unet.to(self.dtype)
+        self.autocast_dtype = resolve_autocast(autocast, self.device, self.dtype)
+        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        self.scheduler.set_timesteps(num_inference_steps)
+        self.num_inference_steps = num_inference_steps
+        self.batch_size = batch_size
+        self.name = name
+        self.image_size = int(unet.config.sample_size)
+        self.channels = int(unet.config.in_channels)
+        self.num_classes = unet.config.num_class_embeds
+
+    @classmethod
+    def from_config(cls, config: "Config") -> Self:
+        """The UNet at ``config.model.path``, checked against the experiment's ``image_size``."""
+        m = config.model
+        return cls.from_pretrained(
+            m.path, num_inference_steps=m.num_inference_steps, batch_size=m.batch_size, device=m.device,
+            image_size=config.image_size, autocast=m.autocast,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        num_inference_steps: int = 25,
+        batch_size: int = 64,
+        device: str = "auto",
+        dtype: str = "auto",
+        image_size: int | None = None,
+        autocast: str = "auto",
+    ) -> Self:
+        """Load a ``DDPMPipeline.save_pretrained`` folder (unet/ and scheduler/), offline."""
+        from diffusers import DDPMScheduler, UNet2DModel
+
+        model_dir = resolve_model_dir(name_or_path)
+        hint = "expected a DDPMPipeline folder (model_index.json, unet/, scheduler/)"
+        check_model_index(model_dir, name_or_path, ("DDPMPipeline", "DDIMPipeline"), hint)
+        try:
+            unet = UNet2DModel.from_pretrained(
+                model_dir, subfolder="unet", dtype=resolve_dtype(dtype, runtime.resolve_device(device)),
+                local_files_only=True, low_cpu_mem_usage=False,
+            )
+            scheduler_config = DDPMScheduler.load_config(model_dir, subfolder="scheduler", local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"could not load the UNet model from {name_or_path} ({first_line(err)}): {hint}") from err
+        sample_size = unet.config.sample_size
+        if image_size is not None and image_size != sample_size:
+            raise UserError(
+                f"image_size {image_size} does not match the model's resolution {sample_size} ({name_or_path}): "
+                f"set image_size to {sample_size} or use a model trained at {image_size}"
+            )
+        return cls(unet, scheduler_config, str(name_or_path), num_inference_steps, batch_size, device, dtype, autocast)
+
+    def _noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        """Per-sample standard normal noise, drawn on the CPU then moved to the model."""
+        shape = (self.channels, self.image_size, self.image_size)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        return noise.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Deterministic DDIM (eta 0) from ``x`` at ``timesteps[0]`` down to a clean sample."""
+        for t in timesteps:
+            eps = self.unet(x, t.to(self.device), class_labels=labels).sample.to(x.dtype)
+            x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+        return x
+
+    def _class_labels(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> torch.Tensor | None:
+        """Labels as a tensor; a conditional model with no labels draws them uniformly per sample."""
+        if self.num_classes is None:
+            return None
+        if labels is None:
+            labels = np.array([int(torch.randint(self.num_classes, (1,), generator=g)) for g in generators])
+        return torch.from_numpy(labels).to(self.device)
+
+    def _random_batch(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
+        class_labels = self._class_labels(labels, generators)
+        x = self._noise(generators) * self.scheduler.init_noise_sigma
+        return tensor_to_images(self._denoise(x, self.scheduler.timesteps, class_labels))
+
+    def _variation_batch(
+        self, images: np.ndarray, degree: float, labels: np.ndarray | None, generators: list[torch.Generator]
+    ) -> np.ndarray:
+        if self.num_classes is not None and labels is None:
+            raise UserError(f"model {self.name} is class-conditional: pass the labels of the images to vary")
+        steps = min(int(self.num_inference_steps * degree), self.num_inference_steps)
+        if steps == 0:
+            return images.copy()
+        timesteps = self.scheduler.timesteps[self.num_inference_steps - steps :]
+        noise = self._noise(generators)
+        x0 = images_to_tensor(images).to(self.device, self.dtype)
+        x = self.scheduler.add_noise(x0, noise, timesteps[:1])
+        return tensor_to_images(self._denoise(x, timesteps, self._class_labels(labels, generators)))

@@ -1,0 +1,85 @@
+"""The pipeline's steps, described once.
+
+One row per step: its name, the library function it runs, its Kubeflow component,
+whether it reads the private tier, and whether it runs a network. The DAG
+(``pipeline.build_pipeline``), ``pipeline.py rerun``, the private secret's mounts,
+per-step resources and images, and every component's command line are derived
+from :data:`STEPS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from privevo import steps
+from privevo.config import Config
+from privevo.errors import UserError
+from privevo.run import Run
+
+
+@dataclass(frozen=True)
+class StepArgs:
+    """What selects one execution of a step: its generation, shard and whether to redraw DP noise."""
+
+    generation: int = 0
+    shard: int = 0
+    force_new_noise: bool = False
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of the pipeline."""
+
+    name: str
+    call: Callable[[Run, StepArgs], dict[str, Any]]
+    component: str  # the module holding the KFP component function of the same name
+    reads_private: Callable[[Config], bool]  # gets the private tier's credentials
+    runs_network: bool  # runs the foundation model or the embedding: model-step resources and image
+    per_generation: bool = False  # takes --generation
+    sharded: bool = False  # takes --shard
+    redraws: bool = False  # takes --force-new-noise
+
+
+def _always(config: Config) -> bool:
+    return True
+
+
+def _never(config: Config) -> bool:
+    return False
+
+
+def _evaluate(run: Run, args: StepArgs) -> dict[str, Any]:
+    from privevo import evaluation
+
+    return evaluation.headline_metrics(evaluation.evaluate_run(run))
+
+
+#: Every step, in DAG order.
+STEPS: tuple[StepSpec, ...] = (
+    StepSpec("embed_private", lambda run, a: steps.embed_private(run), "components.embed_private",
+             reads_private=_always, runs_network=True),
+    StepSpec("generate_initial", lambda run, a: steps.generate_initial(run, a.shard), "components.generate_initial",
+             reads_private=_never, runs_network=True, sharded=True),
+    StepSpec("embed_synthetic", lambda run, a: steps.embed_synthetic(run, a.generation, a.shard),
+             "components.embed_synthetic", reads_private=_never, runs_network=True, per_generation=True, sharded=True),
+    StepSpec("dp_vote",
+             lambda run, a: steps.dp_vote(run, a.generation, steps.private_reference(run), a.force_new_noise),
+             "components.dp_vote", reads_private=_always, runs_network=False, per_generation=True, redraws=True),
+    StepSpec("generate_variations", lambda run, a: steps.generate_variations(run, a.generation, a.shard),
+             "components.generate_variations", reads_private=_never, runs_network=True, per_generation=True,
+             sharded=True),
+    StepSpec("evaluate", _evaluate, "components.evaluate",
+             reads_private=lambda config: config.evaluation.against_private, runs_network=True),
+)
+
+STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)
+
+
+def step(name: str) -> StepSpec:
+    """The row of the step called ``name``."""
+    for spec in STEPS:
+        if spec.name == name:
+            return spec
+    raise UserError(f"unknown step {name!r}: use one of {', '.join(STEP_NAMES)}")
