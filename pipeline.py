@@ -59,7 +59,10 @@ def build_pipeline(config):
         spec = step(kind)
         resources = k8s.model_step if spec.runs_network else k8s.cpu_step
         task.set_display_name(name)
-        task.set_caching_options(k8s.caching)
+        # Steps that read the private tier are never cached: a cache hit would skip the step's own
+        # checks (the vote's charge, the private embeddings' presence) and could reuse a DP release
+        # of another run, or skip a forced redraw, without the ledger knowing.
+        task.set_caching_options(k8s.caching and not spec.reads_private(config))
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
         if k8s.retries:
             task.set_retry(k8s.retries)
@@ -100,6 +103,7 @@ def build_pipeline(config):
             vote = configure(
                 steps["dp_vote"](
                     config_json=config_json, run_id=run_id, generation=generation, force_new_noise=force_new_noise,
+                    redraw_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                     private_embeddings=private.outputs["private_embeddings"],
                     synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]),
                 ),
@@ -147,9 +151,11 @@ def _new_run_id(name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Run the whole pipeline locally with kfp.local (tasks run as subprocesses, serially)."""
+    """Run the whole pipeline locally with kfp.local (tasks run as subprocesses, or in containers with --runner docker)."""
     from kfp import local
 
+    from privevo import storage
+    from privevo.layout import RunLayout
     from privevo.privacy import noise_multiplier_for
     from privevo.run import Run
 
@@ -161,27 +167,40 @@ def cmd_run(args: argparse.Namespace) -> None:
         run_root = args.run_root or "runs"
         run = Run.open(run_root, args.resume)
         config, run_id = run.config, args.resume
+        if args.runner == "docker":
+            _local_docker().check_ready(config, args.pipeline_root)
         print(f"resuming run {run_id} from its stored config")
     else:
         if not args.config:
             raise UserError("give --config CFG (or --resume RUN_ID)")
         config = _load(args)
+        if args.runner == "docker":
+            _local_docker().check_ready(config, args.pipeline_root)
         run_id = args.run_id or _new_run_id(config.name)
+        existing = RunLayout(config.run_root, run_id, config.private_root)
+        if storage.exists(existing.run_json):  # a new run never silently reuses another run's outputs
+            raise UserError(f"run {run_id} already exists under {config.run_root}: continue it with "
+                            f"`python pipeline.py run --resume {run_id} --run-root {config.run_root}` "
+                            "or choose a new --run-id")
         run = Run.create(config, run_id)
     noise_multiplier_for(config)  # fail fast on an impossible epsilon target
     print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
           f"-> {run.layout.run_dir}")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=args.pipeline_root,
-               raise_on_error=True)
     # kfp.local runs up to KFP_LOCAL_PARALLEL_SHARDS ParallelFor iterations at once on this machine:
     # the shard steps split its CPUs between them instead of oversubscribing them.
-    os.environ[runtime.CONCURRENT_SHARDS_ENV] = str(min(config.population.num_shards, KFP_LOCAL_PARALLEL_SHARDS))
+    concurrent_shards = min(config.population.num_shards, KFP_LOCAL_PARALLEL_SHARDS)
+    os.environ[runtime.CONCURRENT_SHARDS_ENV] = str(concurrent_shards)
+    runner, session = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
+    if args.runner == "docker":  # every step in the image, with the mounts of its step only (local_docker.py)
+        session = _local_docker().DockerSession(config, run, args.pipeline_root, concurrent_shards)
+        runner = session.runner
+    local.init(runner=runner, pipeline_root=args.pipeline_root, raise_on_error=True)
     started = time.time()
     pipeline_func = build_pipeline(config)
     log_path = os.path.join(args.pipeline_root, f"{run_id}.log")
     os.makedirs(args.pipeline_root, exist_ok=True)
     original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
-    with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress:
+    with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress, session:
         try:
             with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
                 pipeline_func(run_id=run_id)
@@ -191,6 +210,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         finally:
             builtins.print = original_print
     _print_summary(run, time.time() - started)
+
+
+def _local_docker():
+    """The Docker runner wiring (imports kfp.local's Docker support and the docker SDK only when asked for)."""
+    import local_docker
+
+    return local_docker
 
 
 def _print_summary(run, seconds: float) -> None:
@@ -318,7 +344,7 @@ def cmd_rerun(args: argparse.Namespace) -> None:
 
     from privevo.run import Run
 
-    run = Run.open(args.run_root, args.run)
+    run = Run.locate(args.run, args.run_root)
     result = step(args.step).call(run, StepArgs(args.generation, args.shard, args.force_new_noise))
     print(json.dumps(result, sort_keys=True, default=str))
 
@@ -330,7 +356,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from privevo import audit
     from privevo.run import Run
 
-    report = audit.audit_run(Run.open(args.run_root, args.run))
+    report = audit.audit_run(Run.locate(args.run, args.run_root))
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else audit.format_report(report))
     return 0 if report.ok else 1
 
@@ -340,11 +366,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     from privevo import report, storage
     from privevo.run import Run
 
-    run = Run.open(args.run_root, args.run)
+    run = Run.locate(args.run, args.run_root)
     if not storage.exists(run.layout.metrics_json):
         raise UserError(f"run {args.run} has no metrics.json yet: run its evaluate step first")
     index = report.write_report(run, storage.read_json(run.layout.metrics_json))
     print(f"report: {index}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a local model on the KServe v2 protocol (model.kind remote calls it) until SIGTERM/SIGINT."""
+    from privevo import serve
+    from privevo.config import load_config
+
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    elif args.model_kind and args.model_path:
+        options = {key: value for key, value in (
+            ("batch_size", args.batch_size), ("num_inference_steps", args.num_inference_steps),
+            ("device", args.device), ("autocast", args.autocast), ("prompts", args.prompts)) if value is not None}
+        config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options)
+    else:
+        raise UserError("serve needs --model-kind and --model-path (or --config CFG to serve its model section)")
+    return serve.serve(config, args.host, args.port, args.model_name, args.token_env, args.graceful_timeout)
 
 
 # ------------------------------------------------------------------------ budget
@@ -361,11 +404,12 @@ def cmd_budget(args: argparse.Namespace) -> None:
         sigma = args.noise_multiplier
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise UserError(f"--noise-multiplier must be a finite number >= 0, got {sigma}")
-        epsilon = privacy.schedule_epsilon([sigma] * args.generations, args.delta, args.sampling_rate)
+        epsilon = privacy.schedule_epsilon([sigma] * args.generations, args.delta, args.sampling_rate, args.mechanism)
         _print_budget(sigma, args)
         print(f"epsilon={epsilon:.4f}")
     else:
-        sigma = privacy.calibrate_noise_multiplier(args.epsilon, args.delta, args.generations, args.sampling_rate)
+        sigma = privacy.calibrate_noise_multiplier(args.epsilon, args.delta, args.generations, args.sampling_rate,
+                                                   args.mechanism)
         _print_budget(sigma, args)
         print(f"noise_multiplier={sigma:.4f}")
 
@@ -373,7 +417,12 @@ def cmd_budget(args: argparse.Namespace) -> None:
 def _print_budget(sigma: float, args: argparse.Namespace) -> None:
     from privevo import privacy
 
-    print(f"generations={args.generations} delta={args.delta:g} sampling_rate={args.sampling_rate:g}")
+    print(f"generations={args.generations} delta={args.delta:g} sampling_rate={args.sampling_rate:g} "
+          f"mechanism={args.mechanism}")
+    if args.report:
+        planned = [privacy.PrivacyEvent(generation=g + 1, noise_multiplier=sigma, sampling_rate=args.sampling_rate,
+                                        mechanism=args.mechanism, status="planned") for g in range(args.generations)]
+        print("\n".join(privacy.format_privacy_report(privacy.privacy_report(planned, args.delta))))
     if args.sampling_rate == 1.0 and sigma > 0:
         closed = privacy.gdp_epsilon([sigma] * args.generations, args.delta)
         print(f"closed-form mu-GDP cross-check: mu={privacy.gdp_mu([sigma] * args.generations):.4f} epsilon={closed:.4f}")
@@ -392,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--generations", type=int, required=True, help="T: number of votes")
     budget.add_argument("--delta", type=float, default=1e-5)
     budget.add_argument("--sampling-rate", type=float, default=1.0, help="Poisson subsampling rate of the private set")
+    budget.add_argument("--mechanism", choices=("discrete_gaussian", "gaussian"), default="discrete_gaussian",
+                        help="the vote's noise (privacy.mechanism)")
+    budget.add_argument("--report", action="store_true",
+                        help="print the privacy report of the schedule (events, epsilon per generation and per delta, mu)")
     budget.set_defaults(func=cmd_budget)
 
     def with_config(sub: argparse.ArgumentParser, required: bool = True) -> None:
@@ -405,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="run folder name (default: NAME-UTCTIME)")
     run.add_argument("--resume", metavar="RUN_ID", help="continue a crashed run from its last complete generation")
     run.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local keeps its task artifacts")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="run each step as a local subprocess, or in its container image (make images) with "
+                          "only its step's folders mounted and no network")
     run.set_defaults(func=cmd_run)
 
     comp = commands.add_parser("compile", help="write the KFP pipeline YAML")
@@ -427,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.set_defaults(func=cmd_schedule)
 
     rerun = commands.add_parser("rerun", help="re-execute one step of a stored run")
-    rerun.add_argument("run", metavar="RUN_ID")
+    rerun.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
     rerun.add_argument("--step", required=True, choices=STEP_NAMES)
     rerun.add_argument("--generation", type=int, default=0)
     rerun.add_argument("--shard", type=int, default=0)
@@ -437,15 +493,33 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.set_defaults(func=cmd_rerun)
 
     aud = commands.add_parser("audit", help="verify a run: hashes, ledger, epsilon, no private data released")
-    aud.add_argument("run", metavar="RUN_ID")
+    aud.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
     aud.add_argument("--run-root", default="runs")
     aud.add_argument("--json", action="store_true", help="machine-readable output")
     aud.set_defaults(func=cmd_audit)
 
     rep = commands.add_parser("report", help="regenerate the HTML report of a run")
-    rep.add_argument("run", metavar="RUN_ID")
+    rep.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
     rep.add_argument("--run-root", default="runs")
     rep.set_defaults(func=cmd_report)
+
+    srv = commands.add_parser("serve", help="serve a local model on the KServe v2 protocol (for model.kind remote)")
+    with_config(srv, required=False)
+    srv.add_argument("--model-kind", help="a local backend: ddpm_unet or stable_diffusion")
+    srv.add_argument("--model-path", help="the model's folder (or hub name in the local cache)")
+    srv.add_argument("--model-name", help="the name clients call it by (default: the kind)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--batch-size", type=int, help="samples per forward pass (model.batch_size)")
+    srv.add_argument("--num-inference-steps", type=int)
+    srv.add_argument("--device", help="auto, cpu or cuda")
+    srv.add_argument("--autocast", choices=("auto", "off", "bfloat16", "float16"))
+    srv.add_argument("--prompts", nargs="+", help="stable_diffusion: one prompt per class")
+    srv.add_argument("--image-size", type=int, help="default: the model's own (ddpm_unet)")
+    srv.add_argument("--channels", type=int, choices=(1, 3), help="default: the model's own (ddpm_unet)")
+    srv.add_argument("--token-env", help="require the bearer token held in this environment variable")
+    srv.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish calls in flight on SIGTERM")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

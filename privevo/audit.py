@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from privevo import storage
+from privevo import privacy, storage
 from privevo.layout import PRIVATE_EMBEDDINGS_FILE, RunLayout, generation_name
 from privevo.run import Run
-from privevo.steps import last_complete_generation
+from privevo.steps import last_complete_generation, load_private_set
 
 #: Reported epsilons are rounded by nobody; recomputation must match to this tolerance.
 EPSILON_TOLERANCE = 1e-6
@@ -37,6 +39,7 @@ class AuditReport:
     checks: list[dict[str, Any]] = field(default_factory=list)
     epsilon: float = 0.0
     delta: float = 0.0
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -55,7 +58,8 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "ok": self.ok, "epsilon": self.epsilon, "delta": self.delta,
-                "first_failure": self.first_failure, "generations": self.generations, "checks": self.checks}
+                "privacy": self.privacy, "first_failure": self.first_failure, "generations": self.generations,
+                "checks": self.checks}
 
 
 def audit_run(run: Run) -> AuditReport:
@@ -76,10 +80,18 @@ def audit_run(run: Run) -> AuditReport:
         if not report.check("release charged once", len(paying) == 1,
                             f"{name}: {len(paying)} ledger events pay for this release (expected exactly 1)"):
             break
+        if paying[0].status == "pending":  # written, then a crash before its event was completed: paid all the same
+            report.skip("release unchanged", f"{name}: its event is still pending (completed by the next vote step)")
+            continue
         report.check("release unchanged", paying[0].release_sha256 == sha,
                      f"{name}: sha256 differs from the one its ledger event paid for")
     for event in ledger.events:
-        if not storage.exists(run.layout.absolute(event.release_uri)):
+        if storage.exists(run.layout.absolute(event.release_uri)):
+            continue
+        if event.status == "pending":  # charged, never written (a crash before the write): counted, nothing released
+            report.skip("event has its release", f"ledger.json: the pending event for {event.release_uri} was charged "
+                                                 "but never released (counted in epsilon)")
+        else:
             report.check("event has its release", False,
                          f"ledger.json: event for generation {event.generation} names missing {event.release_uri}")
     votes = {g["generation"] for g in report.generations if g["generation"] > 0}
@@ -87,8 +99,9 @@ def audit_run(run: Run) -> AuditReport:
     report.check("every vote charged", votes <= charged,
                  f"ledger.json: generations {sorted(votes - charged)} voted without a ledger event")
 
-    # Epsilon recomputed from the ledger matches what the run reported.
+    # Epsilon recomputed from the ledger (per mechanism, upper bound) matches what the run reported.
     report.epsilon = ledger.epsilon()
+    report.privacy = privacy.privacy_report(ledger.events, ledger.delta)
     _check_reported_epsilon(run, ledger, report)
     _check_no_private_data(run, report)
     return report
@@ -109,7 +122,7 @@ def _generation_listing(run: Run, generation: int, ledger, report: AuditReport) 
         "steps": [{"step": s["step"], "params": s["params"], "seconds": s.get("seconds")} for s in steps],
         "files": files,
         "releases": [{"uri": e.release_uri, "sha256": e.release_sha256, "noise_multiplier": e.noise_multiplier,
-                      "reason": e.reason} for e in events],
+                      "mechanism": e.mechanism, "status": e.status, "reason": e.reason} for e in events],
         "epsilon": ledger.epsilon(upto_generation=generation),
     }
 
@@ -141,9 +154,7 @@ def _row_hashes(array: np.ndarray) -> set[str]:
 
 
 def _check_no_private_data(run: Run, report: AuditReport) -> None:
-    """No released file holds a private embedding row, a private image, or a clean histogram."""
-    from privevo.data import load_image_set
-
+    """No released file holds a private embedding row, a private image, a hash of a private-tier file, or clean counts."""
     run_dir = run.layout.run_dir
     released = storage.list_files(run_dir)
     tier = run.layout.private_dir.rstrip("/") + "/"
@@ -151,26 +162,36 @@ def _check_no_private_data(run: Run, report: AuditReport) -> None:
                  not any(u.startswith(tier) for u in released)
                  and not any(u.endswith(PRIVATE_EMBEDDINGS_FILE) for u in released),
                  "a released file lies in the private tier or is named like the private embeddings")
-    private_uri = run.layout.private_embeddings
     private_rows: set[str] = set()
+    private_hashes: set[bytes] = set()
     try:
-        embeddings = storage.read_npz(private_uri)["embeddings"].astype(np.float32)
+        for uri in storage.list_files(run.layout.private_dir):
+            data = storage.read_bytes(uri)
+            private_hashes |= {hashlib.sha256(data).hexdigest().encode(), hashlib.md5(data).hexdigest().encode()}
+        embeddings = storage.read_npz(run.layout.private_embeddings)["embeddings"].astype(np.float32)
         private_rows |= _row_hashes(embeddings)
-        p = run.config.private
-        images = load_image_set(p.source, p.path, run.config.image_size, run.config.channels, split=p.split,
-                                classes=p.classes, limit=p.limit, seed=run.seed("private-subset"),
-                                class_names=run.config.class_names, rows=p.rows).images
-        private_rows |= _row_hashes(images)
+        private_rows |= _row_hashes(load_private_set(run, "audit").images)
     except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
         report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")
-        private_rows = set()
+        private_rows, private_hashes = set(), set()
+    discrete_releases = {e.release_uri for e in run.ledger().events if e.mechanism == "discrete_gaussian"}
     population_size = run.config.population.size
     for uri in released:
+        name = run.layout.relative(uri)
+        data = storage.read_bytes(uri)
+        leaked = next((h for h in private_hashes if h in data.lower()), None)
+        if not report.check("no private-tier hash released", leaked is None,
+                            f"{name} holds the hash of a private-tier file (a fingerprint of the private set)"):
+            return
         if not uri.endswith(".npz"):
             continue
-        with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        name = run.layout.relative(uri)
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            report.check("released arrays readable", False,
+                         f"{name} cannot be read ({type(error).__name__}): it was changed or truncated")
+            return
         for key, array in arrays.items():
             if array.ndim == 0:
                 continue
@@ -178,6 +199,8 @@ def _check_no_private_data(run: Run, report: AuditReport) -> None:
             if private_rows and not report.check("no private data in released files", not (candidates & private_rows),
                                                  f"{name}[{key}] contains a private image or private embedding"):
                 return
+            if name in discrete_releases:  # integer counts plus integer noise: whole numbers by design
+                continue
             looks_clean = (array.ndim == 1 and len(array) == population_size and array.dtype.kind == "f"
                            and np.all(array >= 0) and np.all(array == np.round(array)))
             if not report.check("no clean counts released", not looks_clean,
@@ -194,11 +217,13 @@ def format_report(report: AuditReport) -> str:
             params = " ".join(f"{k}={v}" for k, v in sorted(step["params"].items()))
             lines.append(f"  step {step['step']}: {params}")
         for release in g["releases"]:
-            lines.append(f"  DP release {release['uri']} sha256={release['sha256'][:16]}… "
-                         f"sigma={release['noise_multiplier']:.4g} ({release['reason']})")
+            lines.append(f"  DP release {release['uri']} sha256={release['sha256'][:16] or '(pending)'}… "
+                         f"sigma={release['noise_multiplier']:.4g} {release['mechanism']} ({release['reason']})")
         for name, entry in sorted(g["files"].items()):
             lines.append(f"  file {name} sha256={entry['sha256'][:16]}… size={entry['size']}")
-    lines.append(f"epsilon (recomputed from the ledger) = {report.epsilon:.4f} at delta = {report.delta:g}")
+    lines.append(f"epsilon (recomputed from the ledger, upper bound) = {report.epsilon:.4f} at delta = {report.delta:g}")
+    if report.privacy:
+        lines.extend(privacy.format_privacy_report(report.privacy))
     for check in report.checks:
         if check["ok"] is None:
             lines.append(f"note: {check['check']}: {check['detail']}")

@@ -35,11 +35,40 @@ class DataConfig(_Strict):
     rows: tuple[int, int] | None = Field(default=None, description="keep rows [start, stop) after the class filter")
 
 
+class RemoteConfig(_Strict):
+    """A foundation model behind an API (``model.kind: remote``): a KServe v2 / Open Inference Protocol server.
+
+    The token is never part of a config: it is read from the environment variable ``token_env``
+    or the file ``token_file`` (a mounted secret), and never logged or written.
+    """
+
+    url: str = Field(description="base URL of the server, e.g. http://127.0.0.1:8080")
+    model_name: str | None = Field(default=None, description="optional when the server serves one model")
+    timeout_s: float = Field(default=120.0, gt=0, description="per request")
+    max_concurrency: int = Field(default=2, ge=1, description="requests in flight at once")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="client-side rate limit")
+    max_retries: int = Field(default=5, ge=0, description="retries of one request on 429/5xx/timeouts/bad bodies")
+    backoff_s: float = Field(default=0.5, ge=0, description="first retry's backoff; doubles per retry, with jitter")
+    max_backoff_s: float = Field(default=30.0, ge=0)
+    token_env: str | None = Field(default=None, description="environment variable holding a bearer token")
+    token_file: str | None = Field(default=None, description="file (a mounted secret) holding a bearer token")
+    price_per_image: float = Field(default=0.0, ge=0, description="for the call ledger's estimated cost")
+    binary: bool = Field(default=True, description="binary tensor extension (False: JSON data lists)")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+
 class ModelConfig(_Strict):
     """The public foundation model and how to call it."""
 
     kind: str = Field(default="ddpm_unet", description="a key of privevo.models.MODEL_BACKENDS")
-    path: str
+    path: str | None = Field(default=None, description="weights folder or hub name; not used by kind remote")
+    remote: RemoteConfig | None = Field(default=None, description="the server, for kind remote")
     num_inference_steps: int = Field(default=25, ge=1)
     batch_size: int = Field(default=64, ge=1)
     device: str = "auto"
@@ -55,6 +84,14 @@ class ModelConfig(_Strict):
     @classmethod
     def _registered_kind(cls, kind: str) -> str:
         return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
+
+    @model_validator(mode="after")
+    def _path_or_remote(self) -> ModelConfig:
+        if self.kind == "remote" and self.remote is None:
+            raise ValueError("kind remote needs model.remote with at least url (the server's base URL)")
+        if self.kind != "remote" and self.path is None:
+            raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
+        return self
 
 
 class EmbeddingConfig(_Strict):
@@ -108,11 +145,18 @@ class PrivacyConfig(_Strict):
     k: int = Field(default=1, ge=1)
     selection: Literal["sample", "rank"] = "sample"
     sampling_rate: float = Field(default=1.0, gt=0, le=1, description="Poisson subsampling of the private set per vote")
+    mechanism: Literal["discrete_gaussian", "gaussian"] = Field(
+        default="discrete_gaussian",
+        description="vote noise: exact discrete Gaussian on integer counts (secure, default) or continuous Gaussian",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PrivacyConfig:
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("set exactly one of privacy.epsilon and privacy.noise_multiplier")
+        if self.mechanism == "discrete_gaussian" and self.k > 1 and self.sampling_rate < 1:
+            raise ValueError("the discrete Gaussian with k > 1 cannot be subsampled: set sampling_rate to 1 "
+                             "or mechanism to gaussian")
         return self
 
 

@@ -2,9 +2,9 @@
 
 By default every metric compares the synthetic populations with a *held-out* real
 set (``evaluation.reference``) that is not the private data, so the numbers can be
-released. With ``evaluation.against_private: true`` the reference is the private set
-itself: those numbers are marked ``non_dp: true`` everywhere and are for the data
-owner's eyes only, never for release.
+released. With ``evaluation.against_private: true`` the same metrics against the
+private set itself go to the private tier only (``non_dp_metrics.json``, marked
+``non_dp: true``): for the data owner's eyes, never for release, never in a KFP output.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from privevo import metrics, storage
+from privevo import metrics, privacy, storage
 from privevo.errors import UserError
 from privevo.report import format_value
 from privevo.run import Run
-from privevo.steps import last_complete_generation, load_population
+from privevo.steps import last_complete_generation, load_population, load_private_set
 
 logger = logging.getLogger(__name__)
 
@@ -26,21 +26,17 @@ FD_KEY = f"fd_{FD_EXTRACTOR}"
 PRECISION_RECALL_K = 3
 
 
-def _reference_set(run: Run):
-    """The real images metrics compare against, and whether they are the private set."""
+def _reference_set(run: Run) -> Any:
+    """The held-out real images the released metrics compare against (None when the config names none)."""
     from privevo.data import load_image_set
 
-    config = run.config
-    against_private = config.evaluation.against_private
-    data = config.private if against_private else config.evaluation.reference
+    config, data = run.config, run.config.evaluation.reference
     if data is None:
-        return None, False
-    images = load_image_set(
+        return None
+    return load_image_set(
         data.source, data.path, config.image_size, config.channels, split=data.split, classes=data.classes,
-        limit=data.limit, seed=run.seed("private-subset" if against_private else "reference-subset"),
-        class_names=config.class_names, rows=data.rows,
+        limit=data.limit, seed=run.seed("reference-subset"), class_names=config.class_names, rows=data.rows,
     )
-    return images, against_private
 
 
 def _classifier(run: Run):
@@ -53,30 +49,70 @@ def _classifier(run: Run):
 
 
 def evaluate_run(run: Run) -> dict[str, Any]:
-    """Score generations 0..last complete one; write metrics.json; return its content."""
+    """Score generations 0..last complete one against the held-out set; write metrics.json and the report.
+
+    With ``evaluation.against_private`` the same metrics against the private set itself are
+    written to the private tier only (``non_dp_metrics.json``): never to metrics.json, the
+    report, a KFP output or a log.
+    """
     from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
-    from privevo.metrics import class_histogram, frechet_distance, precision_recall, total_variation
 
     config = run.config
     last = last_complete_generation(run)
     if last < 0:
         raise UserError(f"run {run.run_id} has no complete generation to evaluate")
-    reference, non_dp = _reference_set(run)
     extractor = EfficientNetLite0Embedding.from_config(config)
-    batch = config.embedding.batch_size
-    reference_features = extractor.embed(reference.images, batch) if reference is not None else None
     classifier = _classifier(run)
+    ledger = run.ledger()
+    rows, final = _score(run, _reference_set(run), extractor, classifier, last, ledger, log_rows=True)
+    result = {
+        "run_id": run.run_id,
+        "non_dp": False,
+        "reference": "held-out real set",
+        "fd_extractor": FD_EXTRACTOR,
+        "delta": config.privacy.delta,
+        "noise_multiplier": _sigma(run),
+        "votes": len(ledger.events),
+        "generations_complete": last,
+        "generations": rows,
+        "final": final,
+        "downstream_protocol": metrics.DOWNSTREAM_PROTOCOL if final["downstream_accuracy"] is not None else None,
+        "privacy": privacy.privacy_report(ledger.events, config.privacy.delta),
+    }
+    storage.write_json(run.layout.metrics_json, result)
+    if config.evaluation.against_private:
+        private_set = load_private_set(run, "evaluate")
+        private_rows, private_final = _score(run, private_set, extractor, classifier, last, ledger, log_rows=False)
+        for row in [*private_rows, private_final]:
+            row["non_dp"] = True
+        storage.write_json(run.layout.non_dp_metrics, {**result, "non_dp": True, "generations": private_rows,
+                                                       "final": private_final,
+                                                       "reference": "private set (non-DP, for the data owner only)"})
+        logger.info("wrote the non-DP metrics against the private set to the private tier (not released)")
+    from privevo import report
+
+    report.write_report(run, result)
+    _mark_complete(run, last)
+    return result
+
+
+def _score(run: Run, reference: Any, extractor: Any, classifier: Any, last: int, ledger: privacy.Ledger,
+           log_rows: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-generation rows and the final row of metrics against ``reference`` (None: every metric null)."""
+    from privevo.metrics import class_histogram, frechet_distance, precision_recall, total_variation
+
+    config = run.config
+    batch = config.embedding.batch_size
+    reference_features = extractor.embed(reference.images, batch, progress=log_rows) if reference is not None else None
     num_classes = len(config.class_names or [])
     target_mix = None
     if reference is not None and reference.labels is not None and num_classes:
         target_mix = class_histogram(reference.labels, num_classes)
-
-    ledger = run.ledger()
     rows = []
     for generation in range(last + 1):
         population = load_population(run, generation)
         row: dict[str, Any] = {"generation": generation, FD_KEY: None, "precision": None, "recall": None,
-                               "class_tv": None, "epsilon": ledger.epsilon(upto_generation=generation), "non_dp": non_dp}
+                               "class_tv": None, "epsilon": ledger.epsilon(upto_generation=generation), "non_dp": False}
         if reference_features is not None:
             features = extractor.embed(population.images, batch)
             row[FD_KEY] = frechet_distance(reference_features, features)
@@ -87,8 +123,8 @@ def evaluate_run(run: Run) -> dict[str, Any]:
             predicted = predict_proba(classifier, population.images).argmax(axis=1)
             row["class_tv"] = total_variation(class_histogram(predicted, num_classes), target_mix)
         rows.append(row)
-        logger.info("evaluated generation %d: %s", generation, _format_row(row))
-
+        if log_rows:
+            logger.info("evaluated generation %d: %s", generation, _format_row(row))
     final = dict(rows[-1])
     final["downstream_accuracy"] = None
     final["per_class_accuracy"] = None
@@ -99,32 +135,11 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         )
         final["downstream_accuracy"] = downstream["accuracy"]
         final["per_class_accuracy"] = downstream["per_class_accuracy"]
-    sigma = _sigma(run)
-    result = {
-        "run_id": run.run_id,
-        "non_dp": non_dp,
-        "reference": "private set (non-DP, for the data owner only)" if non_dp else "held-out real set",
-        "fd_extractor": FD_EXTRACTOR,
-        "delta": config.privacy.delta,
-        "noise_multiplier": sigma,
-        "votes": len(ledger.events),
-        "generations_complete": last,
-        "generations": rows,
-        "final": final,
-        "downstream_protocol": metrics.DOWNSTREAM_PROTOCOL if final["downstream_accuracy"] is not None else None,
-    }
-    storage.write_json(run.layout.metrics_json, result)
-    from privevo import report
-
-    report.write_report(run, result)
-    _mark_complete(run, last)
-    return result
+    return rows, final
 
 
 def _sigma(run: Run) -> float:
-    from privevo.privacy import noise_multiplier_for
-
-    return noise_multiplier_for(run.config)
+    return privacy.noise_multiplier_for(run.config)
 
 
 def _mark_complete(run: Run, last: int) -> None:
@@ -142,7 +157,7 @@ def _format_row(row: dict[str, Any]) -> str:
 
 def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
     """Scalars for the KFP UI: final metrics plus the per-generation series."""
-    scalars: dict[str, float] = {"non_dp": float(result["non_dp"])}
+    scalars: dict[str, float] = {}
     for key, value in result["final"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             scalars[f"final_{key}"] = float(value)
@@ -169,9 +184,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(format_value(row[k]) for k in keys) + " |")
     lines.append("")
     lines.append(f"Downstream accuracy (final): {format_value(result['final']['downstream_accuracy'])}")
-    if result["non_dp"]:
-        lines.append("")
-        lines.append("**non_dp: true** — computed against the private set; for the data owner, not for release.")
+    lines.append("")
+    lines.append(f"Epsilon {format_value(result['privacy']['epsilon'])} (upper bound) at delta {result['delta']:g}; "
+                 f"neighbouring datasets: {result['privacy']['neighbouring_relation']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,11 @@ the report and the command line ask the layout; nobody else formats a run path.
 <run_root>/<run_id>/run.json, ledger.json, metrics.json
 <run_root>/<run_id>/gen-NNN/population.npz, shards/shard-SSS.npz,
     synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws),
-    selection.npz, steps/<step>.json, manifest.json
+    selection.npz, steps/<step>.json, manifest.json,
+    calls/<step>[-SSS].json, calls/cache/<step>[-SSS]/<key>.npz   (model.kind remote)
 <run_root>/<run_id>/report/index.html, samples-gen-NNN.png, curves.png
-<private_root>/<run_id>/private_embeddings.npz      (PRIVATE tier)
+<private_root>/<run_id>/private_embeddings.npz, private_embeddings.sha256,
+    private_errors.json, non_dp_metrics.json             (PRIVATE tier)
 ```
 """
 
@@ -37,7 +39,12 @@ SELECTION_FILE = "selection.npz"
 SHARDS_DIR = "shards"
 SYNTHETIC_EMBEDDINGS_DIR = "synthetic_embeddings"
 STEPS_DIR = "steps"
+CALLS_DIR = "calls"
+CALL_CACHE_DIR = "cache"
 PRIVATE_EMBEDDINGS_FILE = "private_embeddings.npz"
+PRIVATE_DIGEST_FILE = "private_embeddings.sha256"
+PRIVATE_LOG_FILE = "private_errors.json"
+NON_DP_METRICS_FILE = "non_dp_metrics.json"
 
 _GEN_DIR = re.compile(r"^gen-(\d{3,})/")
 _RELEASE_NAME = re.compile(rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz)$")
@@ -140,6 +147,21 @@ class RunLayout:
         """The private set's embeddings (PRIVATE tier: never released)."""
         return storage.join(self.private_dir, PRIVATE_EMBEDDINGS_FILE)
 
+    @property
+    def private_embeddings_digest(self) -> str:
+        """sha256 of the private embeddings, for the vote's integrity check (PRIVATE tier: a hash of private data)."""
+        return storage.join(self.private_dir, PRIVATE_DIGEST_FILE)
+
+    @property
+    def private_log(self) -> str:
+        """Errors that describe the private set (PRIVATE tier); released logs only point here."""
+        return storage.join(self.private_dir, PRIVATE_LOG_FILE)
+
+    @property
+    def non_dp_metrics(self) -> str:
+        """Metrics against the private set itself (``evaluation.against_private``; PRIVATE tier, never released)."""
+        return storage.join(self.private_dir, NON_DP_METRICS_FILE)
+
     # ------------------------------------------------------------- per generation
 
     def gen_dir(self, generation: int) -> str:
@@ -184,6 +206,22 @@ class RunLayout:
         """Parameters, seeds and timing of one step (of one shard) of a generation."""
         name = step if shard is None else f"{step}-{shard:03d}"
         return storage.join(self.steps_dir(generation), f"{name}.json")
+
+    def calls_dir(self, generation: int) -> str:
+        """Folder of a generation's API call ledgers and stored call results (``model.kind: remote``)."""
+        return storage.join(self.gen_dir(generation), CALLS_DIR)
+
+    def calls(self, generation: int, step: str, shard: int | None = None) -> str:
+        """The call ledger of one step (of one shard): requests, images, retries, failures, seconds, cost."""
+        name = step if shard is None else f"{step}-{shard:03d}"
+        return storage.join(self.calls_dir(generation), f"{name}.json")
+
+    def call_result(self, generation: int, step: str, shard: int | None, key: str) -> str:
+        """The images one API request returned (public), stored so a retried step does not pay for them twice."""
+        if not re.fullmatch(r"[\w.-]+", key):
+            raise ValueError(f"call key {key!r} must be letters, digits, '_', '-' or '.'")
+        name = step if shard is None else f"{step}-{shard:03d}"
+        return storage.join(self.calls_dir(generation), CALL_CACHE_DIR, name, f"{key}.npz")
 
     # ------------------------------------------------------------------- names
 

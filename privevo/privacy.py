@@ -15,13 +15,16 @@ kept as a cross-check (:func:`gdp_epsilon`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import functools
+import io
 import logging
 import math
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,8 +38,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: prv-accountant's discretisation error on epsilon; reported epsilons are its estimate.
-EPS_ERROR = 0.01
+#: prv-accountant's error bound on epsilon (continuous Gaussian). Every reported epsilon is the
+#: accountant's *upper* bound, so it is at most 2 * EPS_ERROR above the exact value.
+EPS_ERROR = 0.001
+
+Mechanism = Literal["discrete_gaussian", "gaussian"]
+#: The vote's noise: exact discrete Gaussian on integer counts (OpenDP, secure randomness) by
+#: default; the continuous Gaussian (numpy, float64) only where asked for.
+MECHANISMS: tuple[str, ...] = ("discrete_gaussian", "gaussian")
+
+#: Deltas at which the privacy report gives epsilon.
+DELTA_GRID = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+
+#: Who the guarantee protects against whom: the neighbouring datasets of the analysis.
+NEIGHBOURING_RELATION = (
+    "add or remove one private image of the selected private set (the images left after private.classes, "
+    "private.rows and private.limit; the selection itself is a public function of the config)"
+)
 
 Selection = Literal["sample", "rank"]
 
@@ -45,7 +63,8 @@ Selection = Literal["sample", "rank"]
 
 
 def secret_rng() -> np.random.Generator:
-    """A generator freshly seeded from OS entropy: the only source of secret randomness.
+    """A generator freshly seeded from OS entropy: the secret randomness of the private subsample
+    and of the continuous Gaussian.
 
     There is deliberately no seed argument: whoever knows the seed of the DP noise
     can subtract it. The entropy is drawn with :mod:`secrets` and never stored.
@@ -54,10 +73,30 @@ def secret_rng() -> np.random.Generator:
 
 
 def gaussian_noise(shape: int | tuple[int, ...], sigma: float) -> np.ndarray:
-    """N(0, sigma^2) noise from :func:`secret_rng`."""
-    if sigma < 0 or not math.isfinite(sigma):
-        raise UserError(f"noise multiplier must be a finite number >= 0, got {sigma}")
+    """Continuous N(0, sigma^2) noise in float64 from :func:`secret_rng` (``privacy.mechanism: gaussian``)."""
+    _check_sigma(sigma)
     return secret_rng().normal(0.0, sigma, size=shape)
+
+
+def discrete_gaussian_noise(n: int, scale: float) -> np.ndarray:
+    """``n`` exact discrete Gaussian integers of the given scale, from OpenDP's CSPRNG.
+
+    Integer noise on integer counts has no low-order bits to leak, unlike floating-point
+    Gaussian samplers (Mironov 2012; Jin et al. 2022).
+    """
+    _check_sigma(scale)
+    if scale == 0 or n == 0:
+        return np.zeros(n, np.int64)
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int)
+    return np.asarray(dp.m.make_gaussian(*space, scale=float(scale))([0] * n), dtype=np.int64)
+
+
+def _check_sigma(sigma: float) -> None:
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise UserError(f"noise multiplier must be a finite number >= 0, got {sigma}")
 
 
 def private_subsample(n: int, rate: float) -> np.ndarray:
@@ -67,9 +106,18 @@ def private_subsample(n: int, rate: float) -> np.ndarray:
     return secret_rng().random(n) < rate
 
 
-def add_noise(histogram: np.ndarray, sigma: float, sensitivity: float = 1.0) -> np.ndarray:
-    """The Gaussian mechanism: every bin, empty ones included, gets N(0, (sigma*sensitivity)^2)."""
-    return histogram.astype(np.float64) + gaussian_noise(histogram.shape, sigma * sensitivity)
+def add_noise(histogram: np.ndarray, sigma: float, k: int = 1, mechanism: Mechanism = "discrete_gaussian") -> np.ndarray:
+    """The Gaussian mechanism on a k-NN vote: every bin, empty ones included, gets noise.
+
+    ``histogram`` holds weights 1/sqrt(k) (L2 sensitivity 1). For the discrete Gaussian the
+    counts are scaled back to integers (each private sample adds 1 to k bins), get integer
+    noise of scale sigma*sqrt(k), and are divided by sqrt(k) again (post-processing).
+    """
+    if mechanism == "gaussian":
+        return histogram.astype(np.float64) + gaussian_noise(histogram.shape, sigma)
+    root_k = math.sqrt(k)
+    counts = np.rint(np.asarray(histogram, np.float64) * root_k).astype(np.int64)
+    return (counts + discrete_gaussian_noise(len(counts), sigma * root_k)) / root_k
 
 
 def threshold(noisy_histogram: np.ndarray, h: float) -> np.ndarray:
@@ -121,10 +169,13 @@ def select_parents(
 
 @dataclass(frozen=True)
 class PrivacyEvent:
-    """One executed vote: a (possibly subsampled) Gaussian mechanism.
+    """One DP release of a vote: a (possibly subsampled) Gaussian mechanism.
 
-    ``noise_multiplier`` is the noise standard deviation divided by the L2
-    sensitivity. ``release_sha256`` names the noisy histogram this event paid for.
+    ``noise_multiplier`` is the noise standard deviation divided by the L2 sensitivity.
+    ``release_uri`` names the noisy histogram this event pays for. An event is written
+    ``pending`` *before* its release exists and becomes ``released`` with the release's
+    sha256 once it is written: every release on disk is paid for whatever moment a crash
+    hits. Pending events count in epsilon like released ones.
     """
 
     generation: int
@@ -135,17 +186,26 @@ class PrivacyEvent:
     release_uri: str = ""
     reason: str = "vote"
     created_at: str = ""
+    mechanism: str = "gaussian"  # ledgers written before the discrete Gaussian hold continuous events
+    k: int = 1
+    status: str = "released"
+    redraw_key: str = ""
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
             raise UserError(f"noise multiplier must be >= 0, got {self.noise_multiplier}")
         if not 0 < self.sampling_rate <= 1:
             raise UserError(f"sampling rate must be in (0, 1], got {self.sampling_rate}")
+        if self.mechanism not in MECHANISMS:
+            raise UserError(f"unknown mechanism {self.mechanism!r}: use one of {', '.join(MECHANISMS)}")
+        if self.mechanism == "discrete_gaussian" and self.k > 1 and self.sampling_rate < 1:
+            raise UserError("the discrete Gaussian with privacy.k > 1 cannot be subsampled: "
+                            "set privacy.sampling_rate to 1 or privacy.mechanism to gaussian")
 
     @property
-    def mechanism_key(self) -> tuple[float, float]:
+    def mechanism_key(self) -> tuple[str, float, float, int]:
         """Events with the same key are self-compositions of one mechanism."""
-        return (float(self.noise_multiplier), float(self.sampling_rate))
+        return (self.mechanism, float(self.noise_multiplier), float(self.sampling_rate), int(self.k))
 
 
 @dataclass
@@ -160,15 +220,15 @@ class Ledger:
         self.events.append(event)
 
     def epsilon(self, upto_generation: int | None = None) -> float:
-        """Epsilon at ``self.delta`` for the events (optionally up to a generation)."""
+        """Epsilon (the accountant's upper bound) at ``self.delta``, optionally up to a generation."""
         events = [e for e in self.events if upto_generation is None or e.generation <= upto_generation]
         return compute_epsilon(events, self.delta)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"delta": self.delta, "events": [asdict(e) for e in self.events]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Ledger:
+    def from_dict(cls, data: dict[str, Any]) -> Ledger:
         return cls(delta=float(data["delta"]), events=[PrivacyEvent(**e) for e in data["events"]])
 
     @classmethod
@@ -180,43 +240,76 @@ class Ledger:
 
 
 def _prv_epsilon(groups: Counter, delta: float) -> float:
-    """Composed epsilon (estimate) of heterogeneous Gaussian mechanisms via prv-accountant."""
+    """Upper bound on the composed epsilon of continuous Gaussian mechanisms (prv-accountant)."""
     from prv_accountant import GaussianMechanism, PoissonSubsampledGaussianMechanism, PRVAccountant
 
-    prvs, counts = [], []
-    for (sigma, q), count in sorted(groups.items()):
+    prvs: list[Any] = []
+    counts = []
+    for (_, sigma, q, _k), count in sorted(groups.items()):
         if q < 1:
             prvs.append(PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma))
         else:
             prvs.append(GaussianMechanism(noise_multiplier=sigma))
         counts.append(count)
-    accountant = PRVAccountant(
-        prvs=prvs, max_self_compositions=counts, eps_error=EPS_ERROR, delta_error=delta / 1000
-    )
-    _, eps_estimate, _ = accountant.compute_epsilon(delta=delta, num_self_compositions=counts)
-    return max(float(eps_estimate), 0.0)
+    accountant = PRVAccountant(prvs=prvs, max_self_compositions=counts, eps_error=EPS_ERROR, delta_error=delta / 1000)
+    _, _, eps_upper = accountant.compute_epsilon(delta=delta, num_self_compositions=counts)
+    return max(float(eps_upper), 0.0)
+
+
+def _pld_epsilon(groups: Counter, delta: float) -> float:
+    """Epsilon of any mix of mechanisms from dp-accounting's pessimistic privacy-loss distributions.
+
+    A discrete Gaussian vote with k > 1 moves k integer counts by 1, each with independent
+    noise of scale sigma*sqrt(k): k self-compositions of the one-dimensional mechanism.
+    """
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    composed = None
+    for (mechanism, sigma, q, k), count in sorted(groups.items()):
+        if mechanism == "discrete_gaussian":
+            one = pld.from_discrete_gaussian_mechanism(sigma * math.sqrt(k), sampling_prob=q).self_compose(count * k)
+        else:
+            one = pld.from_gaussian_mechanism(sigma, sampling_prob=q).self_compose(count)
+        composed = one if composed is None else composed.compose(one)
+    assert composed is not None
+    return max(float(composed.get_epsilon_for_delta(delta)), 0.0)
 
 
 def compute_epsilon(events: Sequence[PrivacyEvent], delta: float) -> float:
-    """Epsilon spent by ``events`` at ``delta`` (0 for none, inf if any sigma is 0)."""
+    """Epsilon spent by ``events`` at ``delta``: the accountant's upper bound (0 for none, inf if any sigma is 0).
+
+    Continuous Gaussians alone go to prv-accountant (upper bound); any discrete Gaussian puts
+    the whole composition on dp-accounting's pessimistic privacy-loss distributions.
+    """
     if not 0 < delta < 1:
         raise UserError(f"delta must be in (0, 1), got {delta}")
     if not events:
         return 0.0
     if any(e.noise_multiplier == 0 for e in events):
         return math.inf
-    return _prv_epsilon(Counter(e.mechanism_key for e in events), delta)
+    return _cached_epsilon(tuple(sorted(Counter(e.mechanism_key for e in events).items())), delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_epsilon(groups: tuple[tuple[tuple[str, float, float, int], int], ...], delta: float) -> float:
+    counter = Counter(dict(groups))
+    if all(mechanism == "gaussian" for mechanism, *_ in counter):
+        return _prv_epsilon(counter, delta)
+    return _pld_epsilon(counter, delta)
 
 
 def schedule_epsilon(
-    noise_multipliers: Sequence[float], delta: float, sampling_rate: float = 1.0
+    noise_multipliers: Sequence[float], delta: float, sampling_rate: float = 1.0,
+    mechanism: Mechanism = "discrete_gaussian", k: int = 1,
 ) -> float:
     """Epsilon of a planned schedule (one vote per entry); used for calibration and budgets."""
-    events = [
-        PrivacyEvent(generation=g + 1, noise_multiplier=s, sampling_rate=sampling_rate)
-        for g, s in enumerate(noise_multipliers)
-    ]
-    return compute_epsilon(events, delta)
+    return compute_epsilon(_planned_events(noise_multipliers, sampling_rate, mechanism, k), delta)
+
+
+def _planned_events(noise_multipliers: Sequence[float], sampling_rate: float, mechanism: Mechanism,
+                    k: int) -> list[PrivacyEvent]:
+    return [PrivacyEvent(generation=g + 1, noise_multiplier=s, sampling_rate=sampling_rate, mechanism=mechanism, k=k)
+            for g, s in enumerate(noise_multipliers)]
 
 
 def gdp_mu(noise_multipliers: Sequence[float]) -> float:
@@ -243,12 +336,15 @@ def gdp_epsilon(noise_multipliers: Sequence[float], delta: float) -> float:
     return float(optimize.brentq(lambda e: gdp_delta(e, mu) - delta, 0.0, 1e3))
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate_noise_multiplier(
-    epsilon: float, delta: float, generations: int, sampling_rate: float = 1.0
+    epsilon: float, delta: float, generations: int, sampling_rate: float = 1.0,
+    mechanism: Mechanism = "discrete_gaussian", k: int = 1,
 ) -> float:
-    """Smallest constant noise multiplier whose ``generations`` votes spend ``epsilon``.
+    """The smallest constant noise multiplier (to 1e-4) whose ``generations`` votes spend at most ``epsilon``.
 
-    A 1-D root find on the accountant's epsilon, which falls monotonically in sigma.
+    A 1-D root find on the accountant's upper bound, which falls monotonically in sigma; the
+    result is then nudged up until its upper bound does not exceed the target.
     """
     from scipy import optimize
 
@@ -257,7 +353,7 @@ def calibrate_noise_multiplier(
     validate_schedule_args(generations, delta, sampling_rate)
 
     def excess(sigma: float) -> float:
-        return schedule_epsilon([sigma] * generations, delta, sampling_rate) - epsilon
+        return schedule_epsilon([sigma] * generations, delta, sampling_rate, mechanism, k) - epsilon
 
     low, high = 0.3, 1.0
     while excess(high) > 0:
@@ -266,10 +362,12 @@ def calibrate_noise_multiplier(
             raise UserError(f"epsilon={epsilon} cannot be met with {generations} generations at delta={delta}")
     if excess(low) < 0:
         raise UserError(
-            f"epsilon={epsilon} is so large that the noise multiplier falls below {low}; "
-            "lower the target epsilon"
+            f"epsilon={epsilon} is so large that the noise multiplier falls below {low}; lower the target epsilon"
         )
-    return float(optimize.brentq(excess, low, high, xtol=1e-4))
+    sigma = float(optimize.brentq(excess, low, high, xtol=1e-5))
+    while excess(sigma) > 0:
+        sigma += 1e-4
+    return sigma
 
 
 def validate_schedule_args(generations: int, delta: float, sampling_rate: float = 1.0) -> None:
@@ -282,6 +380,57 @@ def validate_schedule_args(generations: int, delta: float, sampling_rate: float 
         raise UserError(f"sampling rate must be in (0, 1], got {sampling_rate}")
 
 
+# ------------------------------------------------------------------ privacy report
+
+
+def privacy_report(events: Sequence[PrivacyEvent], delta: float) -> dict[str, Any]:
+    """What a data owner hands to a reviewer: every event, epsilon per generation and over a grid of deltas, mu."""
+    generations = sorted({e.generation for e in events})
+    full_batch = bool(events) and all(e.sampling_rate == 1 for e in events)
+    mechanisms = sorted({e.mechanism for e in events})
+    return {
+        "neighbouring_relation": NEIGHBOURING_RELATION,
+        "sensitivity": "L2 sensitivity 1 per vote: each private image gives weight 1/sqrt(k) to each of its k nearest "
+                       "synthetic samples (per class when conditional: disjoint histograms compose in parallel)",
+        "accountant": (f"prv-accountant, upper bound (eps_error {EPS_ERROR:g})" if mechanisms == ["gaussian"]
+                       else "dp-accounting privacy-loss distributions, pessimistic estimate"),
+        "delta": delta,
+        "epsilon": compute_epsilon(events, delta),
+        "events": [{"generation": e.generation, "mechanism": e.mechanism, "noise_multiplier": e.noise_multiplier,
+                    "sampling_rate": e.sampling_rate, "k": e.k, "reason": e.reason, "status": e.status,
+                    "release_uri": e.release_uri, "release_sha256": e.release_sha256} for e in events],
+        "epsilon_by_generation": [
+            {"generation": g, "epsilon": compute_epsilon([e for e in events if e.generation <= g], delta)}
+            for g in generations
+        ],
+        "epsilon_at_delta": [{"delta": d, "epsilon": compute_epsilon(events, d)} for d in DELTA_GRID],
+        "mu_gdp": (gdp_mu([e.noise_multiplier for e in events])
+                   if full_batch and all(e.noise_multiplier > 0 for e in events) else None),
+    }
+
+
+def format_privacy_report(report: dict[str, Any]) -> list[str]:
+    """The privacy report as text lines (audit, budget --report)."""
+    lines = [f"privacy report: epsilon = {report['epsilon']:.4f} at delta = {report['delta']:g} "
+             f"(upper bound; {report['accountant']})",
+             f"  neighbouring datasets: {report['neighbouring_relation']}",
+             f"  sensitivity: {report['sensitivity']}"]
+    for event in report["events"]:
+        where = ""
+        if event["release_uri"]:
+            sha = event["release_sha256"][:16] + "…" if event["release_sha256"] else "(pending)"
+            where = f" {event['release_uri']} sha256={sha}"
+        lines.append(f"  event gen {event['generation']}: {event['mechanism']} sigma={event['noise_multiplier']:.4g} "
+                     f"q={event['sampling_rate']:g} k={event['k']} {event['reason']} {event['status']}{where}")
+    for row in report["epsilon_by_generation"]:
+        lines.append(f"  after generation {row['generation']}: epsilon = {row['epsilon']:.4f}")
+    lines.append("  epsilon at delta: " + ", ".join(f"{r['delta']:g} -> {r['epsilon']:.4f}"
+                                                    for r in report["epsilon_at_delta"]))
+    if report["mu_gdp"] is not None:
+        lines.append(f"  mu-GDP: mu = {report['mu_gdp']:.4f} (continuous-Gaussian composition; a cross-check)")
+    return lines
+
+
 # ------------------------------------------------------------------ budget
 
 
@@ -292,7 +441,7 @@ def noise_multiplier_for(config: Config) -> float:
         return privacy.noise_multiplier
     assert privacy.epsilon is not None  # the config holds exactly one of the two
     return calibrate_noise_multiplier(privacy.epsilon, privacy.delta, config.population.generations,
-                                      privacy.sampling_rate)
+                                      privacy.sampling_rate, privacy.mechanism, privacy.k)
 
 
 def budget_of(privacy: PrivacyConfig) -> float | None:
@@ -302,22 +451,27 @@ def budget_of(privacy: PrivacyConfig) -> float | None:
 
 def check_budget(spent: Sequence[PrivacyEvent], planned: Sequence[PrivacyEvent], privacy: PrivacyConfig,
                  what: str) -> None:
-    """The one budget rule: refuse ``planned`` events when, composed with ``spent``, they exceed the budget."""
+    """The one budget rule: refuse ``planned`` events when, composed with ``spent``, their upper bound exceeds the budget.
+
+    ``spent`` holds every event of the ledger, pending ones included: every release that
+    exists or may exist.
+    """
     budget = budget_of(privacy)
     if budget is None:
         return
     after = compute_epsilon([*spent, *planned], privacy.delta)
-    if after > budget + EPS_ERROR:
+    if after > budget:
         raise UserError(f"{what} would spend epsilon={after:.4g} in total, over the budget {budget:g}: "
                         "nothing was released; raise the noise or the budget, or run fewer votes")
 
 
 def check_planned_budget(config: Config) -> None:
     """Refuse a config whose planned votes alone already exceed its budget."""
+    privacy = config.privacy
     sigma = noise_multiplier_for(config)
-    planned = [PrivacyEvent(generation=g + 1, noise_multiplier=sigma, sampling_rate=config.privacy.sampling_rate)
-               for g in range(config.population.generations)]
-    check_budget([], planned, config.privacy, f"the planned {len(planned)} votes at noise multiplier {sigma:.4g}")
+    planned = _planned_events([sigma] * config.population.generations, privacy.sampling_rate, privacy.mechanism,
+                              privacy.k)
+    check_budget([], planned, privacy, f"the planned {len(planned)} votes at noise multiplier {sigma:.4g}")
 
 
 # ------------------------------------------------------------------ releases
@@ -332,74 +486,129 @@ class Release:
     sha256: str
 
 
-def current_release(layout: RunLayout, ledger: Ledger, generation: int) -> str | None:
-    """URI of the generation's DP release in force: the latest one the ledger paid for.
-
-    A release written just before a crash, before its ledger event, is still the
-    release (it happened): it is returned, and charged when reused.
-    """
-    paid = [e for e in ledger.events if e.generation == generation and e.release_uri]
-    if paid:
-        return layout.absolute(paid[-1].release_uri)
-    first = layout.release(generation)
-    return first if storage.exists(first) else None
-
-
 def release_vote(
     layout: RunLayout,
     config: Config,
     generation: int,
     clean_histogram: Callable[[], np.ndarray],
     force_new_noise: bool = False,
+    redraw_key: str | None = None,
 ) -> Release:
-    """The generation's DP release: reused when it exists, else noised, written once and charged.
+    """The generation's DP release: reused when it exists, else charged, then noised and written once.
 
-    ``clean_histogram`` computes the clean vote; it runs only when a new release is drawn,
-    and its result never leaves this function. ``force_new_noise`` draws again beside the
-    first release and charges the ledger again.
+    Charge before release: a *pending* ledger event names the release before its file is
+    created, and is completed with the file's sha256 after. Whatever moment a crash hits,
+    every release on disk is paid for by exactly one event; a pending event whose file is
+    missing is completed by the next attempt without a second charge. ``clean_histogram``
+    runs only when a new release is drawn, and its result never leaves this function.
+
+    ``force_new_noise`` draws again beside the first release and charges again, once per
+    ``redraw_key`` (a KFP run id: a retried task reuses its redraw; None: a new key).
     """
+    privacy = config.privacy
     sigma = noise_multiplier_for(config)
-    ledger = Ledger.load(layout.ledger_json, config.privacy.delta)
-    uri = current_release(layout, ledger, generation)
-    if uri and not force_new_noise:
-        logger.info("generation %d: the DP release already exists: reusing it (no new noise, no new charge)",
-                    generation)
-        sha = storage.sha256_uri(uri)
-        _charge(layout, config, generation, sigma, uri, sha, reason="vote")
-        return Release(storage.read_npz(uri)["noisy_histogram"], uri, sha)
-    planned = PrivacyEvent(generation=generation, noise_multiplier=sigma, sampling_rate=config.privacy.sampling_rate)
-    check_budget(ledger.events, [planned], config.privacy, f"vote {generation}")
-    noisy = add_noise(clean_histogram(), sigma)
-    reason = "force-new-noise" if uri else "vote"
-    uri = layout.release(generation) if reason == "vote" else layout.redraw(generation, _now_tag())
-    try:
-        sha = storage.write_npz(uri, {"noisy_histogram": noisy}, exclusive=True)
-    except storage.AlreadyExists:  # a concurrent retry released first: use its draw, discard ours
-        noisy = storage.read_npz(uri)["noisy_histogram"]
-        sha = storage.sha256_uri(uri)
-    _charge(layout, config, generation, sigma, uri, sha, reason=reason)
-    logger.info("generation %d: released the noisy histogram (sigma=%.4g)", generation, sigma)
-    return Release(noisy, uri, sha)
+    ledger = Ledger.load(layout.ledger_json, privacy.delta)
+    ours = [e for e in ledger.events if e.generation == generation]
+    if not ours and storage.exists(layout.release(generation)):
+        # A release without an event (written before charge-before-release): charge it now.
+        event = _append_event(layout, privacy.delta, _new_event(config, generation, sigma, layout.release(generation),
+                                                                layout, "vote", ""), budget=None)
+        ours = [event]
+    if force_new_noise and ours:
+        key = redraw_key or _fresh_tag()
+        event_in_force = next((e for e in reversed(ours) if redraw_key and e.redraw_key == redraw_key), None)
+    else:
+        key, event_in_force = "", (ours[-1] if ours else None)
+
+    if event_in_force is not None:
+        uri = layout.absolute(event_in_force.release_uri)
+        if storage.exists(uri):
+            return _reuse(layout, event_in_force, uri)
+        if event_in_force.status == "released":
+            raise UserError(f"{event_in_force.release_uri} is missing although the ledger paid for it: restore it, "
+                            "or draw again with --force-new-noise (charged again)")
+        logger.info("generation %d: the release was paid for but never written (a crash): writing it now", generation)
+        return _write_release(layout, event_in_force, add_noise(clean_histogram(), sigma, privacy.k, privacy.mechanism))
+
+    reason = "force-new-noise" if ours else "vote"
+    uri = layout.redraw(generation, key) if ours else layout.release(generation)
+    event = _new_event(config, generation, sigma, uri, layout, reason, key)
+    check_budget(ledger.events, [event], privacy, f"vote {generation}")  # fail fast, before any work
+    clean = clean_histogram()
+    event = _append_event(layout, privacy.delta, event, budget=privacy)  # the charge is durable ...
+    noisy = add_noise(clean, sigma, privacy.k, privacy.mechanism)
+    del clean
+    return _write_release(layout, event, noisy)  # ... before the release exists
 
 
-def _now_tag() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-
-
-def _charge(layout: RunLayout, config: Config, generation: int, sigma: float, release_uri: str, sha256: str,
-            reason: str) -> None:
-    """Append the release's ledger event unless one already pays for this exact release."""
-    event = PrivacyEvent(
-        generation=generation, noise_multiplier=sigma, sensitivity=1.0,
-        sampling_rate=config.privacy.sampling_rate, release_sha256=sha256,
-        release_uri=layout.relative(release_uri), reason=reason,
-        created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+def _new_event(config: Config, generation: int, sigma: float, uri: str, layout: RunLayout, reason: str,
+               redraw_key: str) -> PrivacyEvent:
+    privacy = config.privacy
+    return PrivacyEvent(
+        generation=generation, noise_multiplier=sigma, sampling_rate=privacy.sampling_rate,
+        release_uri=layout.relative(uri), reason=reason, created_at=_utc_now(), mechanism=privacy.mechanism,
+        k=privacy.k, status="pending", redraw_key=redraw_key,
     )
 
+
+def _append_event(layout: RunLayout, delta: float, event: PrivacyEvent, budget: PrivacyConfig | None) -> PrivacyEvent:
+    """Append a pending event atomically (re-checking the budget against the ledger as it is); returns the event
+    that pays for its release (a concurrent attempt's, if it got there first)."""
+
     def append(current: dict[str, Any] | None) -> dict[str, Any]:
-        ledger = Ledger.from_dict(current) if current else Ledger(delta=config.privacy.delta)
-        if not any(e.release_sha256 == sha256 for e in ledger.events):
-            ledger.append(event)
+        ledger = Ledger.from_dict(current) if current else Ledger(delta=delta)
+        if any(e.release_uri == event.release_uri for e in ledger.events):
+            return ledger.to_dict()
+        if budget is not None:
+            check_budget(ledger.events, [event], budget, f"vote {event.generation}")
+        ledger.append(event)
         return ledger.to_dict()
 
     storage.update_json(layout.ledger_json, append)
+    stored = Ledger.load(layout.ledger_json, delta).events
+    return next(e for e in stored if e.release_uri == event.release_uri)
+
+
+def _write_release(layout: RunLayout, event: PrivacyEvent, noisy: np.ndarray) -> Release:
+    """Write a paid-for release once and complete its event."""
+    uri = layout.absolute(event.release_uri)
+    with contextlib.suppress(storage.AlreadyExists):  # a concurrent attempt released first: use its draw
+        storage.write_npz(uri, {"noisy_histogram": noisy}, exclusive=True)
+    logger.info("generation %d: released the noisy histogram (%s, sigma=%.4g)", event.generation, event.mechanism,
+                event.noise_multiplier)
+    return _reuse(layout, event, uri)
+
+
+def _reuse(layout: RunLayout, event: PrivacyEvent, uri: str) -> Release:
+    """The release in force, read back; completes its event if it is still pending."""
+    data = storage.read_bytes(uri)
+    sha = storage.sha256_bytes(data)
+    if event.status == "pending":
+        _complete_event(layout, event, sha)
+    elif event.release_sha256 != sha:
+        raise UserError(f"{event.release_uri} changed after it was released: restore it (the audit names it)")
+    else:
+        logger.info("generation %d: the DP release already exists: reusing it (no new noise, no new charge)",
+                    event.generation)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return Release(npz["noisy_histogram"], uri, sha)
+
+
+def _complete_event(layout: RunLayout, event: PrivacyEvent, sha256: str) -> None:
+    def complete(current: dict[str, Any] | None) -> dict[str, Any]:
+        assert current is not None  # the pending event is in it
+        ledger = Ledger.from_dict(current)
+        ledger.events = [replace(e, status="released", release_sha256=sha256)
+                         if e.release_uri == event.release_uri and e.status == "pending" else e for e in ledger.events]
+        return ledger.to_dict()
+
+    storage.update_json(layout.ledger_json, complete)
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _fresh_tag() -> str:
+    """A redraw tag no other redraw has: the time and 32 random bits."""
+    return f"{_dt.datetime.now(_dt.UTC).strftime('%Y%m%dT%H%M%S%f')}-{secrets.token_hex(4)}"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from privevo import storage
+from privevo.calls import calls_html
 from privevo.layout import CURVES_PNG
 from privevo.run import Run
 from privevo.steps import load_population
@@ -116,12 +117,7 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
         "<tr>" + "".join(f"<td>{_cell(row[k])}</td>" for k in keys) + "</tr>" for row in result["generations"]
     )
     final = result["final"]
-    warning = (
-        '<p class="warn"><b>non_dp: true</b> — these metrics are computed against the private set: '
-        "for the data owner only, not for release.</p>"
-        if result["non_dp"]
-        else f"<p>Metrics compare each generation with the {html.escape(result['reference'])}.</p>"
-    )
+    reference = f"<p>Metrics compare each generation with the {html.escape(result['reference'])}.</p>"
     grids = "".join(
         f"<figure>{image(run.layout.sample_grid_name(row['generation']), 'generation ' + str(row['generation']) + ' samples')}"
         f"<figcaption>generation {row['generation']}</figcaption></figure>"
@@ -136,8 +132,10 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }} .warn {{ color: #a00; }
 </style></head><body>
 <h1>Private Evolution run {html.escape(result['run_id'])}</h1>
 <p>Privacy: epsilon = {_cell(final['epsilon'])} at delta = {result['delta']:g} over {result['votes']} vote(s),
-noise multiplier {_cell(result['noise_multiplier'])} (recomputed from the ledger by prv-accountant).</p>
-{warning}
+noise multiplier {_cell(result['noise_multiplier'])} (the accountant's upper bound, recomputed from the ledger).</p>
+{reference}
+{privacy_html(result.get('privacy'))}
+{calls_html(run)}
 <h2>Metrics per generation</h2>
 <table><tr>{header}</tr>{body}</table>
 <p>Final downstream accuracy: {_cell(final['downstream_accuracy'])}</p>
@@ -147,6 +145,31 @@ noise multiplier {_cell(result['noise_multiplier'])} (recomputed from the ledger
 {grids}
 </body></html>
 """
+
+
+def privacy_html(report: dict[str, Any] | None) -> str:
+    """The privacy report (``privacy.privacy_report``) as an HTML section: what a reviewer checks."""
+    if not report:
+        return ""
+    events = "".join(
+        "<tr>" + "".join(f"<td>{_cell(e[k])}</td>" for k in
+                         ("generation", "mechanism", "noise_multiplier", "sampling_rate", "k", "reason", "status",
+                          "release_uri", "release_sha256")) + "</tr>"
+        for e in report["events"]
+    )
+    by_generation = "".join(f"<tr><td>{r['generation']}</td><td>{_cell(r['epsilon'])}</td></tr>"
+                            for r in report["epsilon_by_generation"])
+    by_delta = "".join(f"<tr><td>{r['delta']:g}</td><td>{_cell(r['epsilon'])}</td></tr>" for r in report["epsilon_at_delta"])
+    mu = "" if report["mu_gdp"] is None else f"<p>mu-GDP cross-check: mu = {_cell(report['mu_gdp'])}.</p>"
+    return f"""<h2>Privacy report</h2>
+<p>Epsilon {_cell(report['epsilon'])} at delta {report['delta']:g}: {html.escape(report['accountant'])}.</p>
+<p>Neighbouring datasets: {html.escape(report['neighbouring_relation'])}.
+Sensitivity: {html.escape(report['sensitivity'])}.</p>
+<table><tr><th>generation</th><th>mechanism</th><th>sigma</th><th>sampling rate</th><th>k</th><th>reason</th>
+<th>status</th><th>release</th><th>release sha256</th></tr>{events}</table>
+<h3>Epsilon after each generation</h3><table><tr><th>generation</th><th>epsilon</th></tr>{by_generation}</table>
+<h3>Epsilon at other deltas</h3><table><tr><th>delta</th><th>epsilon</th></tr>{by_delta}</table>
+{mu}"""
 
 
 def format_value(value: Any) -> str:

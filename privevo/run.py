@@ -54,6 +54,14 @@ class Run:
         config = config.model_copy(update={"run_root": run_root})
         return cls(config, RunLayout(run_root, run_id, config.private_root))
 
+    @classmethod
+    def locate(cls, run: str, run_root: str) -> Run:
+        """A run named by its id under ``run_root``, or by the run path ``pipeline.py run`` printed (local or gs://)."""
+        if "/" not in run.rstrip("/"):
+            return cls.open(run_root, run)
+        root, _, run_id = run.rstrip("/").rpartition("/")
+        return cls.open(root or "/", run_id)
+
     @property
     def run_id(self) -> str:
         return self.layout.run_id

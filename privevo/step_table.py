@@ -26,6 +26,7 @@ class StepArgs:
     generation: int = 0
     shard: int = 0
     force_new_noise: bool = False
+    redraw_key: str | None = None  # a forced redraw happens once per key (None: a new one)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("embed_synthetic", lambda run, a: steps.embed_synthetic(run, a.generation, a.shard),
              "components.embed_synthetic", reads_private=_never, runs_network=True, per_generation=True, sharded=True),
     StepSpec("dp_vote",
-             lambda run, a: steps.dp_vote(run, a.generation, steps.private_reference(run), a.force_new_noise),
+             lambda run, a: steps.dp_vote(run, a.generation, steps.private_reference(run), a.force_new_noise,
+                                          a.redraw_key),
              "components.dp_vote", reads_private=_always, runs_network=False, per_generation=True, redraws=True),
     StepSpec("generate_variations", lambda run, a: steps.generate_variations(run, a.generation, a.shard),
              "components.generate_variations", reads_private=_never, runs_network=True, per_generation=True,

@@ -11,10 +11,12 @@ noise comes from OS entropy (``privevo.privacy``) and a written release is final
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-import math
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -82,53 +84,81 @@ def _model_labels(model, labels: np.ndarray) -> np.ndarray | None:
 
 
 def embed_private(run: Run) -> dict[str, Any]:
-    """Load and embed the private set once per run into the private tier; returns a reference.
+    """Load and embed the private set once per run into the private tier; returns a reference (its URI only).
 
     Reuses the embeddings when they already exist (a rerun or resume pays nothing).
-    Nothing about the private data (not even its size) is logged or returned.
+    Nothing about the private data (not even its size, nor a hash of it) is logged,
+    returned or put in an error: problems are told in the private tier's log.
     """
-    from privevo.data import load_image_set
-
     uri = run.layout.private_embeddings
     if storage.exists(uri):
         logger.info("private embeddings already exist for run %s: reusing them", run.run_id)
-        return _reference(uri, storage.sha256_uri(uri))
+        if not storage.exists(run.layout.private_embeddings_digest):  # a crash between the two writes
+            storage.write_bytes(run.layout.private_embeddings_digest, storage.sha256_uri(uri).encode())
+        return {"uri": uri}
     config = run.config
-    p = config.private
-    images = load_image_set(
-        p.source, p.path, config.image_size, config.channels, split=p.split, classes=p.classes,
-        limit=p.limit, seed=run.seed("private-subset"), class_names=config.class_names, rows=p.rows,
-    )
-    if config.population.conditional and images.labels is None:
-        raise UserError(f"population.conditional needs labelled private data, but {p.path} has no labels")
-    if len(images.images) / math.sqrt(config.privacy.k) <= config.privacy.threshold:
-        raise UserError(
-            f"the private set is too small for privacy.threshold={config.privacy.threshold}: no bin can pass it; "
-            "lower the threshold or use more private data"
-        )
-    embeddings = load_embedding(config).embed(images.images, config.embedding.batch_size)
-    if not np.all(np.isfinite(embeddings)):
-        raise UserError("private embeddings contain NaN or infinite values: check the embedding and the private images")
+    images = load_private_set(run, "embed_private")
+    with private_failures(run, "embed_private", "the private images failed a check before embedding"):
+        if config.population.conditional and images.labels is None:
+            raise UserError("population.conditional needs labelled private data, but the private set has no labels")
+    embeddings = load_embedding(config).embed(images.images, config.embedding.batch_size, progress=False)
+    with private_failures(run, "embed_private", "the private embeddings failed a check"):
+        if not np.all(np.isfinite(embeddings)):
+            raise UserError("private embeddings contain NaN or infinite values: check the embedding and the images")
     labels = images.labels if images.labels is not None else np.full(len(embeddings), -1, np.int64)
     try:
         sha = storage.write_npz(uri, {"embeddings": embeddings, "labels": labels}, exclusive=True)
     except storage.AlreadyExists:
         sha = storage.sha256_uri(uri)
+    storage.write_bytes(run.layout.private_embeddings_digest, sha.encode())  # integrity, kept in the private tier
     logger.info("embedded the private set with %s into the private tier", config.embedding.name)
-    return _reference(uri, sha)
+    return {"uri": uri}
+
+
+def load_private_set(run: Run, step: str) -> Any:
+    """The private images (PRIVATE: never log, return or release them); problems go to the private tier's log."""
+    from privevo.data import load_image_set
+
+    config, p = run.config, run.config.private
+    if not storage.is_gcs(p.path) and not os.path.exists(p.path):  # where the data should be is config, not data
+        raise UserError(f"private.path {p.path} does not exist: fix private.path or mount the private data there")
+    with private_failures(run, step, "the private images could not be loaded"):
+        return load_image_set(
+            p.source, p.path, config.image_size, config.channels, split=p.split, classes=p.classes,
+            limit=p.limit, seed=run.seed("private-subset"), class_names=config.class_names, rows=p.rows,
+        )
+
+
+@contextlib.contextmanager
+def private_failures(run: Run, step: str, kind: str) -> Iterator[None]:
+    """Keep facts about the private set out of released logs: an error inside becomes one line that names
+    the kind of problem and the private-tier log, where the full message is written."""
+    try:
+        yield
+    except UserError as error:
+        log_uri, entry = run.layout.private_log, {"at": utc_now(), "step": step, "error": str(error)}
+
+        def append(current: list[dict[str, str]] | None) -> list[dict[str, str]]:
+            return [*(current or []), entry]
+
+        storage.update_json(log_uri, append)
+        raise UserError(f"{step}: {kind}; the reason is kept out of this log (it may describe the private set): "
+                        f"read the last entry of {log_uri} in the private tier") from None
 
 
 def private_reference(run: Run) -> dict[str, Any]:
-    """Reference to this run's private embeddings (for steps run outside KFP)."""
+    """Reference to this run's private embeddings (for steps run outside KFP): the URI only."""
     uri = run.layout.private_embeddings
     if not storage.exists(uri):
         raise UserError(f"run {run.run_id} has no private embeddings yet: run embed_private first")
-    return _reference(uri, storage.sha256_uri(uri))
+    return {"uri": uri}
 
 
-def _read_private(reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _read_private(run: Run, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The private embeddings and labels, checked against the digest embed_private kept in the private tier."""
     data = storage.read_bytes(reference["uri"])
-    if storage.sha256_bytes(data) != reference["sha256"]:
+    digest = run.layout.private_embeddings_digest
+    if not storage.exists(digest) or storage.sha256_bytes(data) != storage.read_bytes(digest).decode().strip():
         raise UserError(f"{reference['uri']} changed since it was embedded: rerun embed_private in a new run")
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return npz["embeddings"], npz["labels"]
@@ -159,13 +189,15 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     model = load_model(run.config)
+    model.record_calls(run.layout, 0, "generate_initial", shard)  # remote models: call ledger and stored results
     seed = run.seed(0, "random")  # with the global sample index: the same samples however many shards
     images = model.random(len(labels), labels=_model_labels(model, labels), seed=seed, first_index=part.start)
     population = Population(images, labels, np.full(len(labels), -1, np.int64), generation=0)
     sha = storage.write_bytes(uri, population.to_bytes())
-    _record_step(run, 0, "generate_initial", {"size": len(labels), "shard": shard, "seed": seed}, started, shard)
+    _record_step(run, 0, "generate_initial", {"size": len(labels), "shard": shard, "seed": seed, **model.call_summary()},
+                 started, shard)
     logger.info("generation 0 shard %d: %d samples from the public model", shard, len(labels))
-    return _reference(uri, sha, generation=0, shard=shard)
+    return _reference(uri, sha, generation=0, shard=shard, **model.call_summary())
 
 
 # ------------------------------------------------------------------ populations
@@ -239,6 +271,8 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     embedding = load_embedding(config)
     model = load_model(config) if lookahead else None
+    if model is not None:
+        model.record_calls(run.layout, generation, "embed_synthetic", shard)  # remote models: call ledger, results
 
     def vary(batch: np.ndarray, repeat: int, start: int) -> np.ndarray:
         assert model is not None  # lookahead_embeddings varies only when lookahead > 0
@@ -253,11 +287,11 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     )
     sha = storage.write_npz(uri, {"embeddings": embeddings, "population_sha256": np.array(population_sha)})
     _record_step(run, generation, "embed_synthetic",
-                 {"lookahead": lookahead, "degree": degree, "shard": shard, "population_sha256": population_sha},
-                 started, shard)
+                 {"lookahead": lookahead, "degree": degree, "shard": shard, "population_sha256": population_sha,
+                  **(model.call_summary() if model is not None else {})}, started, shard)
     logger.info("generation %d shard %d: embedded %d samples (lookahead %d)", generation, shard, len(embeddings),
                 lookahead)
-    return _reference(uri, sha, generation=generation, shard=shard)
+    return _reference(uri, sha, generation=generation, shard=shard, **(model.call_summary() if model is not None else {}))
 
 
 def _stored_synthetic_embeddings(run: Run, generation: int, shard: int, population_sha: str) -> np.ndarray | None:
@@ -291,13 +325,14 @@ def _read_synthetic_embeddings(run: Run, generation: int, population_size: int) 
 # ---------------------------------------------------------------------- dp_vote
 
 
-def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_noise: bool = False) -> dict[str, Any]:
+def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_noise: bool = False,
+            redraw_key: str | None = None) -> dict[str, Any]:
     """One DP vote: noisy nearest-neighbour histogram (write-once release + ledger event) and parents.
 
     The synthetic side comes from embed_synthetic, so the only step that reads private data
     per generation runs no network (and imports no torch). A release that already exists is
     reused (no new noise, no new charge) unless ``force_new_noise``, which draws again and
-    charges the ledger again (``privacy.release_vote``).
+    charges the ledger again, once per ``redraw_key`` (``privacy.release_vote``).
     """
     from privevo.voting import nearest_neighbour_histogram
 
@@ -310,7 +345,7 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     def clean_histogram() -> np.ndarray:
         """The clean vote (runs only when a new release is drawn; never leaves privacy.release_vote)."""
         synthetic = _read_synthetic_embeddings(run, generation, len(previous))
-        private_embeddings, private_labels = _read_private(private_ref)
+        private_embeddings, private_labels = _read_private(run, private_ref)
         keep = privacy.private_subsample(len(private_embeddings), config.privacy.sampling_rate)
         if not keep.all():  # boolean indexing copies the whole private set even when it keeps every row
             private_embeddings, private_labels = private_embeddings[keep], private_labels[keep]
@@ -319,7 +354,7 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
             private_labels if conditional else None, previous.labels if conditional else None,
         )
 
-    release = privacy.release_vote(run.layout, config, generation, clean_histogram, force_new_noise)
+    release = privacy.release_vote(run.layout, config, generation, clean_histogram, force_new_noise, redraw_key)
     parents = _select(run, generation, release.noisy_histogram, previous)
     selection_uri = run.layout.selection(generation)
     sha = storage.write_npz(selection_uri, {"parent_ids": parents, "labels": previous.labels[parents]})
@@ -327,7 +362,8 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     params = {"noise_multiplier": privacy.noise_multiplier_for(config), "threshold": config.privacy.threshold,
               "k": config.privacy.k, "lookahead": config.population.lookahead,
               "degree": config.population.degree_schedule()[generation - 1], "selection": config.privacy.selection,
-              "sampling_rate": config.privacy.sampling_rate, "release": run.layout.relative(release.uri),
+              "sampling_rate": config.privacy.sampling_rate, "mechanism": config.privacy.mechanism,
+              "release": run.layout.relative(release.uri),
               "epsilon_after": epsilon}
     _record_step(run, generation, "dp_vote", params, started)
     return _reference(selection_uri, sha, generation=generation, epsilon=epsilon)
@@ -384,6 +420,7 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     degree = config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     model = load_model(config)
+    model.record_calls(run.layout, generation, "generate_variations", shard)  # remote models: call ledger, results
     seed = run.seed(generation, "variation")  # with the global sample index: independent of sharding
     images = model.variation(previous.images[parent_ids], degree, labels=_model_labels(model, labels), seed=seed,
                              first_index=part.start)
@@ -391,9 +428,9 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     sha = storage.write_bytes(uri, population.to_bytes())
     _record_step(run, generation, "generate_variations",
                  {"degree": degree, "shard": shard, "num_shards": config.population.num_shards, "seed": seed,
-                  "selection_sha256": selection_sha}, started, shard)
+                  "selection_sha256": selection_sha, **model.call_summary()}, started, shard)
     logger.info("generation %d shard %d: %d variations at degree %.3g", generation, shard, len(images), degree)
-    return _reference(uri, sha, generation=generation, shard=shard)
+    return _reference(uri, sha, generation=generation, shard=shard, **model.call_summary())
 
 
 # ---------------------------------------------------------------------- resume

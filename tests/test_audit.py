@@ -181,3 +181,24 @@ def test_canary_never_reaches_a_released_file(tmp_path, run_cli):
     run_dir = tmp_path / "runs" / "canary"
     assert run_cli("audit", "canary", "--run-root", str(tmp_path / "runs")).returncode == 0
     assert not (run_dir / "private_embeddings.npz").exists()
+
+
+def test_audit_rerun_and_report_accept_the_run_path_that_run_prints(tiny_run, run_cli):
+    printed = next(line for line in tiny_run.stdout.splitlines() if line.startswith("run path: "))
+    run_path = printed.removeprefix("run path: ")
+    assert run_path == str(tiny_run.run_dir)
+    result = run_cli("audit", run_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "audit: OK"
+    result = run_cli("audit", "no-such-run", "--run-root", tiny_run.run_root)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: no run no-such-run")
+
+
+def test_a_new_run_with_an_existing_id_is_refused(tiny_run, tmp_path, run_cli):
+    run = tiny_run.copy(tmp_path)
+    before = sorted(p for p in run.run_dir.rglob("*"))
+    result = run_cli(*tiny_args(run.run_root, tmp_path / "private", "--run-id", run.run_id))
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: run {run.run_id} already exists") and "--resume" in last
+    assert sorted(p for p in run.run_dir.rglob("*")) == before

@@ -1,4 +1,7 @@
-"""Bad private data through the whole command: one line, exit code 2, nothing half-written."""
+"""Bad private data through the whole command: one line, exit code 2, nothing half-written, and nothing
+about the private set (file names, labels) in the released log: the reason goes to the private tier."""
+
+import json
 
 import numpy as np
 import pytest
@@ -40,11 +43,6 @@ def unknown_label(folder):
     return "Unicorn"
 
 
-def too_small_for_threshold(folder):
-    write_png(folder / "Trouser" / "0.png", good_gray())
-    return "too small"
-
-
 def non_image_file(folder):
     for i in range(6):
         write_png(folder / "Trouser" / f"{i}.png", good_gray(i))
@@ -53,7 +51,7 @@ def non_image_file(folder):
 
 
 @pytest.mark.parametrize(
-    "make", [corrupt_image, wrong_channels, empty_folder, unknown_label, too_small_for_threshold, non_image_file]
+    "make", [corrupt_image, wrong_channels, empty_folder, unknown_label, non_image_file]
 )
 def test_bad_private_data(tmp_path, run_cli, make):
     folder = tmp_path / "private-data"
@@ -64,7 +62,13 @@ def test_bad_private_data(tmp_path, run_cli, make):
                                 "--set", "private.rows=null", "--set", "kubernetes.retries=0"))
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and needle in lines[-1], lines[-1]
+    private_log = tmp_path / "private" / "bad" / "private_errors.json"
+    assert lines[-1].startswith("error: ") and str(private_log) in lines[-1], lines[-1]
     assert "Traceback" not in result.stderr
+    # the reason (a private file name or label) is in the private tier only, never in a released log
+    assert needle in json.loads(private_log.read_text())[-1]["error"]
+    if needle != "no images":
+        assert needle not in result.stderr + result.stdout
+        assert not [p for p in (tmp_path / "runs-kfp").rglob("*") if p.is_file() and needle in p.read_text(errors="ignore")]
     assert not list(tmp_path.rglob("private_embeddings.npz"))
     assert not list(tmp_path.rglob("noisy_histogram*.npz")) and not list(tmp_path.rglob("ledger.json"))

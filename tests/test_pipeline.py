@@ -144,7 +144,7 @@ def test_run_on_gcs_lands_under_the_prefix(gcs_server, tmp_path, run_cli):
     assert "runs/gcs-run/run.json" in names and "runs/gcs-run/gen-001/noisy_histogram.npz" in names
     assert "runs/gcs-run/report/index.html" in names
     assert [b.name for b in gcs_server.client.list_blobs("privevo-private")] == [
-        "runs/gcs-run/private_embeddings.npz"
+        "runs/gcs-run/private_embeddings.npz", "runs/gcs-run/private_embeddings.sha256"
     ]
     assert not (ROOT / "gs:").exists() and not Path("gs:").exists()
 
@@ -196,3 +196,15 @@ def test_non_private_run_metrics_fit_kfp_metadata(tmp_path):
     assert metrics.metadata == {"epsilon_infinite": 1.0, "generation": 1}
     assert selection.metadata["epsilon"] == "inf"
     assert json.loads((tmp_path / "s.json").read_text())["epsilon"] == float("inf")
+
+
+def test_private_steps_are_never_cached_even_when_caching_is_on(run_cli, tmp_path):
+    spec = compile_config(run_cli, tmp_path, "tiny.yaml", "kubernetes.caching=true")[0]
+    cached = {}
+    for task in all_tasks(spec):
+        name = task["taskInfo"]["name"]
+        if "componentRef" in task and not name.startswith(("gen-", "for-loop")):
+            cached[name] = task.get("cachingOptions", {}).get("enableCache", False)
+    private = {n for n in cached if n.startswith(("dp-vote", "embed-private"))}
+    assert private and not any(cached[n] for n in private)
+    assert all(cached[n] for n in cached if n not in private)  # the other steps still honour kubernetes.caching

@@ -23,8 +23,11 @@ class Embedding(abc.ABC):
         """The embedding as an experiment config sets it up (``config.embedding`` and the image shape)."""
 
     @abc.abstractmethod
-    def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Features of ``images`` (uint8 NHWC) as a float32 array (N, dim)."""
+    def embed(self, images: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+        """Features of ``images`` (uint8 NHWC) as a float32 array (N, dim).
+
+        ``progress=False`` shows nothing: a progress bar over the private set would tell its size.
+        """
 
     @staticmethod
     def _check_images(images: np.ndarray) -> None:

@@ -53,12 +53,13 @@ class EfficientNetLite0Embedding(Embedding):
         """The network at ``config.embedding.input_size`` on ``config.embedding.device``."""
         return cls(input_size=config.embedding.input_size, device=config.embedding.device)
 
-    def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def embed(self, images: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
         self._check_images(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         starts = range(0, len(images), batch_size)
         with torch.inference_mode():
-            for start in tqdm(starts, desc=f"embed {self.name}", unit="batch", disable=None, leave=False):
+            for start in tqdm(starts, desc=f"embed {self.name}", unit="batch", disable=None if progress else True,
+                              leave=False):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device)
                 x = batch.permute(0, 3, 1, 2).float() / 255.0
                 if x.shape[1] == 1:

@@ -23,6 +23,6 @@ class PixelEmbedding(Embedding):
         """One feature per pixel and channel of the experiment's images."""
         return cls(config.image_size, config.channels)
 
-    def embed(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def embed(self, images: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
         self._check_images(images)
         return images.reshape(len(images), -1).astype(np.float32) / 255.0

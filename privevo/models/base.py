@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from privevo.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
     from privevo.config import Config
+    from privevo.layout import RunLayout
 
 Labels = np.ndarray | int | None
 
@@ -95,6 +96,14 @@ class FoundationModel(abc.ABC):
     @abc.abstractmethod
     def from_config(cls, config: "Config") -> Self:
         """Load the model an experiment config names (``config.model`` and the image shape), offline."""
+
+    def record_calls(self, layout: "RunLayout", generation: int, step: str, shard: int | None = None) -> None:
+        """Where a step's API calls are recorded and their results stored; in-process models make none."""
+        return None
+
+    def call_summary(self) -> dict[str, Any]:
+        """The step's API calls (requests, images, retries, cost) for its step record; empty in-process."""
+        return {}
 
     def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
         """Draw ``n`` new samples (RANDOM_API); ``labels`` pick classes where the model has them."""
