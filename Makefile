@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 
-.PHONY: install demo lint test bench clean
+.PHONY: install demo lint images test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,8 +27,14 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
-	$(PY) -m pytest -q -n 2 tests
+# Docker (installed and started when missing), a local Debian 12 + Python 3.11 base image
+# (cached), the CPU image, and the CUDA image's system stage: images/build.sh, images/README.md.
+images: install
+	bash images/build.sh
+
+# The container tests (tests/test_docker.py) fail instead of skipping when Docker or the image is missing.
+test: lint images
+	PRIVEVO_DOCKER_TESTS=required $(PY) -m pytest -q -n 2 tests
 
 bench: install
 	$(PY) bench/run_all.py
