@@ -246,8 +246,10 @@ def test_sd_grayscale_and_resize(sd_dir: str) -> None:
 
 
 def test_registry_names_every_backend_and_configs_need_no_torch() -> None:
+    from privevo.models.remote import RemoteModel
+
     assert {kind: backend_class(kind) for kind in MODEL_BACKENDS} == {
-        "ddpm_unet": DDPMUNetModel, "stable_diffusion": StableDiffusionModel,
+        "ddpm_unet": DDPMUNetModel, "stable_diffusion": StableDiffusionModel, "remote": RemoteModel,
     }
     probe = "import sys, privevo.config, privevo.models, privevo.embeddings; print('torch' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -257,14 +259,14 @@ def test_registry_names_every_backend_and_configs_need_no_torch() -> None:
 def test_unknown_kind_is_a_one_line_error(unet_dir: str) -> None:
     with pytest.raises(UserError) as excinfo:
         experiment({"kind": "gan", "path": unet_dir})
-    assert_one_line_user_error(excinfo, "model.kind", "foundation model kind 'gan'", "ddpm_unet, stable_diffusion")
+    assert_one_line_user_error(excinfo, "model.kind", "foundation model kind 'gan'", "ddpm_unet, remote, stable_diffusion")
     with pytest.raises(UserError) as excinfo:
         backend_class("gan")
-    assert_one_line_user_error(excinfo, "'gan'", "ddpm_unet, stable_diffusion")
+    assert_one_line_user_error(excinfo, "'gan'", "ddpm_unet, remote, stable_diffusion")
 
 
 def test_missing_model_path(tmp_path: Path) -> None:
-    for kind in MODEL_BACKENDS:
+    for kind in set(MODEL_BACKENDS) - {"remote"}:  # remote loads no weights (tests/test_remote.py)
         with pytest.raises(UserError) as excinfo:
             load_model(experiment({"kind": kind, "path": str(tmp_path / "nope")}))
         assert_one_line_user_error(excinfo, "does not exist", "nope")

@@ -18,6 +18,9 @@ Backends (:data:`MODEL_BACKENDS`, the config's ``model.kind``):
   ``DDPMPipeline.save_pretrained`` writes.
 - ``stable_diffusion`` (:mod:`privevo.models.stable_diffusion`): text-to-image with one prompt
   per class, img2img variations.
+- ``remote`` (:mod:`privevo.models.remote`): any of these behind a KServe v2 / Open Inference
+  Protocol server (``pipeline.py serve``), called over HTTP with retries, a rate limit, a call
+  ledger and a store of received images (:mod:`privevo.protocol`).
 
 Adding a backend (for example a DiT or a consistency model) is one new module and one line:
 
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
 MODEL_BACKENDS: dict[str, str] = {
     "ddpm_unet": "privevo.models.ddpm_unet:DDPMUNetModel",
     "stable_diffusion": "privevo.models.stable_diffusion:StableDiffusionModel",
+    "remote": "privevo.models.remote:RemoteModel",
 }
 
 

@@ -66,6 +66,7 @@ class DDPMUNetModel(FoundationModel):
     def from_config(cls, config: "Config") -> Self:
         """The UNet at ``config.model.path``, checked against the experiment's ``image_size``."""
         m = config.model
+        assert m.path is not None  # the config requires a path for in-process kinds
         return cls.from_pretrained(
             m.path, num_inference_steps=m.num_inference_steps, batch_size=m.batch_size, device=m.device,
             image_size=config.image_size, autocast=m.autocast,

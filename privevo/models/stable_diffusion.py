@@ -73,6 +73,7 @@ class StableDiffusionModel(FoundationModel):
     def from_config(cls, config: "Config") -> Self:
         """The pipeline at ``config.model.path``, one prompt per class (default: the experiment's name)."""
         m = config.model
+        assert m.path is not None  # the config requires a path for in-process kinds
         return cls.from_pretrained(
             m.path, prompts=m.prompts or [config.name], image_size=config.image_size, channels=config.channels,
             num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale, batch_size=m.batch_size,

@@ -1,0 +1,248 @@
+"""``pipeline.py serve``: any local backend behind the KServe v2 / Open Inference Protocol.
+
+FastAPI + uvicorn. ``GET /v2/health/live`` answers as soon as the port is open;
+``GET /v2/health/ready`` (and ``/v2/models/{model}/ready``) once the model has loaded.
+``POST /v2/models/{model}/infer`` runs the ``random`` or ``variation`` call of
+:mod:`privevo.protocol` on the loaded :class:`~privevo.models.base.FoundationModel`, which
+batches the request by its ``batch_size``; one call runs at a time (the model owns the CPU
+or GPU), the others wait in line while health checks still answer. SIGTERM/SIGINT stop
+accepting connections, finish the calls in flight (up to ``--graceful-timeout``), then exit.
+
+``POST /v2/repository/index`` lists the one model served, so clients may leave its name out.
+With ``--token-env VAR`` every ``/v2/models`` request needs ``Authorization: Bearer <$VAR>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response  # at import: FastAPI reads the routes' annotations
+
+from privevo import protocol
+from privevo.errors import UserError
+
+if TYPE_CHECKING:
+    from privevo.config import Config
+    from privevo.models.base import FoundationModel
+
+logger = logging.getLogger(__name__)
+
+VERSION = "1"
+
+
+class ModelHolder:
+    """The served model, loaded in the background so liveness answers while it loads."""
+
+    def __init__(self, name: str, load: Callable[[], FoundationModel]) -> None:
+        self.name = name
+        self._load = load
+        self.model: FoundationModel | None = None
+        self.error: str | None = None
+        self.loaded = threading.Event()
+        self.lock = threading.Lock()  # one call at a time on the model
+
+    def load(self) -> None:
+        try:
+            self.model = self._load()
+            logger.info("model %s is ready (%dx%dx%d, batch size %d)", self.name, self.model.image_size,
+                        self.model.image_size, self.model.channels, self.model.batch_size)
+        except UserError as err:
+            self.error = str(err)
+            logger.error("model %s could not be loaded: %s", self.name, err)
+        finally:
+            self.loaded.set()
+
+    def metadata(self) -> dict[str, Any]:
+        model = self.model
+        assert model is not None
+        shape = [-1, model.image_size, model.image_size, model.channels]
+        return {
+            "name": self.name, "versions": [VERSION], "platform": "privevo",
+            "inputs": [
+                {"name": "count", "datatype": "INT64", "shape": [1]},
+                {"name": "seed", "datatype": "INT64", "shape": [1]},
+                {"name": "first_index", "datatype": "INT64", "shape": [1]},
+                {"name": "labels", "datatype": "INT64", "shape": [-1], "optional": True},
+                {"name": "images", "datatype": "UINT8", "shape": shape, "call": "variation"},
+                {"name": "degree", "datatype": "FP64", "shape": [1], "call": "variation"},
+            ],
+            "outputs": [{"name": "images", "datatype": "UINT8", "shape": shape}],
+            "parameters": {"calls": list(protocol.CALLS), "num_classes": model.num_classes,
+                           "batch_size": model.batch_size, "image_size": model.image_size, "channels": model.channels},
+        }
+
+
+def run_call(model: FoundationModel, call: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Run one decoded request on the model; bad inputs raise ProtocolError (HTTP 400)."""
+    seed = protocol.scalar(inputs, "seed", int)
+    first_index = protocol.scalar(inputs, "first_index", int)
+    labels = inputs.get("labels")
+    if labels is not None:
+        labels = labels.reshape(-1).astype(np.int64)
+    try:
+        if call == "random":
+            count = protocol.scalar(inputs, "count", int)
+            return model.random(count, labels=labels, seed=seed, first_index=first_index)
+        if "images" not in inputs:
+            raise protocol.ProtocolError("input 'images' is missing")
+        degree = protocol.scalar(inputs, "degree", float)
+        return model.variation(np.ascontiguousarray(inputs["images"]), degree, labels=labels, seed=seed,
+                               first_index=first_index)
+    except UserError as err:  # the backend's one-line input checks
+        raise protocol.ProtocolError(str(err)) from None
+
+
+def create_app(holder: ModelHolder, token: str | None = None, load_in_background: bool = True) -> FastAPI:
+    """The FastAPI application serving ``holder``'s model on the v2 protocol."""
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if load_in_background:
+            threading.Thread(target=holder.load, name="privevo-load-model", daemon=True).start()
+        yield
+
+    app = FastAPI(title="privevo model server", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    def check(request: Request, name: str) -> JSONResponse | None:
+        """An error answer for a bad token, an unknown model or one not loaded yet; None when the call may go on."""
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error(401, "missing or wrong bearer token")
+        if name != holder.name:
+            return error(404, f"model {name!r} is not served here (this server serves {holder.name!r})")
+        if holder.model is None:
+            return error(503, "the model is still loading" if holder.error is None else "the model failed to load")
+        return None
+
+    @app.get("/v2/health/live")
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> Response:
+        if holder.model is None:
+            return error(503, "the model is still loading" if holder.error is None else "the model failed to load")
+        return JSONResponse({"ready": True})
+
+    @app.get("/v2")
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "privevo", "version": VERSION, "extensions": ["binary_tensor_data", "model_repository"]}
+
+    @app.post("/v2/repository/index")
+    def repository_index() -> list[dict[str, str]]:
+        state = "READY" if holder.model is not None else ("UNAVAILABLE" if holder.error else "LOADING")
+        return [{"name": holder.name, "version": VERSION, "state": state}]
+
+    @app.get("/v2/models/{name}")
+    def model_metadata(name: str, request: Request) -> Response:
+        return check(request, name) or JSONResponse(holder.metadata())
+
+    @app.get("/v2/models/{name}/ready")
+    def model_ready(name: str, request: Request) -> Response:
+        return check(request, name) or JSONResponse({"name": name, "ready": True})
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        refused = check(request, name)
+        if refused is not None:
+            return refused
+        body = await request.body()
+        try:
+            call, inputs, binary, request_id = protocol.decode_request(body, request.headers.get(protocol.HEADER_LENGTH))
+        except protocol.ProtocolError as err:
+            return error(400, str(err))
+
+        def work() -> np.ndarray:
+            model = holder.model
+            assert model is not None
+            with holder.lock:
+                return run_call(model, call, inputs)
+
+        try:
+            images = await run_in_threadpool(work)
+        except protocol.ProtocolError as err:
+            return error(400, str(err))
+        content, headers = protocol.encode_response(holder.name, images, binary, request_id)
+        return Response(content=content, headers=headers)
+
+    return app
+
+
+# ------------------------------------------------------------------ command line
+
+
+def serve_config(kind: str, path: str, image_size: int | None, channels: int | None, overrides: dict[str, Any]) -> Config:
+    """An experiment config holding just the model to serve (the backends load ``from_config``)."""
+    import json
+    from pathlib import Path
+
+    from privevo.config import parse_config
+
+    if kind == "remote":
+        raise UserError("serve needs a local model kind (ddpm_unet, stable_diffusion), not remote")
+    if image_size is None or channels is None:
+        if not Path(path).exists():
+            raise UserError(f"model path {path} does not exist: fix --model-path")
+        unet_config = Path(path) / "unet" / "config.json"
+        detected: dict[str, Any] = {}
+        if kind == "ddpm_unet" and unet_config.is_file():
+            try:
+                detected = json.loads(unet_config.read_text())
+            except (OSError, ValueError):
+                detected = {}
+        image_size = image_size or detected.get("sample_size")
+        channels = channels or detected.get("in_channels")
+        if not isinstance(image_size, int) or channels not in (1, 3):
+            raise UserError(f"cannot tell the image size and channels of the {kind} model at {path}: "
+                            "pass --image-size and --channels")
+    data = {"name": "serve", "image_size": image_size, "channels": channels,
+            "private": {"source": "npz", "path": "unused.npz"},
+            "model": {"kind": kind, "path": path, **overrides},
+            "population": {"size": 1, "generations": 1, "degrees": 0.5}, "privacy": {"noise_multiplier": 1.0}}
+    return parse_config(data, source="serve")
+
+
+def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name: str | None = None,
+          token_env: str | None = None, graceful_timeout: float = 30.0) -> int:
+    """Serve ``config.model`` until SIGTERM/SIGINT; 0 on a clean stop, 2 when the model cannot load."""
+    import uvicorn
+
+    from privevo.models import load_model
+
+    if config.model.kind == "remote":
+        raise UserError("serve needs a local model kind (ddpm_unet, stable_diffusion), not remote")
+    token = None
+    if token_env:
+        token = os.environ.get(token_env, "").strip()
+        if not token:
+            raise UserError(f"--token-env names {token_env}, which is not set or empty: export the token in it")
+    name = model_name or config.model.kind
+    holder = ModelHolder(name, lambda: load_model(config))
+    app = create_app(holder, token)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=int(graceful_timeout)))
+
+    def stop_if_load_fails() -> None:
+        holder.loaded.wait()
+        if holder.error is not None:
+            server.should_exit = True
+
+    threading.Thread(target=stop_if_load_fails, daemon=True).start()
+    print(f"serving {config.model.kind} model {name!r} on http://{host}:{port} (KServe v2 protocol)", flush=True)
+    server.run()
+    if holder.error is not None:
+        raise UserError(holder.error)
+    return 0

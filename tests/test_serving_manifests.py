@@ -1,0 +1,80 @@
+"""Offline checks of the model-serving manifests (manifests/serving): rendered, validated, in agreement with serve.
+
+As in test_deploy.py: ``kubectl kustomize`` renders, ``kubernetes-validate --strict`` checks the
+plain Deployment and Service; the KServe InferenceService (a CRD without a schema there) is
+checked field by field. Both must run the command line that ``pipeline.py serve`` accepts and
+probe the protocol's health routes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_deploy import KUBERNETES_VERSION, NAMESPACE, PUBLIC_SA, _tool
+
+SERVING = Path(__file__).resolve().parents[1] / "manifests" / "serving"
+
+
+def render(folder: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH: it renders the kustomizations offline")
+    proc = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def check_serve_args(args: list[str]) -> None:
+    """The container's command is a valid ``pipeline.py serve`` line on 0.0.0.0:8080 with a GPU."""
+    import pipeline
+
+    assert args[:3] == ["python", "pipeline.py", "serve"]
+    parsed = pipeline.build_parser().parse_args(args[2:])
+    assert parsed.func is pipeline.cmd_serve
+    assert (parsed.host, parsed.port, parsed.device) == ("0.0.0.0", 8080, "cuda")
+    assert parsed.model_kind and parsed.model_path
+
+
+def test_deployment_and_service_validate(tmp_path: Path) -> None:
+    docs = render(SERVING)
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Deployment", "privevo-model"), ("Service", "privevo-model")]
+    assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs)
+    validator = _tool("kubernetes-validate", "kubernetes-validate")
+    assert validator, "kubernetes-validate is not installed (dev dependency)"
+    path = tmp_path / "serving.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    proc = subprocess.run([validator, "--strict", "-k", KUBERNETES_VERSION, str(path)],
+                          capture_output=True, text=True, timeout=60)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and output.count(" passed for resource ") == 2, output
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == PUBLIC_SA  # public weights only: never the private account
+    container = pod["containers"][0]
+    check_serve_args(container["args"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_inference_service_is_well_formed() -> None:
+    docs = render(SERVING / "kserve")
+    assert [(d["apiVersion"], d["kind"]) for d in docs] == [("serving.kserve.io/v1beta1", "InferenceService")]
+    service = docs[0]
+    assert service["metadata"]["namespace"] == NAMESPACE
+    predictor = service["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == PUBLIC_SA
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"  # the name KServe routes to
+    check_serve_args(container["args"])
+    assert container["ports"][0]["containerPort"] == 8080
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
