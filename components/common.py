@@ -14,9 +14,15 @@ from privevo.config import config_to_dict, load_config, parse_config
 from privevo.errors import UserError
 from privevo.run import Run
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def open_run(config_json: str, run_id: str) -> Run:
-    """The run a step belongs to (writes run.json on first use, refuses a different config)."""
+    """The run a step belongs to (writes run.json on first use, refuses a different config).
+
+    Also turns on the step's log lines (progress included): a pod's log is all a cluster user sees.
+    """
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return Run.create(parse_config(json.loads(config_json), source="pipeline config"), run_id)
 
 
@@ -68,7 +74,7 @@ def step_cli(name: str, argv: list[str] | None = None) -> int:
         parser.add_argument("--force-new-noise", action="store_true",
                             help="draw new noise even if this generation's release exists (charged again)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         config = load_config(args.config, args.overrides)
         run = open_run(json.dumps(config_to_dict(config)), args.run_id)

@@ -132,3 +132,46 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for but CUDA is not available: use device 'auto' or 'cpu'")
     return resolved
+
+
+#: Without a terminal (a pod's log), long work logs one line every this many seconds.
+PROGRESS_LOG_SECONDS = 30.0
+
+
+class Progress:
+    """Progress of long work: a tqdm bar on a terminal, a log line every PROGRESS_LOG_SECONDS in a pod.
+
+    tqdm turns itself off without a terminal, so a model step in a pod would print nothing
+    for hours; this keeps it saying where it is. ``enabled=False`` shows nothing at all
+    (work over the private set, whose size must not reach a log).
+    """
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool = True) -> None:
+        import logging
+        import sys
+        import time
+
+        from tqdm.auto import tqdm
+
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self._time, self._logger = time.monotonic, logging.getLogger("privevo.progress")
+        self._last = self._time()
+        terminal = enabled and sys.stderr.isatty()
+        self._bar = tqdm(total=total, desc=desc, unit=unit) if terminal else None
+        self._log = enabled and not terminal
+
+    def update(self, count: int) -> None:
+        """Count ``count`` more units done."""
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(count)
+        elif self._log and (self._time() - self._last >= PROGRESS_LOG_SECONDS or self.done >= self.total):
+            self._last = self._time()
+            self._logger.info("%s: %d/%d %s", self.desc, self.done, self.total, self.unit)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()

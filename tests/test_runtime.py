@@ -110,3 +110,18 @@ def test_dp_vote_imports_no_torch(tmp_path):
     )
     assert not found["torch"] and not found["diffusers"]
     assert not found["gcs"]  # a local run root never loads google-cloud-storage
+
+
+def test_progress_without_a_terminal_logs_lines_and_private_work_logs_nothing(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(runtime, "PROGRESS_LOG_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="privevo.progress"):
+        with runtime.Progress(30, "ddpm: random", "img") as progress:  # pytest's stderr is no terminal
+            for _ in range(3):
+                progress.update(10)
+        assert [r.getMessage() for r in caplog.records] == [f"ddpm: random: {n}/30 img" for n in (10, 20, 30)]
+        caplog.clear()
+        with runtime.Progress(30, "embed", "img", enabled=False) as progress:
+            progress.update(30)
+        assert caplog.records == []

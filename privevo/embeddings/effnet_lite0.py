@@ -9,7 +9,6 @@ from privevo import runtime
 runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from privevo.embeddings.base import Embedding  # noqa: E402
 
@@ -56,10 +55,8 @@ class EfficientNetLite0Embedding(Embedding):
     def embed(self, images: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
         self._check_images(images)
         out = np.empty((len(images), self.dim), dtype=np.float32)
-        starts = range(0, len(images), batch_size)
-        with torch.inference_mode():
-            for start in tqdm(starts, desc=f"embed {self.name}", unit="batch", disable=None if progress else True,
-                              leave=False):
+        with torch.inference_mode(), runtime.Progress(len(images), f"embed {self.name}", "img", progress) as shown:
+            for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device)
                 x = batch.permute(0, 3, 1, 2).float() / 255.0
                 if x.shape[1] == 1:
@@ -69,4 +66,5 @@ class EfficientNetLite0Embedding(Embedding):
                 x = (x - self._mean) / self._std
                 features = self.model.extract_features(x).mean(dim=(2, 3))
                 out[start : start + len(batch)] = features.float().cpu().numpy()
+                shown.update(len(batch))
         return out

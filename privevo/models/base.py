@@ -18,7 +18,6 @@ from privevo import runtime
 
 runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
 import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from privevo.errors import UserError  # noqa: E402
 
@@ -153,7 +152,7 @@ class FoundationModel(abc.ABC):
         """Call ``run_batch(indices, labels, generators)`` for each batch of up to ``batch_size`` samples."""
         out = np.empty((n, self.image_size, self.image_size, self.channels), dtype=np.uint8)
         precision = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-        with precision, tqdm(total=n, desc=f"{self.name}: {what}", unit="img", disable=None) as progress:
+        with precision, runtime.Progress(n, f"{self.name}: {what}", "img") as progress:
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
                 indices = np.arange(start, stop)
