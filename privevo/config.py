@@ -117,6 +117,11 @@ class PopulationConfig(_Strict):
     lookahead: int = Field(default=0, ge=0)
     num_shards: int = Field(default=1, ge=1)
     conditional: bool = Field(default=False, description="per-class PE: needs labelled private data")
+    reuse_lookahead: bool = Field(
+        default=False,
+        description="a selected parent's first `lookahead` children are the vote's lookahead variations of it "
+                    "(fewer model calls; post-processing, no privacy cost)",
+    )
 
     @model_validator(mode="after")
     def _degrees_match(self) -> PopulationConfig:

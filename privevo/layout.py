@@ -38,6 +38,7 @@ REDRAW_PREFIX = "noisy_histogram-redraw-"
 SELECTION_FILE = "selection.npz"
 SHARDS_DIR = "shards"
 SYNTHETIC_EMBEDDINGS_DIR = "synthetic_embeddings"
+LOOKAHEAD_DIR = "lookahead_variations"
 STEPS_DIR = "steps"
 CALLS_DIR = "calls"
 CALL_CACHE_DIR = "cache"
@@ -183,6 +184,10 @@ class RunLayout:
     def synthetic_embeddings(self, generation: int, shard: int) -> str:
         """Embeddings of shard ``shard`` of population ``generation - 1``, for the vote of ``generation``."""
         return storage.join(self.gen_dir(generation), SYNTHETIC_EMBEDDINGS_DIR, _shard_name(shard))
+
+    def lookahead_variations(self, generation: int, shard: int) -> str:
+        """The lookahead variations the vote of ``generation`` made of shard ``shard`` (``population.reuse_lookahead``)."""
+        return storage.join(self.gen_dir(generation), LOOKAHEAD_DIR, _shard_name(shard))
 
     def release(self, generation: int) -> str:
         """The generation's first DP release (the noisy histogram, write-once)."""

@@ -259,7 +259,9 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     population_bytes = storage.read_bytes(population_uri)
     population_sha = storage.sha256_bytes(population_bytes)
     uri = run.layout.synthetic_embeddings(generation, shard)
-    if _stored_synthetic_embeddings(run, generation, shard, population_sha) is not None:
+    kept_ok = not (config.population.reuse_lookahead and config.population.lookahead) or storage.exists(
+        run.layout.lookahead_variations(generation, shard))
+    if kept_ok and _stored_synthetic_embeddings(run, generation, shard, population_sha) is not None:
         logger.info("generation %d shard %d: synthetic embeddings already exist: reusing them", generation, shard)
         return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
     if storage.exists(uri):
@@ -274,17 +276,26 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     if model is not None:
         model.record_calls(run.layout, generation, "embed_synthetic", shard)  # remote models: call ledger, results
 
+    keep = config.population.reuse_lookahead and lookahead > 0
+    kept = np.empty((lookahead if keep else 0, *population.images.shape), np.uint8)
+
     def vary(batch: np.ndarray, repeat: int, start: int) -> np.ndarray:
         assert model is not None  # lookahead_embeddings varies only when lookahead > 0
         labels = _model_labels(model, population.labels[start : start + len(batch)])
         # seeded by the global sample index: the same variations however many shards
-        return model.variation(batch, degree, labels=labels, seed=run.seed(generation, "lookahead", repeat),
-                               first_index=offset + start)
+        varied = model.variation(batch, degree, labels=labels, seed=run.seed(generation, "lookahead", repeat),
+                                 first_index=offset + start)
+        if keep:
+            kept[repeat, start : start + len(batch)] = varied
+        return varied
 
     embeddings = lookahead_embeddings(
         population.images, lookahead, vary, lambda x: embedding.embed(x, config.embedding.batch_size),
         batch_size=max(config.model.batch_size, 1),
     )
+    if keep:  # the next generation's children may reuse them (population.reuse_lookahead); written first
+        storage.write_npz(run.layout.lookahead_variations(generation, shard),
+                          {"variations": kept, "population_sha256": np.array(population_sha)})
     sha = storage.write_npz(uri, {"embeddings": embeddings, "population_sha256": np.array(population_sha)})
     _record_step(run, generation, "embed_synthetic",
                  {"lookahead": lookahead, "degree": degree, "shard": shard, "population_sha256": population_sha,
@@ -418,19 +429,66 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     parent_ids = selection["parent_ids"][part]
     labels = selection["labels"][part]
     degree = config.population.degree_schedule()[generation - 1]
-    runtime.configure_torch_threads(runtime.shard_cpu_budget())
-    model = load_model(config)
-    model.record_calls(run.layout, generation, "generate_variations", shard)  # remote models: call ledger, results
-    seed = run.seed(generation, "variation")  # with the global sample index: independent of sharding
-    images = model.variation(previous.images[parent_ids], degree, labels=_model_labels(model, labels), seed=seed,
-                             first_index=part.start)
+    reused, fresh_offset = _reused_lookahead(run, generation, selection["parent_ids"], part)
+    images = np.empty((len(parent_ids), *previous.images.shape[1:]), np.uint8)
+    for i, image in reused.items():
+        images[i] = image
+    fresh = np.array([i for i in range(len(parent_ids)) if i not in reused], np.int64)
+    seed = run.seed(generation, "variation")  # with the global index among fresh children: independent of sharding
+    calls: dict[str, Any] = {}
+    if len(fresh):
+        runtime.configure_torch_threads(runtime.shard_cpu_budget())
+        model = load_model(config)
+        model.record_calls(run.layout, generation, "generate_variations", shard)  # remote models: call ledger, results
+        images[fresh] = model.variation(previous.images[parent_ids[fresh]], degree,
+                                        labels=_model_labels(model, labels[fresh]), seed=seed, first_index=fresh_offset)
+        calls = model.call_summary()
     population = Population(images, labels, parent_ids, generation=generation)
     sha = storage.write_bytes(uri, population.to_bytes())
     _record_step(run, generation, "generate_variations",
                  {"degree": degree, "shard": shard, "num_shards": config.population.num_shards, "seed": seed,
-                  "selection_sha256": selection_sha, **model.call_summary()}, started, shard)
+                  "selection_sha256": selection_sha, "reused_lookahead": len(reused), "fresh_variations": len(fresh),
+                  **calls}, started, shard)
     logger.info("generation %d shard %d: %d variations at degree %.3g", generation, shard, len(images), degree)
-    return _reference(uri, sha, generation=generation, shard=shard, **model.call_summary())
+    return _reference(uri, sha, generation=generation, shard=shard, **calls)
+
+
+def _reused_lookahead(run: Run, generation: int, all_parents: np.ndarray, part: slice) -> tuple[dict[int, np.ndarray], int]:
+    """Children of this shard that reuse a lookahead variation, and the global index of its first fresh child.
+
+    With ``population.reuse_lookahead`` and lookahead L, the vote of ``generation`` already
+    made L variations of every parent at this generation's degree (embed_synthetic). The
+    first L children of a parent, in global child order, are those variations (public data
+    chosen by post-processing of the DP release: no privacy cost); only the rest are new
+    model calls. Without it every child is fresh and the offset is the shard's start.
+    """
+    lookahead = run.config.population.lookahead
+    if not (run.config.population.reuse_lookahead and lookahead):
+        return {}, part.start
+    occurrence = np.empty(len(all_parents), np.int64)
+    seen: dict[int, int] = {}
+    for i, parent in enumerate(all_parents.tolist()):
+        occurrence[i] = seen.get(parent, 0)
+        seen[parent] = occurrence[i] + 1
+    reuse = occurrence < lookahead
+    variations = _lookahead_variations(run, generation)
+    reused = {i - part.start: variations[occurrence[i], all_parents[i]]
+              for i in range(part.start, part.stop) if reuse[i]}
+    return reused, int(np.count_nonzero(~reuse[: part.start]))
+
+
+def _lookahead_variations(run: Run, generation: int) -> np.ndarray:
+    """The lookahead variations (L, N, H, W, C) the vote of ``generation`` made, checked against population generation-1."""
+    parts = []
+    for shard in range(run.config.population.num_shards):
+        uri = run.layout.lookahead_variations(generation, shard)
+        population_sha = storage.sha256_uri(run.layout.shard(generation - 1, shard))
+        stored = storage.read_npz(uri) if storage.exists(uri) else None
+        if stored is None or str(stored["population_sha256"]) != population_sha:
+            raise UserError(f"generation {generation} shard {shard} has no lookahead variations of the current "
+                            f"population: run embed_synthetic for generation {generation} shard {shard} first")
+        parts.append(stored["variations"])
+    return np.concatenate(parts, axis=1)
 
 
 # ---------------------------------------------------------------------- resume

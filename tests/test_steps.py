@@ -57,3 +57,51 @@ def test_embed_synthetic_needs_the_population_shard(tmp_path):
         steps.embed_synthetic(run, 2, 0)
     with pytest.raises(UserError, match=r"generation must be in 1\.\.2"):
         steps.embed_synthetic(run, 3, 0)
+
+
+def _variations_of_generation_1(run) -> tuple[Population, list[dict]]:
+    for shard in range(run.config.population.num_shards):
+        steps.embed_synthetic(run, 1, shard)
+    steps.dp_vote(run, 1, steps.private_reference(run))
+    records = []
+    for shard in range(run.config.population.num_shards):
+        steps.generate_variations(run, 1, shard)
+        with open(run.layout.step_record(1, "generate_variations", shard)) as handle:
+            records.append(__import__("json").load(handle)["params"])
+    return steps.load_population(run, 1), records
+
+
+def test_reuse_lookahead_makes_the_first_children_from_the_votes_variations(tmp_path):
+    run = make_tiny_run(tmp_path, "reuse", "population.lookahead=2", "population.reuse_lookahead=true",
+                        "privacy.epsilon=null", "privacy.noise_multiplier=0", "privacy.threshold=0")
+    population, records = _variations_of_generation_1(run)
+    lookahead = np.concatenate([np.load(run.layout.lookahead_variations(1, s))["variations"]
+                                for s in range(run.config.population.num_shards)], axis=1)
+    assert lookahead.shape[:2] == (2, run.config.population.size)
+    seen: dict[int, int] = {}
+    expected_reused = 0
+    for child, parent in enumerate(population.parent_ids.tolist()):
+        k = seen.get(parent, 0)
+        seen[parent] = k + 1
+        if k < 2:  # the parent's first two children are its lookahead variations, exactly
+            expected_reused += 1
+            assert np.array_equal(population.images[child], lookahead[k, parent])
+    assert sum(r["reused_lookahead"] for r in records) == expected_reused > 0
+    assert sum(r["reused_lookahead"] + r["fresh_variations"] for r in records) == run.config.population.size
+
+
+def test_reuse_lookahead_does_not_depend_on_the_sharding(tmp_path, monkeypatch):
+    run = make_tiny_run(tmp_path, "shards", "population.lookahead=2", "population.reuse_lookahead=true")
+    parents = np.array([0, 0, 0, 3, 3, 5, 5, 5, 5, 7, 8, 8])
+    variations = np.arange(2 * 9 * 2, dtype=np.uint8).reshape(2, 9, 2, 1, 1)  # (L, N, H, W, C): each one distinct
+    monkeypatch.setattr(steps, "_lookahead_variations", lambda run, generation: variations)
+    whole, whole_offset = steps._reused_lookahead(run, 1, parents, slice(0, 12))
+    assert whole_offset == 0 and sorted(whole) == [0, 1, 3, 4, 5, 6, 9, 10, 11]  # at most 2 children per parent
+    assert np.array_equal(whole[6], variations[1, 5])
+    merged, fresh_before = {}, 0
+    for part in (slice(0, 4), slice(4, 7), slice(7, 12)):  # another sharding: the same children, the same seeds
+        reused, offset = steps._reused_lookahead(run, 1, parents, part)
+        assert offset == fresh_before  # fresh children are numbered globally
+        fresh_before += (part.stop - part.start) - len(reused)
+        merged.update({i + part.start: image for i, image in reused.items()})
+    assert sorted(merged) == sorted(whole) and all(np.array_equal(merged[i], whole[i]) for i in whole)
