@@ -80,21 +80,24 @@ def build_pipeline(config):
         return task
 
     @dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution")
-    def private_evolution(run_id: str, force_new_noise: bool = False):
+    def private_evolution(run_id: str = "", force_new_noise: bool = False):
+        """``run_id`` names the run folder; empty (the default) means the KFP run's own id, so every
+        run, a clone from the UI or a scheduled one included, gets a folder of its own."""
+        run_inputs = {"config_json": config_json, "run_id": run_id, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         generations = config.population.generations
 
         def embed_for_vote(generation: int, shard, population):
             """Within a shard's loop iteration: embed its population for the next generation's vote."""
             return configure(
-                steps["embed_synthetic"](config_json=config_json, run_id=run_id, generation=generation, shard=shard,
+                steps["embed_synthetic"](**run_inputs, generation=generation, shard=shard,
                                          population=population),
                 "embed_synthetic", f"embed-synthetic-gen-{generation:03d}",
             )
 
-        private = configure(steps["embed_private"](config_json=config_json, run_id=run_id), "embed_private", "embed-private")
+        private = configure(steps["embed_private"](**run_inputs), "embed_private", "embed-private")
         with dsl.ParallelFor(items=shards, name="gen-000-shards") as shard:
             initial = configure(
-                steps["generate_initial"](config_json=config_json, run_id=run_id, shard=shard),
+                steps["generate_initial"](**run_inputs, shard=shard),
                 "generate_initial", "generate-initial",
             )
             embedded = embed_for_vote(1, shard, initial.outputs["population"])
@@ -102,7 +105,7 @@ def build_pipeline(config):
         for generation in range(1, generations + 1):
             vote = configure(
                 steps["dp_vote"](
-                    config_json=config_json, run_id=run_id, generation=generation, force_new_noise=force_new_noise,
+                    **run_inputs, generation=generation, force_new_noise=force_new_noise,
                     redraw_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                     private_embeddings=private.outputs["private_embeddings"],
                     synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]),
@@ -112,7 +115,7 @@ def build_pipeline(config):
             with dsl.ParallelFor(items=shards, name=f"gen-{generation:03d}-shards") as shard:
                 variations = configure(
                     steps["generate_variations"](
-                        config_json=config_json, run_id=run_id, generation=generation, shard=shard,
+                        **run_inputs, generation=generation, shard=shard,
                         selection=vote.outputs["selection"],
                     ),
                     "generate_variations", f"generate-variations-gen-{generation:03d}",
@@ -120,7 +123,7 @@ def build_pipeline(config):
                 if generation < generations:
                     embedded = embed_for_vote(generation + 1, shard, variations.outputs["population"])
             population = dsl.Collected(variations.outputs["population"])
-        configure(steps["evaluate"](config_json=config_json, run_id=run_id, population_shards=population),
+        configure(steps["evaluate"](**run_inputs, population_shards=population),
                   "evaluate", "evaluate")
 
     return private_evolution
@@ -306,13 +309,13 @@ def _client(host: str):
 def cmd_submit(args: argparse.Namespace) -> None:
     """Submit one run to a Kubeflow Pipelines endpoint."""
     config = _load(args)
-    run_id = args.run_id or _new_run_id(config.name)
     result = _client(args.host).create_run_from_pipeline_func(
-        build_pipeline(config), arguments={"run_id": run_id}, run_name=run_id,
-        experiment_name=args.experiment, pipeline_root=config.kubernetes.pipeline_root,
-        service_account=config.kubernetes.public_service_account,
+        build_pipeline(config), arguments={"run_id": args.run_id} if args.run_id else {},
+        run_name=args.run_id or _new_run_id(config.name), experiment_name=args.experiment,
+        pipeline_root=config.kubernetes.pipeline_root, service_account=config.kubernetes.public_service_account,
     )
-    print(f"submitted run {run_id}: kfp run id {result.run_id}")
+    folder = args.run_id or result.run_id  # without --run-id the run folder is the KFP run's own id
+    print(f"submitted run {folder}: kfp run id {result.run_id}, run folder {config.run_root}/{folder}")
 
 
 def cmd_schedule(args: argparse.Namespace) -> None:
@@ -329,7 +332,7 @@ def cmd_schedule(args: argparse.Namespace) -> None:
         compiler.Compiler().compile(build_pipeline(config), package_path=package)
         job = client.create_recurring_run(
             experiment_id=experiment.experiment_id, job_name=f"{config.name}-recurring", cron_expression=args.cron,
-            pipeline_package_path=package, params={"run_id": f"{config.name}-[[Index]]"},  # one run folder per scheduled run
+            pipeline_package_path=package, params={},  # run_id left empty: each run's folder is its own KFP run id
             service_account=config.kubernetes.public_service_account,
         )
     print(f"scheduled {config.name} with cron {args.cron!r}: recurring run id {job.recurring_run_id}")

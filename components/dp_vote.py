@@ -7,6 +7,7 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 def dp_vote(
     config_json: str,
     run_id: str,
+    kfp_run_id: str,
     generation: int,
     force_new_noise: bool,
     redraw_key: str,
@@ -22,7 +23,7 @@ def dp_vote(
     from components.common import log_metrics, open_run, read_reference, write_reference
     from privevo import steps
 
-    run = open_run(config_json, run_id)
+    run = open_run(config_json, run_id or kfp_run_id)
     steps.verify_references([read_reference(shard) for shard in synthetic_embeddings])
     reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), force_new_noise, redraw_key)
     write_reference(selection, reference)

@@ -3,12 +3,12 @@
 from kfp.dsl import Dataset, Output
 
 
-def embed_private(config_json: str, run_id: str, private_embeddings: Output[Dataset]):
+def embed_private(config_json: str, run_id: str, kfp_run_id: str, private_embeddings: Output[Dataset]):
     """Embeds the private images; outputs only a reference (URI + sha256) to the private tier."""
     from components.common import open_run, write_reference
     from privevo import steps
 
-    write_reference(private_embeddings, steps.embed_private(open_run(config_json, run_id)))
+    write_reference(private_embeddings, steps.embed_private(open_run(config_json, run_id or kfp_run_id)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,6 +120,7 @@ base_image() {
 
 # A loopback package index over the CPU torch wheel of $WHEELS, when there is one.
 TORCH_INDEX_URL=""
+TORCH_INDEX_DIR=""
 SERVER_PID=""
 serve_torch_wheel() {
     local wheel
@@ -127,6 +128,7 @@ serve_torch_wheel() {
     [ -n "$wheel" ] || return 0
     local index port
     index=$(mktemp -d)
+    TORCH_INDEX_DIR=$index  # global: the EXIT trap runs after this function's locals are gone
     mkdir -p "$index/simple/torch"
     ln -s "$wheel" "$index/simple/torch/"
     echo "<a href=\"$(basename "$wheel" | sed 's/+/%2B/')\">$(basename "$wheel")</a>" >"$index/simple/torch/index.html"
@@ -141,7 +143,7 @@ serve_torch_wheel() {
         "$PYTHON" -c "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$port" 2>/dev/null && break
         sleep 0.1
     done
-    trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$index"' EXIT
+    trap 'if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi; rm -rf "$TORCH_INDEX_DIR"' EXIT
     TORCH_INDEX_URL="http://127.0.0.1:$port/simple"
     say "torch from $wheel (served on $TORCH_INDEX_URL)"
 }
