@@ -71,11 +71,17 @@ def _local(path: str | None) -> str | None:
     return absolute if os.path.exists(absolute) else None
 
 
-def public_inputs(config: Config) -> list[str]:
-    """The local public inputs a step may read: model folders and the held-out reference set."""
-    paths = [config.model.path, config.evaluation.classifier_path]
-    if config.evaluation.reference is not None:
-        paths.append(config.evaluation.reference.path)
+def public_inputs(config: Config, step_name: str | None = None) -> list[str]:
+    """The local public inputs a step reads: the model folder for the model steps, the classifier and the
+    held-out reference set for evaluate only (in tiny and demo the reference shares its folder with the
+    private rows, so no other public step may see it); every input for ``step_name=None``."""
+    paths = []
+    if step_name is None or step_name in MODEL_STEPS:
+        paths.append(config.model.path)
+    if step_name is None or step_name == "evaluate":
+        paths.append(config.evaluation.classifier_path)
+        if config.evaluation.reference is not None:
+            paths.append(config.evaluation.reference.path)
     return sorted({p for p in map(_local, paths) if p})
 
 
@@ -83,7 +89,7 @@ def plan_mounts(config: Config, run: Run, pipeline_root: str, step_name: str | N
     """What the container of ``step_name`` mounts: the public mounts, plus the private tier for private steps."""
     mounts = [Mount(os.path.abspath(run.layout.run_dir), writable=True),
               Mount(os.path.abspath(pipeline_root), writable=True)]
-    mounts += [Mount(path, writable=False) for path in public_inputs(config)]
+    mounts += [Mount(path, writable=False) for path in public_inputs(config, step_name)]
     remote = _remote(config)
     token_file = _local(getattr(remote, "token_file", None)) if remote is not None else None
     if token_file and step_name in MODEL_STEPS:  # the model server's token: only where the model is called

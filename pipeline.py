@@ -401,18 +401,21 @@ def cmd_budget(args: argparse.Namespace) -> None:
     from privevo import privacy
 
     privacy.validate_schedule_args(args.generations, args.delta, args.sampling_rate)
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}")
     if (args.noise_multiplier is None) == (args.epsilon is None):
         raise UserError("give exactly one of --noise-multiplier and --epsilon")
     if args.noise_multiplier is not None:
         sigma = args.noise_multiplier
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise UserError(f"--noise-multiplier must be a finite number >= 0, got {sigma}")
-        epsilon = privacy.schedule_epsilon([sigma] * args.generations, args.delta, args.sampling_rate, args.mechanism)
+        epsilon = privacy.schedule_epsilon([sigma] * args.generations, args.delta, args.sampling_rate, args.mechanism,
+                                           args.k)
         _print_budget(sigma, args)
         print(f"epsilon={epsilon:.4f}")
     else:
         sigma = privacy.calibrate_noise_multiplier(args.epsilon, args.delta, args.generations, args.sampling_rate,
-                                                   args.mechanism)
+                                                   args.mechanism, args.k)
         _print_budget(sigma, args)
         print(f"noise_multiplier={sigma:.4f}")
 
@@ -424,7 +427,8 @@ def _print_budget(sigma: float, args: argparse.Namespace) -> None:
           f"mechanism={args.mechanism}")
     if args.report:
         planned = [privacy.PrivacyEvent(generation=g + 1, noise_multiplier=sigma, sampling_rate=args.sampling_rate,
-                                        mechanism=args.mechanism, status="planned") for g in range(args.generations)]
+                                        mechanism=args.mechanism, k=args.k, status="planned")
+                   for g in range(args.generations)]
         print("\n".join(privacy.format_privacy_report(privacy.privacy_report(planned, args.delta))))
     if args.sampling_rate == 1.0 and sigma > 0:
         closed = privacy.gdp_epsilon([sigma] * args.generations, args.delta)
@@ -446,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--sampling-rate", type=float, default=1.0, help="Poisson subsampling rate of the private set")
     budget.add_argument("--mechanism", choices=("discrete_gaussian", "gaussian"), default="discrete_gaussian",
                         help="the vote's noise (privacy.mechanism)")
+    budget.add_argument("--k", type=int, default=1, help="neighbours per private image (privacy.k)")
     budget.add_argument("--report", action="store_true",
                         help="print the privacy report of the schedule (events, epsilon per generation and per delta, mu)")
     budget.set_defaults(func=cmd_budget)

@@ -4,7 +4,7 @@ from kfp.dsl import Dataset, Output
 
 
 def embed_private(config_json: str, run_id: str, kfp_run_id: str, private_embeddings: Output[Dataset]):
-    """Embeds the private images; outputs only a reference (URI + sha256) to the private tier."""
+    """Embeds the private images; outputs only a reference (its URI) to the private tier."""
     from components.common import open_run, write_reference
     from privevo import steps
 

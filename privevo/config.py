@@ -8,6 +8,7 @@ A config is a YAML file; any key can be overridden with ``--set dotted.key=value
 from __future__ import annotations
 
 import copy
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,9 @@ class RemoteConfig(_Strict):
     def _http_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        parts = urllib.parse.urlsplit(url)
+        if parts.username or parts.password or parts.query:  # run.json and the compiled pipeline are released
+            raise ValueError("must not hold credentials or a query: put the token in token_env or token_file")
         return url.rstrip("/")
 
 

@@ -16,7 +16,7 @@ from privevo import metrics, privacy, storage
 from privevo.errors import UserError
 from privevo.report import format_value
 from privevo.run import Run
-from privevo.steps import last_complete_generation, load_population, load_private_set
+from privevo.steps import last_complete_generation, load_population, load_private_set, private_failures
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     storage.write_json(run.layout.metrics_json, result)
     if config.evaluation.against_private:
         private_set = load_private_set(run, "evaluate")
-        private_rows, private_final = _score(run, private_set, extractor, classifier, last, ledger, log_rows=False)
+        with private_failures(run, "evaluate", "the non-DP evaluation against the private set failed"):
+            private_rows, private_final = _score(run, private_set, extractor, classifier, last, ledger, log_rows=False)
         for row in [*private_rows, private_final]:
             row["non_dp"] = True
         storage.write_json(run.layout.non_dp_metrics, {**result, "non_dp": True, "generations": private_rows,

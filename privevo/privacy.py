@@ -510,15 +510,16 @@ def release_vote(
     ledger = Ledger.load(layout.ledger_json, privacy.delta)
     ours = [e for e in ledger.events if e.generation == generation]
     if not ours and storage.exists(layout.release(generation)):
-        # A release without an event (written before charge-before-release): charge it now.
-        event = _append_event(layout, privacy.delta, _new_event(config, generation, sigma, layout.release(generation),
-                                                                layout, "vote", ""), budget=None)
+        # A release without an event (written before charge-before-release, with continuous noise): charge it now.
+        legacy = replace(_new_event(config, generation, sigma, layout.release(generation), layout, "vote", ""),
+                         mechanism="gaussian")
+        event = _append_event(layout, privacy.delta, legacy, budget=None)
         ours = [event]
     if force_new_noise and ours:
         key = redraw_key or _fresh_tag()
         event_in_force = next((e for e in reversed(ours) if redraw_key and e.redraw_key == redraw_key), None)
-    else:
-        key, event_in_force = "", (ours[-1] if ours else None)
+    else:  # a first vote keeps the key too: its retry under force_new_noise then finds it
+        key, event_in_force = (redraw_key or "") if force_new_noise else "", (ours[-1] if ours else None)
 
     if event_in_force is not None:
         uri = layout.absolute(event_in_force.release_uri)
@@ -528,7 +529,10 @@ def release_vote(
             raise UserError(f"{event_in_force.release_uri} is missing although the ledger paid for it: restore it, "
                             "or draw again with --force-new-noise (charged again)")
         logger.info("generation %d: the release was paid for but never written (a crash): writing it now", generation)
-        return _write_release(layout, event_in_force, add_noise(clean_histogram(), sigma, privacy.k, privacy.mechanism))
+        charged: Mechanism = "gaussian" if event_in_force.mechanism == "gaussian" else "discrete_gaussian"
+        noisy = add_noise(clean_histogram(), event_in_force.noise_multiplier, event_in_force.k,
+                          charged)  # the noise that was charged, whatever the config says now
+        return _write_release(layout, event_in_force, noisy)
 
     reason = "force-new-noise" if ours else "vote"
     uri = layout.redraw(generation, key) if ours else layout.release(generation)

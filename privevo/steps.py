@@ -101,7 +101,9 @@ def embed_private(run: Run) -> dict[str, Any]:
     with private_failures(run, "embed_private", "the private images failed a check before embedding"):
         if config.population.conditional and images.labels is None:
             raise UserError("population.conditional needs labelled private data, but the private set has no labels")
-    embeddings = load_embedding(config).embed(images.images, config.embedding.batch_size, progress=False)
+    embedding = load_embedding(config)
+    with private_failures(run, "embed_private", "embedding the private images failed"):
+        embeddings = embedding.embed(images.images, config.embedding.batch_size, progress=False)
     with private_failures(run, "embed_private", "the private embeddings failed a check"):
         if not np.all(np.isfinite(embeddings)):
             raise UserError("private embeddings contain NaN or infinite values: check the embedding and the images")
@@ -135,8 +137,12 @@ def private_failures(run: Run, step: str, kind: str) -> Iterator[None]:
     the kind of problem and the private-tier log, where the full message is written."""
     try:
         yield
-    except UserError as error:
-        log_uri, entry = run.layout.private_log, {"at": utc_now(), "step": step, "error": str(error)}
+    except Exception as error:  # noqa: BLE001 - any message or traceback may describe the private set
+        import traceback
+
+        log_uri = run.layout.private_log
+        entry = {"at": utc_now(), "step": step, "error": str(error) if isinstance(error, UserError) else repr(error),
+                 "traceback": "".join(traceback.format_exception(error))}
 
         def append(current: list[dict[str, str]] | None) -> list[dict[str, str]]:
             return [*(current or []), entry]
@@ -347,25 +353,32 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     """
     from privevo.voting import nearest_neighbour_histogram
 
-    started = time.time()
     config = run.config
     _check_vote_generation(config, generation)
     previous = load_population(run, generation - 1)
     conditional = config.population.conditional
 
+    if conditional:  # public labels only: checked before the private set is read
+        sizes = np.unique(previous.labels, return_counts=True)[1]
+        if sizes.min() < config.privacy.k:
+            raise UserError(f"a class of generation {generation - 1} has {sizes.min()} samples but the vote needs "
+                            f"k={config.privacy.k}: raise population.size or lower privacy.k")
+
     def clean_histogram() -> np.ndarray:
         """The clean vote (runs only when a new release is drawn; never leaves privacy.release_vote)."""
         synthetic = _read_synthetic_embeddings(run, generation, len(previous))
         private_embeddings, private_labels = _read_private(run, private_ref)
-        keep = privacy.private_subsample(len(private_embeddings), config.privacy.sampling_rate)
-        if not keep.all():  # boolean indexing copies the whole private set even when it keeps every row
-            private_embeddings, private_labels = private_embeddings[keep], private_labels[keep]
-        return nearest_neighbour_histogram(
-            private_embeddings, synthetic, config.privacy.k,
-            private_labels if conditional else None, previous.labels if conditional else None,
-        )
+        with private_failures(run, "dp_vote", "the vote over the private set failed"):
+            keep = privacy.private_subsample(len(private_embeddings), config.privacy.sampling_rate)
+            if not keep.all():  # boolean indexing copies the whole private set even when it keeps every row
+                private_embeddings, private_labels = private_embeddings[keep], private_labels[keep]
+            return nearest_neighbour_histogram(
+                private_embeddings, synthetic, config.privacy.k,
+                private_labels if conditional else None, previous.labels if conditional else None,
+            )
 
     release = privacy.release_vote(run.layout, config, generation, clean_histogram, force_new_noise, redraw_key)
+    started = time.time()  # the released timing starts here: the vote's own time grows with the private set
     parents = _select(run, generation, release.noisy_histogram, previous)
     selection_uri = run.layout.selection(generation)
     sha = storage.write_npz(selection_uri, {"parent_ids": parents, "labels": previous.labels[parents]})

@@ -71,7 +71,14 @@ def test_only_private_steps_plan_the_private_tier(tmp_path):
     for step_name in (*STEP_NAMES, None):
         mounts = {m.path: m for m in local_docker.plan_mounts(config, run, str(tmp_path / "kfp"), step_name)}
         assert mounts[str(tmp_path / "runs" / "plan")].writable and mounts[str(tmp_path / "kfp")].writable
-        assert not mounts[str(ROOT / "models" / "tiny-unet")].writable
+        model = str(ROOT / "models" / "tiny-unet")
+        if step_name in local_docker.MODEL_STEPS or step_name is None:
+            assert not mounts[model].writable
+        else:
+            assert model not in mounts, step_name  # only the steps that call the model see its folder
+        # the held-out reference (in tiny, the folder the demo's private rows come from): evaluate only
+        reference = config.evaluation.reference.path
+        assert (reference in mounts) == (step_name in ("evaluate", None)), step_name
         if step_name in PRIVATE_STEPS:
             assert private <= mounts.keys() and not mounts[str(tmp_path / "private-data")].writable
         else:

@@ -265,3 +265,26 @@ def test_a_tampered_population_fails_the_audit_without_a_traceback(tiny_run, tmp
     assert last.startswith("audit: FAILED:") and "gen-001/population.npz" in last
     report = audit.audit_run(Run.open(run.run_root, run.run_id))
     assert any(c["check"] == "released arrays readable" and c["ok"] is False for c in report.checks)
+
+
+def test_a_retried_first_vote_under_force_new_noise_reuses_its_release(tmp_path, monkeypatch):
+    run = _ready_to_vote(tmp_path, "first-forced")
+    real_write = storage.write_npz
+
+    def fail_selection(uri, arrays, **kwargs):
+        if uri == run.layout.selection(1):
+            raise _Crash("the task fails after its release (KFP retries it)")
+        return real_write(uri, arrays, **kwargs)
+
+    monkeypatch.setattr(storage, "write_npz", fail_selection)
+    with pytest.raises(_Crash):  # a UI run with force_new_noise=true: the first vote of the generation
+        steps.dp_vote(run, 1, steps.private_reference(run), force_new_noise=True, redraw_key="kfp-run-1")
+    monkeypatch.undo()
+    steps.dp_vote(run, 1, steps.private_reference(run), force_new_noise=True, redraw_key="kfp-run-1")
+    assert len(_events(run)) == 1 and _releases(run) == ["gen-001/noisy_histogram.npz"]
+
+
+def test_a_remote_url_with_credentials_is_refused():
+    with pytest.raises(UserError, match="must not hold credentials"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["model.kind=remote", "model.path=null",
+                                                     "model.remote={url: 'http://user:secret@127.0.0.1:8080'}"])
