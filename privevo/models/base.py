@@ -124,11 +124,7 @@ class FoundationModel(abc.ABC):
     ) -> np.ndarray:
         """One variation of each image (VARIATION_API); ``degree`` 0 keeps it, 1 draws anew."""
         self._check_images(images)
-        if isinstance(degree, bool) or not isinstance(degree, (int, float, np.floating, np.integer)):
-            raise UserError(f"variation degree must be a number in [0, 1], got {degree!r}")
-        degree = float(degree)
-        if not 0.0 <= degree <= 1.0:
-            raise UserError(f"variation degree must be in [0, 1], got {degree}")
+        degree = self._check_degree(degree)
         n = len(images)
         self._check_seed(seed, first_index)
         labels = self._check_labels(labels, n)
@@ -177,6 +173,15 @@ class FoundationModel(abc.ABC):
         self, images: np.ndarray, degree: float, labels: np.ndarray | None, generators: list[torch.Generator]
     ) -> np.ndarray:
         """Vary each image with its own generator."""
+
+    @staticmethod
+    def _check_degree(degree: float) -> float:
+        """A variation degree is a number in [0, 1]."""
+        if isinstance(degree, bool) or not isinstance(degree, (int, float, np.floating, np.integer)):
+            raise UserError(f"variation degree must be a number in [0, 1], got {degree!r}")
+        if not 0.0 <= float(degree) <= 1.0:
+            raise UserError(f"variation degree must be in [0, 1], got {float(degree)}")
+        return float(degree)
 
     @staticmethod
     def _check_seed(seed: int, first_index: int) -> None:

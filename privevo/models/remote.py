@@ -253,11 +253,7 @@ class RemoteModel(FoundationModel):
                   first_index: int = 0) -> np.ndarray:
         """One variation of each image from the server (VARIATION_API)."""
         self._check_images(images)
-        if isinstance(degree, bool) or not isinstance(degree, (int, float, np.floating, np.integer)):
-            raise UserError(f"variation degree must be a number in [0, 1], got {degree!r}")
-        degree = float(degree)
-        if not 0.0 <= degree <= 1.0:
-            raise UserError(f"variation degree must be in [0, 1], got {degree}")
+        degree = self._check_degree(degree)
         self._check_seed(seed, first_index)
         checked = self._check_labels(labels, len(images))
 
