@@ -187,6 +187,12 @@ class ResourcesConfig(_Strict):
     gpu_limit: int = Field(default=0, ge=0)
 
 
+class ModelStepResources(ResourcesConfig):
+    """Resources of the steps that run a network: more memory by default, kept when one key is overridden."""
+
+    memory: str = "16Gi"
+
+
 class KubernetesConfig(_Strict):
     """Cluster wiring: images, resources, retries, scheduling, credentials."""
 
@@ -196,7 +202,7 @@ class KubernetesConfig(_Strict):
     caching: bool = False
     retries: int = Field(default=1, ge=0)
     cpu_step: ResourcesConfig = ResourcesConfig()
-    model_step: ResourcesConfig = ResourcesConfig(memory="16Gi")
+    model_step: ModelStepResources = ModelStepResources()
     node_selector: dict[str, str] = Field(default={}, description="applied to the model steps")
     tolerations: list[dict[str, str]] = Field(default=[], description="applied to the model steps")
     private_secret: str | None = Field(default=None, description="secret with private-bucket credentials")

@@ -73,3 +73,10 @@ def test_budget_that_cannot_be_met_is_refused(config_file):
     with pytest.raises(UserError, match="over the budget"):
         check_planned_budget(config)
     check_planned_budget(load_config(config_file, ["privacy.epsilon_budget=4.5"]))
+
+
+def test_overriding_one_resource_key_keeps_the_model_steps_other_defaults(config_file):
+    config = load_config(config_file, ["kubernetes.model_step.gpu_limit=1"])
+    assert config.kubernetes.model_step.gpu_limit == 1
+    assert config.kubernetes.model_step.memory == "16Gi"  # not reset to the CPU step's 8Gi
+    assert config.kubernetes.cpu_step.memory == "8Gi"
