@@ -103,7 +103,7 @@ def audit_run(run: Run) -> AuditReport:
     report.epsilon = ledger.epsilon()
     report.privacy = privacy.privacy_report(ledger.events, ledger.delta)
     _check_reported_epsilon(run, ledger, report)
-    _check_no_private_data(run, report)
+    _check_no_private_data(run, ledger, report)
     return report
 
 
@@ -153,7 +153,7 @@ def _row_hashes(array: np.ndarray) -> set[str]:
     return {hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in rows}
 
 
-def _check_no_private_data(run: Run, report: AuditReport) -> None:
+def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport) -> None:
     """No released file holds a private embedding row, a private image, a hash of a private-tier file, or clean counts."""
     run_dir = run.layout.run_dir
     released = storage.list_files(run_dir)
@@ -174,7 +174,7 @@ def _check_no_private_data(run: Run, report: AuditReport) -> None:
     except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
         report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")
         private_rows, private_hashes = set(), set()
-    discrete_releases = {e.release_uri for e in run.ledger().events if e.mechanism == "discrete_gaussian"}
+    discrete_releases = {e.release_uri for e in ledger.events if e.mechanism == "discrete_gaussian"}
     population_size = run.config.population.size
     for uri in released:
         name = run.layout.relative(uri)

@@ -47,7 +47,7 @@ PRIVATE_DIGEST_FILE = "private_embeddings.sha256"
 PRIVATE_LOG_FILE = "private_errors.json"
 NON_DP_METRICS_FILE = "non_dp_metrics.json"
 
-_GEN_DIR = re.compile(r"^gen-(\d{3,})/")
+_GEN_DIR = re.compile(r"^gen-\d{3,}/")
 _RELEASE_NAME = re.compile(rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz)$")
 
 
@@ -243,9 +243,3 @@ class RunLayout:
         """Whether a run-relative name is a DP release (first draw or a redraw)."""
         match = _GEN_DIR.match(relative)
         return match is not None and _RELEASE_NAME.match(relative[match.end() :]) is not None
-
-    @staticmethod
-    def generation_of(relative: str) -> int | None:
-        """The generation a run-relative name belongs to, None outside the generation folders."""
-        match = _GEN_DIR.match(relative)
-        return int(match.group(1)) if match else None

@@ -36,19 +36,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(proc: subprocess.Popen, endpoint: str, timeout: float = 10.0) -> None:
-    """Block until the emulator answers, or fail with why it did not."""
+def wait_for_http(url: str, proc: subprocess.Popen | None, what: str, timeout: float) -> None:
+    """Block until GET ``url`` answers 200, or fail with why it did not (``what`` names the server)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"fake-gcs-server exited with code {proc.returncode}")
+        if proc is not None and proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode}: {output}")
         try:
-            with urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1) as resp:
-                if resp.status == 200:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
-            time.sleep(0.05)
-    raise RuntimeError(f"fake-gcs-server did not answer at {endpoint} within {timeout:.0f}s")
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,7 @@ def gcs_server() -> Iterator[GcsServer]:
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(proc, endpoint)
+        wait_for_http(f"{endpoint}/storage/v1/b", proc, "fake-gcs-server", timeout=10)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
             yield GcsServer(endpoint, gcs.Client(project="local", credentials=AnonymousCredentials()))

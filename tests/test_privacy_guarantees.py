@@ -40,6 +40,18 @@ class _Crash(Exception):
     pass
 
 
+def _crash_when_writing(monkeypatch, run: Run, fails, why: str) -> None:
+    """Make ``storage.write_npz`` raise _Crash for every URI ``fails(uri)`` accepts (a kill at that moment)."""
+    real_write = storage.write_npz
+
+    def write(uri, arrays, **kwargs):
+        if fails(uri):
+            raise _Crash(why)
+        return real_write(uri, arrays, **kwargs)
+
+    monkeypatch.setattr(storage, "write_npz", write)
+
+
 # ------------------------------------------------------------------ 1. charge before release
 
 
@@ -71,14 +83,8 @@ def test_a_crash_after_the_release_write_leaves_it_paid_and_a_redraw_counts_it(t
 
 def test_a_crash_before_the_release_write_is_completed_without_a_second_charge(tmp_path, monkeypatch):
     run = _ready_to_vote(tmp_path, "crash-before-write")
-    real_write = storage.write_npz
-
-    def crash_on_release(uri, arrays, **kwargs):
-        if run.layout.is_release(run.layout.relative(uri)):
-            raise _Crash("killed after the charge, before the release")
-        return real_write(uri, arrays, **kwargs)
-
-    monkeypatch.setattr(storage, "write_npz", crash_on_release)
+    _crash_when_writing(monkeypatch, run, lambda uri: run.layout.is_release(run.layout.relative(uri)),
+                        "killed after the charge, before the release")
     with pytest.raises(_Crash):
         steps.dp_vote(run, 1, steps.private_reference(run))
     monkeypatch.undo()
@@ -95,14 +101,8 @@ def test_a_crash_before_the_release_write_is_completed_without_a_second_charge(t
 def test_a_forced_redraw_is_idempotent_per_redraw_key_even_after_a_later_failure(tmp_path, monkeypatch):
     run = _ready_to_vote(tmp_path, "retry", "privacy.epsilon_budget=100")
     steps.dp_vote(run, 1, steps.private_reference(run))
-    real_write = storage.write_npz
-
-    def fail_selection(uri, arrays, **kwargs):
-        if uri == run.layout.selection(1):
-            raise _Crash("the task fails after its charge (KFP retries it)")
-        return real_write(uri, arrays, **kwargs)
-
-    monkeypatch.setattr(storage, "write_npz", fail_selection)
+    _crash_when_writing(monkeypatch, run, lambda uri: uri == run.layout.selection(1),
+                        "the task fails after its charge (KFP retries it)")
     with pytest.raises(_Crash):
         steps.dp_vote(run, 1, steps.private_reference(run), force_new_noise=True, redraw_key="kfp-run-7")
     monkeypatch.undo()
@@ -269,14 +269,8 @@ def test_a_tampered_population_fails_the_audit_without_a_traceback(tiny_run, tmp
 
 def test_a_retried_first_vote_under_force_new_noise_reuses_its_release(tmp_path, monkeypatch):
     run = _ready_to_vote(tmp_path, "first-forced")
-    real_write = storage.write_npz
-
-    def fail_selection(uri, arrays, **kwargs):
-        if uri == run.layout.selection(1):
-            raise _Crash("the task fails after its release (KFP retries it)")
-        return real_write(uri, arrays, **kwargs)
-
-    monkeypatch.setattr(storage, "write_npz", fail_selection)
+    _crash_when_writing(monkeypatch, run, lambda uri: uri == run.layout.selection(1),
+                        "the task fails after its release (KFP retries it)")
     with pytest.raises(_Crash):  # a UI run with force_new_noise=true: the first vote of the generation
         steps.dp_vote(run, 1, steps.private_reference(run), force_new_noise=True, redraw_key="kfp-run-1")
     monkeypatch.undo()

@@ -30,28 +30,12 @@ from privevo import protocol, storage
 from privevo.config import RemoteConfig, load_config, parse_config
 from privevo.errors import UserError
 from privevo.testing import assert_close_images
-from tests.conftest import ROOT, _free_port, _run_cli, tiny_args
+from tests.conftest import ROOT, _free_port, _run_cli, tiny_args, wait_for_http
 
 TINY = str(ROOT / "models" / "tiny-unet")
 
 
 # ------------------------------------------------------------------ servers
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
-    """Block until GET /v2/health/ready answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"serve exited with code {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the server at {url} was not ready within {timeout:.0f} s")
 
 
 def start_serve(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -64,7 +48,7 @@ def start_serve(*extra: str, env: dict[str, str] | None = None) -> tuple[subproc
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, proc)
+        wait_for_http(f"{url}/v2/health/ready", proc, "serve", timeout=90)
     except BaseException:
         stop(proc)
         raise
@@ -149,7 +133,7 @@ def in_process_server(holder, token: str | None = None) -> Iterator[InProcessSer
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=30)
+        wait_for_http(f"{url}/v2/health/ready", None, "the in-process server", timeout=30)
         yield InProcessServer(url, faults)
     finally:
         server.should_exit = True
