@@ -103,7 +103,7 @@ def plan_mounts(config: Config, run: Run, pipeline_root: str, step_name: str | N
 
 
 #: The steps that call the foundation model (the lookahead of embed_synthetic makes variations too).
-MODEL_STEPS = frozenset({"generate_initial", "embed_synthetic", "generate_variations"})
+MODEL_STEPS = frozenset({"generate_initial", "embed_synthetic", "generate_variations", "initial_shard", "variation_shard"})
 LOOPBACK_HOSTS = ("localhost", "::1")
 
 

@@ -35,98 +35,104 @@ KFP_LOCAL_PARALLEL_SHARDS = 2  # kfp.local's cap on concurrent ParallelFor itera
 
 
 def build_pipeline(config):
-    """The KFP pipeline for ``config``: T generations unrolled at compile time."""
+    """The KFP pipeline for ``config``: T generations and the shards unrolled at compile time (the DAG's shape),
+    the values of :data:`privevo.parameters.RUN_PARAMETERS` as run parameters with the config's as defaults."""
     import importlib
     import json
 
     from kfp import dsl, kubernetes
 
     from privevo.config import config_to_dict
+    from privevo.parameters import RUN_PARAMETERS, parameter_defaults
 
     k8s = config.kubernetes
 
-    def component(spec: StepSpec):
+    def component(name: str, runs_network: bool):
         """The step's KFP component, in the GPU image only when it runs a network on GPUs."""
-        image = k8s.gpu_image if spec.runs_network and k8s.model_step.gpu_limit else k8s.image
-        function = getattr(importlib.import_module(spec.component), spec.name)
+        image = k8s.gpu_image if runs_network and k8s.model_step.gpu_limit else k8s.image
+        function = getattr(importlib.import_module(f"components.{name}"), name)
         return dsl.component(function, base_image=image, install_kfp_package=False)
 
-    steps = {spec.name: component(spec) for spec in STEPS}
-    config_json = json.dumps(config_to_dict(config), sort_keys=True)
+    steps = {spec.name: component(spec.name, spec.runs_network) for spec in STEPS}
+    resolve_config = component("resolve_config", runs_network=False)
     shards = list(range(config.population.num_shards))
+    defaults = parameter_defaults(config)
 
-    def configure(task, kind: str, name: str):
-        spec = step(kind)
-        resources = k8s.model_step if spec.runs_network else k8s.cpu_step
+    def configure(task, name: str, spec: StepSpec | None = None):
+        """Display name, resources, deadline, retries, caching, scheduling and secrets of one task."""
+        runs_network = spec is not None and spec.runs_network
+        resources = k8s.model_step if runs_network else k8s.cpu_step
         task.set_display_name(name)
-        # Steps that read the private tier are never cached: a cache hit would skip the step's own
-        # checks (the vote's charge, the private embeddings' presence) and could reuse a DP release
-        # of another run, or skip a forced redraw, without the ledger knowing.
-        task.set_caching_options(k8s.caching and not spec.reads_private(config))
+        # resolve_config and the steps that read the private tier are never cached: a cache hit would skip
+        # the run-folder check, the vote's charge or the private embeddings' presence, and could reuse a DP
+        # release of another run, or skip a forced redraw, without the ledger knowing.
+        task.set_caching_options(k8s.caching and spec is not None and not spec.reads_private(config))
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        if resources.timeout_s:
+            kubernetes.set_timeout(task, resources.timeout_s)
         if k8s.retries:
             task.set_retry(k8s.retries)
         if resources.gpu_limit:
             task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
             task.set_accelerator_limit(resources.gpu_limit)
-        if spec.runs_network:  # node selectors and tolerations steer the model steps to GPU nodes
+        if runs_network:  # node selectors and tolerations steer the model steps to GPU nodes
             for key, value in k8s.node_selector.items():
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
             for toleration in k8s.tolerations:
                 kubernetes.add_toleration(task, **toleration)
-        if spec.reads_private(config) and k8s.private_secret:
+        if spec is not None and spec.reads_private(config) and k8s.private_secret:
             kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
         return task
 
-    @dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution")
-    def private_evolution(run_id: str = "", force_new_noise: bool = False):
-        """``run_id`` names the run folder; empty (the default) means the KFP run's own id, so every
-        run, a clone from the UI or a scheduled one included, gets a folder of its own."""
-        run_inputs = {"config_json": config_json, "run_id": run_id, "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+    def private_evolution(
+        run_id: str = "", resume: bool = False, force_new_noise: bool = False,
+        epsilon: float = defaults["epsilon"], delta: float = defaults["delta"],
+        noise_multiplier: float = defaults["noise_multiplier"], population_size: int = defaults["population_size"],
+        private_data_uri: str = defaults["private_data_uri"], run_root: str = defaults["run_root"],
+        private_root: str = defaults["private_root"], seed: int = defaults["seed"], degrees: list = defaults["degrees"],
+    ):
+        resolve = configure(resolve_config(
+            config_json=json.dumps(config_to_dict(config), sort_keys=True), run_id=run_id, resume=resume,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier,
+            population_size=population_size, private_data_uri=private_data_uri, run_root=run_root,
+            private_root=private_root, seed=seed, degrees=degrees,
+        ), "resolve-config")
+        run_inputs = {"resolved": resolve.outputs["resolved"]}
         generations = config.population.generations
 
-        def embed_for_vote(generation: int, shard, population):
-            """Within a shard's loop iteration: embed its population for the next generation's vote."""
-            return configure(
-                steps["embed_synthetic"](**run_inputs, generation=generation, shard=shard,
-                                         population=population),
-                "embed_synthetic", f"embed-synthetic-gen-{generation:03d}",
-            )
+        def add(kind: str, name: str, **inputs):
+            return configure(steps[kind](**run_inputs, **inputs), name, step(kind))
 
-        private = configure(steps["embed_private"](**run_inputs), "embed_private", "embed-private")
+        private = add("embed_private", "embed-private")
         with dsl.ParallelFor(items=shards, name="gen-000-shards") as shard:
-            initial = configure(
-                steps["generate_initial"](**run_inputs, shard=shard),
-                "generate_initial", "generate-initial",
-            )
-            embedded = embed_for_vote(1, shard, initial.outputs["population"])
-        population = dsl.Collected(initial.outputs["population"])
+            # each shard's samples and their embedding for the next vote in one task (one process, networks
+            # loaded once); the last generation's shards only make their samples
+            initial = add("initial_shard", "initial-shard", shard=shard)
+        population, embedded = initial, initial
         for generation in range(1, generations + 1):
-            vote = configure(
-                steps["dp_vote"](
-                    **run_inputs, generation=generation, force_new_noise=force_new_noise,
-                    redraw_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    private_embeddings=private.outputs["private_embeddings"],
-                    synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]),
-                ),
-                "dp_vote", f"dp-vote-gen-{generation:03d}",
-            )
+            vote = add("dp_vote", f"dp-vote-gen-{generation:03d}", generation=generation,
+                       force_new_noise=force_new_noise, redraw_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                       private_embeddings=private.outputs["private_embeddings"],
+                       synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]))
+            kind = "variation_shard" if generation < generations else "generate_variations"
             with dsl.ParallelFor(items=shards, name=f"gen-{generation:03d}-shards") as shard:
-                variations = configure(
-                    steps["generate_variations"](
-                        **run_inputs, generation=generation, shard=shard,
-                        selection=vote.outputs["selection"],
-                    ),
-                    "generate_variations", f"generate-variations-gen-{generation:03d}",
-                )
-                if generation < generations:
-                    embedded = embed_for_vote(generation + 1, shard, variations.outputs["population"])
-            population = dsl.Collected(variations.outputs["population"])
-        configure(steps["evaluate"](**run_inputs, population_shards=population),
-                  "evaluate", "evaluate")
+                population = embedded = add(kind, f"{kind.replace('_', '-')}-gen-{generation:03d}",
+                                            generation=generation, shard=shard, selection=vote.outputs["selection"])
+        add("evaluate", "evaluate", population_shards=dsl.Collected(population.outputs["population"]))
 
-    return private_evolution
+    private_evolution.__doc__ = "\n".join([
+        "Private Evolution: DP synthetic images. T and the shard count are fixed at compile time.",
+        "",
+        "Args:",
+        "    run_id: the run folder's name; empty (the default) means the KFP run's own id, so every run,",
+        "        a clone from the UI or a scheduled one included, gets a folder of its own.",
+        "    resume: continue the run folder run_id (an existing folder is refused otherwise).",
+        "    force_new_noise: redraw the votes' DP noise (charged again in the ledger).",
+        *(f"    {parameter.name}: {parameter.description}." for parameter in RUN_PARAMETERS),
+    ])
+    return dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution",
+                        pipeline_root=k8s.pipeline_root)(private_evolution)
 
 
 PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
@@ -159,7 +165,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from privevo import storage
     from privevo.layout import RunLayout
-    from privevo.privacy import noise_multiplier_for
     from privevo.run import Run
 
     if "://" in args.pipeline_root:
@@ -180,13 +185,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         if args.runner == "docker":
             _local_docker().check_ready(config, args.pipeline_root)
         run_id = args.run_id or _new_run_id(config.name)
-        existing = RunLayout(config.run_root, run_id, config.private_root)
-        if storage.exists(existing.run_json):  # a new run never silently reuses another run's outputs
-            raise UserError(f"run {run_id} already exists under {config.run_root}: continue it with "
-                            f"`python pipeline.py run --resume {run_id} --run-root {config.run_root}` "
-                            "or choose a new --run-id")
-        run = Run.create(config, run_id)
-    noise_multiplier_for(config)  # fail fast on an impossible epsilon target
+        run = Run(config, RunLayout(config.run_root, run_id, config.private_root))
+        if storage.exists(run.layout.run_json):  # fail before kfp.local starts; resolve_config checks it again
+            Run.start(config, run_id, resume=False)
     print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
           f"-> {run.layout.run_dir}")
     # kfp.local runs up to KFP_LOCAL_PARALLEL_SHARDS ParallelFor iterations at once on this machine:
@@ -206,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress, session:
         try:
             with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
-                pipeline_func(run_id=run_id)
+                pipeline_func(run_id=run_id, resume=bool(args.resume))
         except RuntimeError:
             raise UserError(f"{progress.failure()} (full log: {log_path}); fix it, then continue with "
                             f"`python pipeline.py run --resume {run_id}`") from None

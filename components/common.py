@@ -17,13 +17,25 @@ from privevo.run import Run
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def open_run(config_json: str, run_id: str) -> Run:
-    """The run a step belongs to (writes run.json on first use, refuses a different config).
-
-    Also turns on the step's log lines (progress included): a pod's log is all a cluster user sees.
-    """
+def log_setup() -> None:
+    """Turn on the step's log lines (progress included): a pod's log is all a cluster user sees."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    return Run.create(parse_config(json.loads(config_json), source="pipeline config"), run_id)
+
+
+def write_resolved(artifact: Any, run: Run) -> None:
+    """resolve_config's output: the run's id and resolved config, which every other step opens the run from."""
+    artifact.metadata["run_id"] = run.run_id
+    artifact.metadata["run_path"] = run.layout.run_dir
+    with open(artifact.path, "w") as handle:
+        json.dump({"run_id": run.run_id, "config": config_to_dict(run.config)}, handle, sort_keys=True)
+
+
+def open_run(resolved: Any) -> Run:
+    """The run a step belongs to, as resolve_config started it (refuses a config that differs from run.json)."""
+    log_setup()
+    with open(resolved.path) as handle:
+        record = json.load(handle)
+    return Run.create(parse_config(record["config"], source="pipeline config"), record["run_id"])
 
 
 def _kfp_value(value: Any) -> Any:
@@ -74,10 +86,10 @@ def step_cli(name: str, argv: list[str] | None = None) -> int:
         parser.add_argument("--force-new-noise", action="store_true",
                             help="draw new noise even if this generation's release exists (charged again)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    log_setup()
     try:
         config = load_config(args.config, args.overrides)
-        run = open_run(json.dumps(config_to_dict(config)), args.run_id)
+        run = Run.create(config, args.run_id)
         step_args = StepArgs(getattr(args, "generation", 0), getattr(args, "shard", 0),
                              getattr(args, "force_new_noise", False))
         print(json.dumps(spec.call(run, step_args), sort_keys=True, default=str))

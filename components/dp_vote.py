@@ -1,13 +1,11 @@
 """dp_vote: the DP nearest-neighbour vote of one generation (with lookahead)."""
 
 
-from kfp.dsl import Dataset, Input, Metrics, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 
 def dp_vote(
-    config_json: str,
-    run_id: str,
-    kfp_run_id: str,
+    resolved: Input[Artifact],
     generation: int,
     force_new_noise: bool,
     redraw_key: str,
@@ -23,7 +21,7 @@ def dp_vote(
     from components.common import log_metrics, open_run, read_reference, write_reference
     from privevo import steps
 
-    run = open_run(config_json, run_id or kfp_run_id)
+    run = open_run(resolved)
     steps.verify_references([read_reference(shard) for shard in synthetic_embeddings])
     reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), force_new_noise, redraw_key)
     write_reference(selection, reference)

@@ -1,14 +1,14 @@
 """embed_private: embed the private set once per run into the private tier."""
 
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 
-def embed_private(config_json: str, run_id: str, kfp_run_id: str, private_embeddings: Output[Dataset]):
+def embed_private(resolved: Input[Artifact], private_embeddings: Output[Dataset]):
     """Embeds the private images; outputs only a reference (its URI) to the private tier."""
     from components.common import open_run, write_reference
     from privevo import steps
 
-    write_reference(private_embeddings, steps.embed_private(open_run(config_json, run_id or kfp_run_id)))
+    write_reference(private_embeddings, steps.embed_private(open_run(resolved)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,16 @@
 """evaluate: metrics per generation, privacy spent, sample grids and the report."""
 
 
-from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 
-def evaluate(config_json: str, run_id: str, kfp_run_id: str, population_shards: Input[list[Dataset]],
+def evaluate(resolved: Input[Artifact], population_shards: Input[list[Dataset]],
              metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown]):
     """Scores every generation, writes metrics.json and the report, and shows them in the KFP UI."""
     from components.common import log_metrics, open_run, read_reference
     from privevo import evaluation, steps
 
-    run = open_run(config_json, run_id or kfp_run_id)
+    run = open_run(resolved)
     steps.verify_references([read_reference(shard) for shard in population_shards])
     result = evaluation.evaluate_run(run)
     log_metrics(metrics, evaluation.headline_metrics(result))

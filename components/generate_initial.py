@@ -1,14 +1,14 @@
 """generate_initial: RANDOM_API for one shard of generation 0 (public model only)."""
 
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 
-def generate_initial(config_json: str, run_id: str, kfp_run_id: str, shard: int, population: Output[Dataset]):
+def generate_initial(resolved: Input[Artifact], shard: int, population: Output[Dataset]):
     """Samples generation 0's shard from the public model; no private data is read."""
     from components.common import open_run, write_reference
     from privevo import steps
 
-    write_reference(population, steps.generate_initial(open_run(config_json, run_id or kfp_run_id), int(shard)))
+    write_reference(population, steps.generate_initial(open_run(resolved), int(shard)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,15 @@
 """generate_variations: VARIATION_API on one shard of the selected parents."""
 
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 
-def generate_variations(config_json: str, run_id: str, kfp_run_id: str, generation: int, shard: int,
+def generate_variations(resolved: Input[Artifact], generation: int, shard: int,
                         selection: Input[Dataset], population: Output[Dataset]):
     """Makes one variation per selected parent of this shard; no private data is read."""
     from components.common import open_run, read_reference, write_reference
     from privevo import steps
 
-    run = open_run(config_json, run_id or kfp_run_id)
+    run = open_run(resolved)
     steps.verify_references([read_reference(selection)])
     write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
 

@@ -185,12 +185,14 @@ class ResourcesConfig(_Strict):
     memory: str = "8Gi"
     gpu_type: str | None = None
     gpu_limit: int = Field(default=0, ge=0)
+    timeout_s: int | None = Field(default=2 * 3600, ge=1, description="the step's deadline on a cluster; None: none")
 
 
 class ModelStepResources(ResourcesConfig):
-    """Resources of the steps that run a network: more memory by default, kept when one key is overridden."""
+    """Resources of the steps that run a network: more memory and time by default, kept when one key is overridden."""
 
     memory: str = "16Gi"
+    timeout_s: int | None = Field(default=24 * 3600, ge=1, description="the step's deadline on a cluster; None: none")
 
 
 class KubernetesConfig(_Strict):

@@ -29,10 +29,14 @@ class Run:
     layout: RunLayout
 
     @classmethod
-    def create(cls, config: Config, run_id: str) -> Run:
-        """Bind ``config`` to ``run_id``; writes run.json once, and refuses a different config."""
+    def create(cls, config: Config, run_id: str, started_by: str | None = None) -> Run:
+        """Bind ``config`` to ``run_id``; writes run.json once, and refuses a different config.
+
+        ``started_by`` (the KFP run that starts it) is recorded: :meth:`start` lets that run in again.
+        """
         run = cls(config, RunLayout(config.run_root, run_id, config.private_root))
-        record = {"run_id": run_id, "config": config_to_dict(config), "versions": _versions(), "created_at": utc_now()}
+        record = {"run_id": run_id, "config": config_to_dict(config), "versions": _versions(), "created_at": utc_now(),
+                  "started_by": started_by}
         try:
             storage.write_json(run.layout.run_json, record, exclusive=True)
         except storage.AlreadyExists:
@@ -43,6 +47,22 @@ class Run:
                     "choose a new --run-id or rerun with the stored config"
                 ) from None
         return run
+
+    @classmethod
+    def start(cls, config: Config, run_id: str, resume: bool, started_by: str | None = None) -> Run:
+        """Begin a new run, or continue one with ``resume``: a new run never silently reuses another run's outputs.
+
+        A run folder that exists is refused unless ``resume`` is set or it was started by ``started_by``
+        (the same KFP run, retried).
+        """
+        layout = RunLayout(config.run_root, run_id, config.private_root)
+        if not resume and storage.exists(layout.run_json):
+            owner = storage.read_json(layout.run_json).get("started_by")
+            if started_by is None or owner != started_by:
+                raise UserError(f"run {run_id} already exists under {config.run_root}: continue it with "
+                                f"`python pipeline.py run --resume {run_id} --run-root {config.run_root}` "
+                                "(resume=True in a pipeline run) or choose a new run id")
+        return cls.create(config, run_id, started_by)
 
     @classmethod
     def open(cls, run_root: str, run_id: str) -> Run:

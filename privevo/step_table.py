@@ -51,13 +51,24 @@ def _never(config: Config) -> bool:
     return False
 
 
+def _initial_shard(run: Run, args: StepArgs) -> dict[str, Any]:
+    return {"population": steps.generate_initial(run, args.shard),
+            "embeddings": steps.embed_synthetic(run, 1, args.shard)}
+
+
+def _variation_shard(run: Run, args: StepArgs) -> dict[str, Any]:
+    return {"population": steps.generate_variations(run, args.generation, args.shard),
+            "embeddings": steps.embed_synthetic(run, args.generation + 1, args.shard)}
+
+
 def _evaluate(run: Run, args: StepArgs) -> dict[str, Any]:
     from privevo import evaluation
 
     return evaluation.headline_metrics(evaluation.evaluate_run(run))
 
 
-#: Every step, in DAG order.
+#: Every step, in DAG order. The DAG runs initial_shard and variation_shard (generate_initial or generate_variations,
+#: then embed_synthetic, in one task) for every generation but the last, whose shards only generate_variations.
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("embed_private", lambda run, a: steps.embed_private(run), "components.embed_private",
              reads_private=_always, runs_network=True),
@@ -72,6 +83,12 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("generate_variations", lambda run, a: steps.generate_variations(run, a.generation, a.shard),
              "components.generate_variations", reads_private=_never, runs_network=True, per_generation=True,
              sharded=True),
+    # One process per shard per generation: the shard's samples, then their embedding for the next vote, sharing
+    # the loaded networks. Each half writes its own step record, and each can be rerun on its own.
+    StepSpec("initial_shard", _initial_shard, "components.initial_shard", reads_private=_never, runs_network=True,
+             sharded=True),
+    StepSpec("variation_shard", _variation_shard, "components.variation_shard", reads_private=_never,
+             runs_network=True, per_generation=True, sharded=True),
     StepSpec("evaluate", _evaluate, "components.evaluate",
              reads_private=lambda config: config.evaluation.against_private, runs_network=True),
 )

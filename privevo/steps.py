@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from privevo import privacy, runtime, storage
-from privevo.config import Config
+from privevo.config import Config, config_to_dict
 from privevo.errors import UserError
 from privevo.population import Population
 from privevo.run import Run, utc_now
@@ -36,6 +37,18 @@ runtime.prefer_passive_waiting()  # every step process imports this module befor
 
 def _reference(uri: str, sha256: str, **extra: Any) -> dict[str, Any]:
     return {"uri": uri, "sha256": sha256, **extra}
+
+
+def resolve_run(config: Config, parameters: dict[str, Any], run_id: str, resume: bool, kfp_run_id: str) -> Run:
+    """A pipeline run's first step: apply its run parameters, validate, calibrate the noise, check the budget, start the run.
+
+    An empty ``run_id`` means the KFP run's own id; an existing run folder is refused unless ``resume``.
+    """
+    from privevo.parameters import apply_parameters
+
+    config = apply_parameters(config, parameters)
+    privacy.check_planned_budget(config)  # calibrates sigma: an impossible epsilon target fails here, in one line
+    return Run.start(config, run_id or kfp_run_id, resume, started_by=kfp_run_id)
 
 
 def verify_references(references: list[dict[str, Any]]) -> None:
@@ -61,18 +74,30 @@ def refresh_manifest(run: Run, generation: int) -> None:
     storage.write_manifest(run.layout.gen_dir(generation), run.layout.manifest(generation))
 
 
+_LOADED: dict[str, tuple[str, Any]] = {}  # network kind -> (config it was loaded for, instance)
+
+
+def _load_once(kind: str, config: Config, load: Any) -> Any:
+    """One instance of each network per process and config: the steps of one task (a shard's variations,
+    then its embedding for the next vote) share the model and the embedding instead of loading them again."""
+    key = json.dumps(config_to_dict(config), sort_keys=True)
+    if kind not in _LOADED or _LOADED[kind][0] != key:
+        _LOADED[kind] = (key, load(config))
+    return _LOADED[kind][1]
+
+
 def load_model(config: Config) -> Any:
     """The foundation model the config names (imported here: steps without a model never load torch)."""
     from privevo.models import load_model as load
 
-    return load(config)
+    return _load_once("model", config, load)
 
 
 def load_embedding(config: Config) -> Any:
     """The vote's embedding the config names (imported here: steps without one never load torch)."""
     from privevo.embeddings import load_embedding as load
 
-    return load(config)
+    return _load_once("embedding", config, load)
 
 
 def _model_labels(model, labels: np.ndarray) -> np.ndarray | None:

@@ -22,7 +22,8 @@ from conftest import ROOT, tiny_args
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 PRIVATE_STEPS = {"embed_private", "dp_vote"}  # configs/tiny.yaml: evaluation.against_private is false
-PUBLIC_STEPS = {"generate_initial", "embed_synthetic", "generate_variations", "evaluate"}
+PUBLIC_STEPS = {"generate_initial", "embed_synthetic", "generate_variations", "initial_shard", "variation_shard",
+                "evaluate"}
 
 
 def _docker_or_skip():
@@ -103,7 +104,7 @@ def test_only_public_model_steps_reach_a_loopback_model_server(tmp_path):
 
     config, _ = _tiny(tmp_path, "model.kind=remote", 'model.remote={url: "http://127.0.0.1:9000"}')
     assert {s for s in STEP_NAMES if local_docker.uses_host_network(config, s)} == \
-        {"generate_initial", "embed_synthetic", "generate_variations"}
+        {"generate_initial", "embed_synthetic", "generate_variations", "initial_shard", "variation_shard"}
     local_config, _ = _tiny(tmp_path)
     assert not any(local_docker.uses_host_network(local_config, s) for s in STEP_NAMES)
     elsewhere, _ = _tiny(tmp_path, "model.kind=remote", 'model.remote={url: "https://models.example.com"}')
@@ -156,7 +157,8 @@ def test_every_step_ran_in_its_own_container(docker_run):
 
     containers = docker_run["containers"]
     steps = {c["step"] for c in containers}
-    assert steps == PRIVATE_STEPS | PUBLIC_STEPS
+    # the DAG's tasks: resolve_config first, then each shard's variations and their embedding in one task
+    assert steps == PRIVATE_STEPS | {"resolve_config", "initial_shard", "variation_shard", "generate_variations", "evaluate"}
     for container in containers:
         assert container["image"] == KubernetesConfig().image
         assert container["network_mode"] == "none"

@@ -52,14 +52,30 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
         json_format.ParseDict(executor, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
 
     groups = executors_by_step(spec)
-    assert set(groups) == {"embed_private", "generate_initial", "embed_synthetic", "dp_vote", "generate_variations",
-                           "evaluate"}
     T = cfg.population.generations
+    assert set(groups) == {"resolve_config", "embed_private", "initial_shard", "dp_vote", "generate_variations",
+                           "evaluate"} | ({"variation_shard"} if T > 1 else set())
     votes = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("dp-vote")]
     assert len(votes) == T
-    # One embed_synthetic per vote, each beside the step that made the shard it embeds.
-    embeds = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("embed-synthetic")]
-    assert sorted(t["taskInfo"]["name"] for t in embeds) == [f"embed-synthetic-gen-{g:03d}" for g in range(1, T + 1)]
+    # One process per shard per generation: each shard's samples are embedded for the next vote in the same
+    # task, every generation but the last.
+    fused = sorted(t["taskInfo"]["name"] for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("variation-shard"))
+    assert fused == [f"variation-shard-gen-{g:03d}" for g in range(1, T)]
+    assert not [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("embed-synthetic")]
+
+    # The config is a template: the run parameters default to the config's values, and the config itself
+    # goes to resolve_config only, which hands the resolved run to every other step.
+    from privevo.parameters import PARAMETER_NAMES, parameter_defaults
+
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(declared) == {"run_id", "resume", "force_new_noise", *PARAMETER_NAMES}
+    for name, default in parameter_defaults(cfg).items():
+        assert declared[name]["defaultValue"] == default, name
+    assert spec["pipelineInfo"]["name"] == f"private-evolution-{cfg.name}"
+    constants = [t for t in all_tasks(spec)
+                 if "config_json" in t.get("inputs", {}).get("parameters", {})]
+    assert [t["taskInfo"]["name"] for t in constants] == ["resolve-config"]
+    assert spec.get("defaultPipelineRoot") == cfg.kubernetes.pipeline_root
     loops = [t for t in all_tasks(spec) if "parameterIterator" in t]
     assert len(loops) == T + 1  # generation 0 and every generation's variations
     for loop in loops:
@@ -77,7 +93,10 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
     for kind, names in groups.items():
         for name in names:
             resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
-            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind != "dp_vote"  # the vote runs no network
+            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind not in ("dp_vote", "resolve_config")
+            # every step has a deadline on a cluster: a stuck call fails its step instead of holding a node
+            resources_of = cfg.kubernetes.cpu_step if kind in ("dp_vote", "resolve_config") else cfg.kubernetes.model_step
+            assert platform[name]["activeDeadlineSeconds"] == str(resources_of.timeout_s), (config, name)
             assert ("accelerator" in resources) == wants_gpu, (config, name)
 
 
@@ -207,4 +226,6 @@ def test_private_steps_are_never_cached_even_when_caching_is_on(run_cli, tmp_pat
             cached[name] = task.get("cachingOptions", {}).get("enableCache", False)
     private = {n for n in cached if n.startswith(("dp-vote", "embed-private"))}
     assert private and not any(cached[n] for n in private)
-    assert all(cached[n] for n in cached if n not in private)  # the other steps still honour kubernetes.caching
+    assert not cached["resolve-config"]  # a cache hit would skip the run-folder check
+    # the other steps still honour kubernetes.caching
+    assert all(cached[n] for n in cached if n not in private | {"resolve-config"})

@@ -1,0 +1,23 @@
+"""initial_shard: generation 0's shard (RANDOM_API), then its embedding for vote 1, in one process."""
+
+from kfp.dsl import Artifact, Dataset, Input, Output
+
+
+def initial_shard(resolved: Input[Artifact], shard: int, population: Output[Dataset], embeddings: Output[Dataset]):
+    """generate_initial then embed_synthetic for vote 1 on one shard, loading each network once; public data only."""
+    from components.common import open_run, write_reference
+    from privevo import steps
+
+    run = open_run(resolved)
+    write_reference(population, steps.generate_initial(run, int(shard)))
+    write_reference(embeddings, steps.embed_synthetic(run, 1, int(shard)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.common import step_cli
+
+    return step_cli("initial_shard", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

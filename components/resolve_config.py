@@ -1,0 +1,24 @@
+"""resolve_config: the first step of every run; applies the run parameters and starts the run."""
+
+from kfp.dsl import Artifact, Output
+
+
+def resolve_config(
+    config_json: str, run_id: str, resume: bool, kfp_run_id: str, epsilon: float, delta: float,
+    noise_multiplier: float, population_size: int, private_data_uri: str, run_root: str, private_root: str,
+    seed: int, degrees: list, resolved: Output[Artifact],
+):
+    """Validates the config with this run's parameters, calibrates the noise, checks the budget and writes
+    run.json; ``resolved`` (the run id and resolved config) goes to every other step. Reads no private data."""
+    import json
+
+    from components.common import log_setup, write_resolved
+    from privevo import steps
+    from privevo.config import parse_config
+
+    log_setup()
+    parameters = {"epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
+                  "population_size": population_size, "private_data_uri": private_data_uri, "run_root": run_root,
+                  "private_root": private_root, "seed": seed, "degrees": degrees}
+    write_resolved(resolved, steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"),
+                                               parameters, run_id, bool(resume), kfp_run_id))
