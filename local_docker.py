@@ -44,7 +44,7 @@ from typing import Any
 from privevo.config import Config
 from privevo.errors import UserError
 from privevo.run import Run
-from privevo.step_table import STEP_NAMES, step
+from privevo.step_table import MODEL_STEPS, STEP_NAMES, step
 
 #: The image's user (images/Dockerfile.cpu); containers run as it when the host user is root.
 IMAGE_USER = (10001, 10001)
@@ -102,8 +102,6 @@ def plan_mounts(config: Config, run: Run, pipeline_root: str, step_name: str | N
     return mounts
 
 
-#: The steps that call the foundation model (the lookahead of embed_synthetic makes variations too).
-MODEL_STEPS = frozenset({"generate_initial", "embed_synthetic", "generate_variations", "initial_shard", "variation_shard"})
 LOOPBACK_HOSTS = ("localhost", "::1")
 
 

@@ -80,6 +80,9 @@ def build_pipeline(config):
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
             for toleration in k8s.tolerations:
                 kubernetes.add_toleration(task, **toleration)
+        if spec is not None and spec.calls_model and k8s.model_token_secret:  # the remote model's token
+            kubernetes.use_secret_as_volume(task, secret_name=k8s.model_token_secret,
+                                            mount_path=os.path.dirname(config.model.remote.token_file))
         if spec is not None and spec.reads_private(config) and k8s.private_secret:
             kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")

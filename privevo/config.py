@@ -208,6 +208,11 @@ class KubernetesConfig(_Strict):
     node_selector: dict[str, str] = Field(default={}, description="applied to the model steps")
     tolerations: list[dict[str, str]] = Field(default=[], description="applied to the model steps")
     private_secret: str | None = Field(default=None, description="secret with private-bucket credentials")
+    model_token_secret: str | None = Field(
+        default=None,
+        description="secret holding a remote model's token, mounted at model.remote.token_file's folder in the steps "
+                    "that call the model, and only there",
+    )
     private_service_account: str | None = Field(
         default=None, description="for jobs outside a run (e.g. `rerun --step dp_vote`); KFP v2 has no per-step account"
     )
@@ -236,6 +241,11 @@ class Config(_Strict):
     def _consistent(self) -> Config:
         if self.population.conditional and not self.class_names:
             raise ValueError("population.conditional needs class_names")
+        token_file = self.model.remote.token_file if self.model.remote is not None else None
+        if self.kubernetes.model_token_secret and not (self.model.kind == "remote" and token_file
+                                                       and token_file.startswith("/")):
+            raise ValueError("kubernetes.model_token_secret needs model.kind remote and an absolute "
+                             "model.remote.token_file (where the secret's file is mounted)")
         return self
 
 

@@ -38,6 +38,7 @@ class StepSpec:
     component: str  # the module holding the KFP component function of the same name
     reads_private: Callable[[Config], bool]  # gets the private tier's credentials
     runs_network: bool  # runs the foundation model or the embedding: model-step resources and image
+    calls_model: bool = False  # calls the foundation model (a remote model's token and network reach only these)
     per_generation: bool = False  # takes --generation
     sharded: bool = False  # takes --shard
     redraws: bool = False  # takes --force-new-noise
@@ -73,27 +74,29 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("embed_private", lambda run, a: steps.embed_private(run), "components.embed_private",
              reads_private=_always, runs_network=True),
     StepSpec("generate_initial", lambda run, a: steps.generate_initial(run, a.shard), "components.generate_initial",
-             reads_private=_never, runs_network=True, sharded=True),
+             reads_private=_never, runs_network=True, calls_model=True, sharded=True),
     StepSpec("embed_synthetic", lambda run, a: steps.embed_synthetic(run, a.generation, a.shard),
-             "components.embed_synthetic", reads_private=_never, runs_network=True, per_generation=True, sharded=True),
+             "components.embed_synthetic", reads_private=_never, runs_network=True, calls_model=True,
+             per_generation=True, sharded=True),
     StepSpec("dp_vote",
              lambda run, a: steps.dp_vote(run, a.generation, steps.private_reference(run), a.force_new_noise,
                                           a.redraw_key),
              "components.dp_vote", reads_private=_always, runs_network=False, per_generation=True, redraws=True),
     StepSpec("generate_variations", lambda run, a: steps.generate_variations(run, a.generation, a.shard),
-             "components.generate_variations", reads_private=_never, runs_network=True, per_generation=True,
-             sharded=True),
+             "components.generate_variations", reads_private=_never, runs_network=True, calls_model=True,
+             per_generation=True, sharded=True),
     # One process per shard per generation: the shard's samples, then their embedding for the next vote, sharing
     # the loaded networks. Each half writes its own step record, and each can be rerun on its own.
     StepSpec("initial_shard", _initial_shard, "components.initial_shard", reads_private=_never, runs_network=True,
-             sharded=True),
+             calls_model=True, sharded=True),
     StepSpec("variation_shard", _variation_shard, "components.variation_shard", reads_private=_never,
-             runs_network=True, per_generation=True, sharded=True),
+             runs_network=True, calls_model=True, per_generation=True, sharded=True),
     StepSpec("evaluate", _evaluate, "components.evaluate",
              reads_private=lambda config: config.evaluation.against_private, runs_network=True),
 )
 
 STEP_NAMES: tuple[str, ...] = tuple(spec.name for spec in STEPS)
+MODEL_STEPS: frozenset[str] = frozenset(spec.name for spec in STEPS if spec.calls_model)
 
 
 def step(name: str) -> StepSpec:

@@ -229,3 +229,18 @@ def test_private_steps_are_never_cached_even_when_caching_is_on(run_cli, tmp_pat
     assert not cached["resolve-config"]  # a cache hit would skip the run-folder check
     # the other steps still honour kubernetes.caching
     assert all(cached[n] for n in cached if n not in private | {"resolve-config"})
+
+
+def test_the_remote_model_token_reaches_only_the_steps_that_call_the_model(run_cli, tmp_path):
+    from privevo.step_table import MODEL_STEPS
+
+    docs = compile_config(run_cli, tmp_path, "demo-remote.yaml", "kubernetes.model_token_secret=model-token",
+                          "model.remote.token_file=/var/secrets/model-token/token")
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_token = {}
+    for kind, names in executors_by_step(docs[0]).items():
+        for name in names:
+            volumes = platform.get(name, {}).get("secretAsVolume", [])
+            with_token[name] = [v["mountPath"] for v in volumes if v["secretName"] == "model-token"]
+            assert bool(with_token[name]) == (kind in MODEL_STEPS), name
+    assert {path for paths in with_token.values() for path in paths} == {"/var/secrets/model-token"}
