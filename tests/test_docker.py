@@ -157,8 +157,9 @@ def test_every_step_ran_in_its_own_container(docker_run):
 
     containers = docker_run["containers"]
     steps = {c["step"] for c in containers}
-    # the DAG's tasks: resolve_config first, then each shard's variations and their embedding in one task
-    assert steps == PRIVATE_STEPS | {"resolve_config", "initial_shard", "variation_shard", "generate_variations", "evaluate"}
+    # the DAG's tasks: resolve_config first (not a step of the table: it gets the public mounts, step None), then
+    # each shard's variations and their embedding in one task
+    assert steps == PRIVATE_STEPS | {None, "initial_shard", "variation_shard", "generate_variations", "evaluate"}
     for container in containers:
         assert container["image"] == KubernetesConfig().image
         assert container["network_mode"] == "none"
