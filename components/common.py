@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import sys
 from typing import Any
 
@@ -22,20 +23,33 @@ def log_setup() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
-def write_resolved(artifact: Any, run: Run) -> None:
-    """resolve_config's output: the run's id and resolved config, which every other step opens the run from."""
+def write_resolved(artifact: Any, run: Run, force_new_noise: bool, kfp_run_id: str) -> None:
+    """resolve_config's output: the run's id and resolved config, which every other step opens the run from,
+    and what the votes need of the KFP run (whether to redraw their noise, and the redraw key: the KFP run id)."""
     artifact.metadata["run_id"] = run.run_id
     artifact.metadata["run_path"] = run.layout.run_dir
+    record = {"run_id": run.run_id, "config": config_to_dict(run.config), "force_new_noise": force_new_noise,
+              "kfp_run_id": kfp_run_id}
     with open(artifact.path, "w") as handle:
-        json.dump({"run_id": run.run_id, "config": config_to_dict(run.config)}, handle, sort_keys=True)
+        json.dump(record, handle, sort_keys=True)
 
 
-def open_run(resolved: Any) -> Run:
-    """The run a step belongs to, as resolve_config started it (refuses a config that differs from run.json)."""
+def open_run(resolved: Any, model: Any = None) -> Run:
+    """The run a step belongs to, as resolve_config started it (refuses a config that differs from run.json).
+
+    ``model`` is the KFP Model artifact of a gs:// model.path (its importer puts the model in the run's lineage).
+    Where KFP has already copied it into the pod, the step loads that copy, still checked against model.sha256,
+    instead of copying it again; the run's stored config keeps the gs:// path.
+    """
     log_setup()
     with open(resolved.path) as handle:
         record = json.load(handle)
-    return Run.create(parse_config(record["config"], source="pipeline config"), record["run_id"])
+    run = Run.create(parse_config(record["config"], source="pipeline config"), record["run_id"])
+    if model is not None and os.path.isdir(model.path):
+        logging.getLogger(__name__).info("loading the model from its artifact's local copy %s", model.path)
+        local_model = run.config.model.model_copy(update={"path": model.path})
+        run = Run(run.config.model_copy(update={"model": local_model}), run.layout)
+    return run
 
 
 def _kfp_value(value: Any) -> Any:
@@ -97,3 +111,31 @@ def step_cli(name: str, argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     return 0
+
+
+# The compiled pipeline repeats a component's source once per generation: the two per-generation components
+# keep one line of source each, and their bodies live here, in the image.
+
+
+def dp_vote_task(resolved: Any, generation: int, private_embeddings: Any, synthetic_embeddings: Any, selection: Any,
+                 privacy: Any) -> None:
+    """dp_vote's body: the vote of one generation, redrawn once per KFP run when the run asks for new noise."""
+    from privevo import steps
+
+    run, task = open_run(resolved), read_reference(resolved)
+    steps.verify_references([read_reference(shard) for shard in synthetic_embeddings])
+    reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), task["force_new_noise"],
+                              task["kfp_run_id"])
+    write_reference(selection, reference)
+    log_metrics(privacy, {"epsilon": reference["epsilon"], "generation": int(generation)})
+
+
+def variation_shard_task(resolved: Any, generation: int, shard: int, selection: Any, population: Any, embeddings: Any,
+                         model: Any) -> None:
+    """variation_shard's body: the shard's children, then their embedding for the next vote, in this process."""
+    from privevo import steps
+
+    run = open_run(resolved, model)
+    steps.verify_references([read_reference(selection)])
+    write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
+    write_reference(embeddings, steps.embed_synthetic(run, int(generation) + 1, int(shard)))

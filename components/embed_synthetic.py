@@ -1,15 +1,17 @@
 """embed_synthetic: one shard of a population embedded for the next vote (PE's lookahead)."""
 
-from kfp.dsl import Artifact, Dataset, Input, Output
+
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
 def embed_synthetic(resolved: Input[Artifact], generation: int, shard: int,
-                    population: Input[Dataset], embeddings: Output[Dataset]):
+                    population: Input[Dataset], embeddings: Output[Dataset],
+                    model: Input[Model] | None = None):
     """Embeds this shard of population generation-1 for the vote of generation (lookahead means); public data only."""
     from components.common import open_run, read_reference, write_reference
     from privevo import steps
 
-    run = open_run(resolved)
+    run = open_run(resolved, model)
     steps.verify_references([read_reference(population)])
     write_reference(embeddings, steps.embed_synthetic(run, int(generation), int(shard)))
 

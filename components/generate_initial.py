@@ -1,14 +1,16 @@
 """generate_initial: RANDOM_API for one shard of generation 0 (public model only)."""
 
-from kfp.dsl import Artifact, Dataset, Input, Output
+
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
-def generate_initial(resolved: Input[Artifact], shard: int, population: Output[Dataset]):
+def generate_initial(resolved: Input[Artifact], shard: int, population: Output[Dataset],
+                     model: Input[Model] | None = None):
     """Samples generation 0's shard from the public model; no private data is read."""
     from components.common import open_run, write_reference
     from privevo import steps
 
-    write_reference(population, steps.generate_initial(open_run(resolved), int(shard)))
+    write_reference(population, steps.generate_initial(open_run(resolved, model), int(shard)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,17 @@
 """generate_variations: VARIATION_API on one shard of the selected parents."""
 
-from kfp.dsl import Artifact, Dataset, Input, Output
+
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
 def generate_variations(resolved: Input[Artifact], generation: int, shard: int,
-                        selection: Input[Dataset], population: Output[Dataset]):
+                        selection: Input[Dataset], population: Output[Dataset],
+                        model: Input[Model] | None = None):
     """Makes one variation per selected parent of this shard; no private data is read."""
     from components.common import open_run, read_reference, write_reference
     from privevo import steps
 
-    run = open_run(resolved)
+    run = open_run(resolved, model)
     steps.verify_references([read_reference(selection)])
     write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
 

@@ -1,14 +1,16 @@
 """initial_shard: generation 0's shard (RANDOM_API), then its embedding for vote 1, in one process."""
 
-from kfp.dsl import Artifact, Dataset, Input, Output
+
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
-def initial_shard(resolved: Input[Artifact], shard: int, population: Output[Dataset], embeddings: Output[Dataset]):
+def initial_shard(resolved: Input[Artifact], shard: int, population: Output[Dataset], embeddings: Output[Dataset],
+                  model: Input[Model] | None = None):
     """generate_initial then embed_synthetic for vote 1 on one shard, loading each network once; public data only."""
     from components.common import open_run, write_reference
     from privevo import steps
 
-    run = open_run(resolved)
+    run = open_run(resolved, model)
     write_reference(population, steps.generate_initial(run, int(shard)))
     write_reference(embeddings, steps.embed_synthetic(run, 1, int(shard)))
 

@@ -4,7 +4,7 @@ from kfp.dsl import Artifact, Output
 
 
 def resolve_config(
-    config_json: str, run_id: str, resume: bool, kfp_run_id: str, epsilon: float, delta: float,
+    config_json: str, run_id: str, resume: bool, force_new_noise: bool, kfp_run_id: str, epsilon: float, delta: float,
     noise_multiplier: float, population_size: int, private_data_uri: str, run_root: str, private_root: str,
     seed: int, degrees: list, resolved: Output[Artifact],
 ):
@@ -20,5 +20,6 @@ def resolve_config(
     parameters = {"epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
                   "population_size": population_size, "private_data_uri": private_data_uri, "run_root": run_root,
                   "private_root": private_root, "seed": seed, "degrees": degrees}
-    write_resolved(resolved, steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"),
-                                               parameters, run_id, bool(resume), kfp_run_id))
+    run = steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"), parameters, run_id,
+                            bool(resume), kfp_run_id)
+    write_resolved(resolved, run, bool(force_new_noise), kfp_run_id)

@@ -1,18 +1,17 @@
-"""variation_shard: one shard's children of a generation, then their embedding for the next vote, in one process."""
+"""variation_shard: one shard's children of a generation, then their embedding for the next vote, in one process.
 
-from kfp.dsl import Artifact, Dataset, Input, Output
+generate_variations, then embed_synthetic for the vote of generation + 1, loading each network
+once (``components.common.variation_shard_task``); public data only.
+"""
+
+
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
 def variation_shard(resolved: Input[Artifact], generation: int, shard: int, selection: Input[Dataset],
-                    population: Output[Dataset], embeddings: Output[Dataset]):
-    """generate_variations then embed_synthetic for vote generation+1 on one shard, loading each network once."""
-    from components.common import open_run, read_reference, write_reference
-    from privevo import steps
-
-    run = open_run(resolved)
-    steps.verify_references([read_reference(selection)])
-    write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
-    write_reference(embeddings, steps.embed_synthetic(run, int(generation) + 1, int(shard)))
+                    population: Output[Dataset], embeddings: Output[Dataset], model: Input[Model] | None = None):
+    from components.common import variation_shard_task
+    variation_shard_task(resolved, generation, shard, selection, population, embeddings, model)
 
 
 def main(argv: list[str] | None = None) -> int:

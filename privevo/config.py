@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from privevo.embeddings import EMBEDDINGS
 from privevo.errors import UserError
+from privevo.model_store import check_digest, is_remote
 from privevo.models import MODEL_BACKENDS
 from privevo.registry import check_registered
 
@@ -71,7 +72,13 @@ class ModelConfig(_Strict):
     """The public foundation model and how to call it."""
 
     kind: str = Field(default="ddpm_unet", description="a key of privevo.models.MODEL_BACKENDS")
-    path: str | None = Field(default=None, description="weights folder or hub name; not used by kind remote")
+    path: str | None = Field(
+        default=None, description="weights folder, gs:// prefix (copied once per machine) or hub name; not for kind remote"
+    )
+    sha256: str | None = Field(
+        default=None, description="the folder's digest (python -m privevo.model_store hash PATH), checked before loading; "
+                                  "required for a gs:// path",
+    )
     remote: RemoteConfig | None = Field(default=None, description="the server, for kind remote")
     num_inference_steps: int = Field(default=25, ge=1)
     batch_size: int = Field(default=64, ge=1)
@@ -89,12 +96,20 @@ class ModelConfig(_Strict):
     def _registered_kind(cls, kind: str) -> str:
         return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
 
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, sha256: str | None) -> str | None:
+        return None if sha256 is None else check_digest(sha256)
+
     @model_validator(mode="after")
     def _path_or_remote(self) -> ModelConfig:
         if self.kind == "remote" and self.remote is None:
             raise ValueError("kind remote needs model.remote with at least url (the server's base URL)")
         if self.kind != "remote" and self.path is None:
             raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
+        if self.path is not None and is_remote(self.path) and self.sha256 is None:
+            raise ValueError(f"model.path {self.path} is on Cloud Storage, so it needs model.sha256 "
+                             f"(python -m privevo.model_store hash {self.path} prints it)")
         return self
 
 
@@ -195,6 +210,20 @@ class ModelStepResources(ResourcesConfig):
     timeout_s: int | None = Field(default=24 * 3600, ge=1, description="the step's deadline on a cluster; None: none")
 
 
+class PvcMount(_Strict):
+    """An existing PersistentVolumeClaim mounted into the steps that load the model, for weights too large to copy per pod."""
+
+    claim_name: str = Field(min_length=1)
+    mount_path: str = Field(description="absolute folder in the pod; model.path lies under it")
+
+    @field_validator("mount_path")
+    @classmethod
+    def _absolute(cls, mount_path: str) -> str:
+        if not mount_path.startswith("/") or mount_path.rstrip("/") == "":
+            raise ValueError("must be an absolute folder other than /, e.g. /models")
+        return mount_path.rstrip("/")
+
+
 class KubernetesConfig(_Strict):
     """Cluster wiring: images, resources, retries, scheduling, credentials."""
 
@@ -217,6 +246,8 @@ class KubernetesConfig(_Strict):
         default=None, description="for jobs outside a run (e.g. `rerun --step dp_vote`); KFP v2 has no per-step account"
     )
     public_service_account: str | None = Field(default=None, description="the account every pipeline step runs as")
+    model_pvc: PvcMount | None = Field(default=None, description="a PVC holding the model's weights, mounted at "
+                                                                 "mount_path in the steps that load the model")
 
 
 class Config(_Strict):
@@ -246,6 +277,10 @@ class Config(_Strict):
                                                        and token_file.startswith("/")):
             raise ValueError("kubernetes.model_token_secret needs model.kind remote and an absolute "
                              "model.remote.token_file (where the secret's file is mounted)")
+        pvc = self.kubernetes.model_pvc
+        if pvc and not (self.model.path or "").startswith(pvc.mount_path + "/"):
+            raise ValueError(f"kubernetes.model_pvc is mounted at {pvc.mount_path}: set model.path to the model's "
+                             f"folder under it, e.g. {pvc.mount_path}/MODEL")
         return self
 
 

@@ -130,6 +130,30 @@ def test_autocast_setting_resolves_by_hardware_and_weights(monkeypatch: pytest.M
     assert_one_line_user_error(excinfo, "int8", "bfloat16")
 
 
+def test_native_bfloat16_needs_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVX512-BF16 without AMX ran the demo UNet slower in bfloat16 than in float32: "auto" keeps float32 there."""
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+    assert not runtime.cpu_has_native_bf16()
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
+    assert runtime.cpu_has_native_bf16()
+
+
+def test_unet_float32_cpu_layout_keeps_the_samples(unet_dir: str) -> None:
+    """In float32 on the CPU the UNet runs channels_last (faster); its samples match the default layout's."""
+    options = {"num_inference_steps": 10, "batch_size": 8, "device": "cpu", "autocast": "off"}
+    fast = DDPMUNetModel.from_pretrained(unet_dir, **options)
+    plain = DDPMUNetModel.from_pretrained(unet_dir, **options)
+    plain.memory_format = torch.contiguous_format
+    plain.unet.to(memory_format=torch.contiguous_format)
+    assert fast.unet.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.unet.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
+    images = fast.random(6, seed=3)
+    assert_close_images(images, plain.random(6, seed=3))
+    assert_close_images(fast.variation(images, 0.5, seed=1), plain.variation(images, 0.5, seed=1))
+    bfloat16 = DDPMUNetModel.from_pretrained(unet_dir, **{**options, "autocast": "bfloat16"})
+    assert bfloat16.memory_format == torch.contiguous_format  # measured slower channels_last in bfloat16
+
+
 def test_unet_unconditional_ignores_labels(unet: DDPMUNetModel) -> None:
     np.testing.assert_array_equal(unet.random(3, labels=2, seed=1), unet.random(3, seed=1))
 

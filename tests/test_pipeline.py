@@ -10,6 +10,8 @@ from conftest import ROOT, tiny_args
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from privevo import storage
+
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 
 
@@ -51,10 +53,13 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
     for executor in platform.values():
         json_format.ParseDict(executor, kubernetes_executor_config_pb2.KubernetesExecutorConfig())
 
+    from privevo.model_store import is_remote
+
     groups = executors_by_step(spec)
     T = cfg.population.generations
+    remote_model = bool(cfg.model.path and is_remote(cfg.model.path))
     assert set(groups) == {"resolve_config", "embed_private", "initial_shard", "dp_vote", "generate_variations",
-                           "evaluate"} | ({"variation_shard"} if T > 1 else set())
+                           "evaluate"} | ({"variation_shard"} if T > 1 else set()) | ({"importer"} if remote_model else set())
     votes = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("dp-vote")]
     assert len(votes) == T
     # One process per shard per generation: each shard's samples are embedded for the next vote in the same
@@ -89,9 +94,22 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
     for name in private:
         assert platform[name]["secretAsVolume"][0]["secretName"] == "private-gcs"
 
-    # GPU requests on the model steps where the config asks for them.
+    # A gs:// model is a KFP Model artifact (an importer): every step that calls the model consumes it, so the
+    # lineage starts at the model. A PVC of weights is mounted on those steps only.
+    from privevo.step_table import MODEL_STEPS
+
+    consumers = {t["componentRef"]["name"] for t in all_tasks(spec) if "model" in t.get("inputs", {}).get("artifacts", {})}
+    model_components = {f"comp-{name.removeprefix('exec-')}" for kind in MODEL_STEPS for name in groups.get(kind, [])}
+    assert consumers == (model_components if remote_model else set()), config
     for kind, names in groups.items():
         for name in names:
+            mounts = platform.get(name, {}).get("pvcMount", [])
+            expected = [cfg.kubernetes.model_pvc.mount_path] if cfg.kubernetes.model_pvc and kind in MODEL_STEPS else []
+            assert [m["mountPath"] for m in mounts] == expected, (config, name)
+
+    # GPU requests on the model steps where the config asks for them.
+    for kind, names in groups.items():
+        for name in names if kind != "importer" else []:
             resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
             wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind not in ("dp_vote", "resolve_config")
             # every step has a deadline on a cluster: a stuck call fails its step instead of holding a node
@@ -112,7 +130,7 @@ def test_tiny_run_writes_the_run_layout(tiny_run):
         population = np.load(gen / "population.npz")
         assert population["images"].shape == (24, 28, 28, 1) and population["images"].dtype == np.uint8
         assert int(population["generation"]) == generation
-        manifest = json.loads((gen / "manifest.json").read_text())["files"]
+        manifest = storage.read_manifest(str(gen / "manifest"))
         assert "population.npz" in manifest
         for name, entry in manifest.items():
             assert (gen / name).stat().st_size == entry["size"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from privevo import runtime
+from privevo import model_store, runtime
 
 runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
 import torch  # noqa: E402
@@ -44,7 +44,7 @@ def resolve_autocast(setting: str, device: torch.device, weight_dtype: torch.dty
     """The mixed-precision compute dtype of the network's forward pass, or None for plain weights' dtype.
 
     "auto" picks bfloat16 when the weights are float32 and the hardware runs bfloat16 natively
-    (CUDA with bf16, CPUs with AMX or AVX512-BF16): the demo UNet then runs about 2.3x faster on
+    (CUDA with bf16, CPUs with AMX): the demo UNet then runs about 2.3x faster on
     2 CPU cores (bench/RESULTS.md). The sampler's state and arithmetic stay float32.
     """
     if setting == "off":
@@ -230,7 +230,22 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def resolve_model_dir(name_or_path: str) -> Path:
+def resolve_model_dir(name_or_path: str, sha256: str | None = None) -> Path:
+    """The local folder to load a model from, checked against ``sha256`` (model.sha256) when given.
+
+    A gs:// prefix is copied once per machine into the model cache (:func:`privevo.model_store.fetch`);
+    a local folder or the cached snapshot of a Hugging Face model name is used in place. Never
+    downloads from the hub.
+    """
+    if model_store.is_remote(name_or_path):
+        return model_store.fetch(name_or_path, sha256)
+    model_dir = _local_model_dir(name_or_path)
+    if sha256 is not None:
+        model_store.verify(model_dir, sha256, name_or_path)
+    return model_dir
+
+
+def _local_model_dir(name_or_path: str) -> Path:
     """A local model folder, or the cached snapshot of a Hugging Face model name; never downloads."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():

@@ -77,7 +77,7 @@ class StableDiffusionModel(FoundationModel):
         return cls.from_pretrained(
             m.path, prompts=m.prompts or [config.name], image_size=config.image_size, channels=config.channels,
             num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale, batch_size=m.batch_size,
-            device=m.device, disable_safety_checker=m.disable_safety_checker, autocast=m.autocast,
+            device=m.device, disable_safety_checker=m.disable_safety_checker, autocast=m.autocast, sha256=m.sha256,
         )
 
     @classmethod
@@ -94,11 +94,12 @@ class StableDiffusionModel(FoundationModel):
         dtype: str = "auto",
         disable_safety_checker: bool = True,
         autocast: str = "auto",
+        sha256: str | None = None,
     ) -> Self:
         """Load a ``StableDiffusionPipeline.save_pretrained`` folder, offline."""
         from diffusers import StableDiffusionPipeline
 
-        model_dir = resolve_model_dir(name_or_path)
+        model_dir = resolve_model_dir(name_or_path, sha256)
         hint = "expected a StableDiffusionPipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/)"
         check_model_index(model_dir, name_or_path, ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), hint)
         resolved = runtime.resolve_device(device)
