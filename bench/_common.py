@@ -28,11 +28,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
 PYTHON = sys.executable
 
-#: The official implementation's figures for the demo-sized task (issue 8), and our targets.
+#: The official implementation's figures for the demo-sized task (issue 8), measured on another
+#: machine: shown as context only, never divided by figures of this machine.
 OFFICIAL_SECONDS = 285.0
 OFFICIAL_PEAK_GB = 1.05
-TARGET_SECONDS = OFFICIAL_SECONDS * 2 / 3
-TARGET_PEAK_GB = 0.6
+OFFICIAL_CONTEXT = (f"the official implementation took {OFFICIAL_SECONDS:.0f} s and {OFFICIAL_PEAK_GB} GB for this task "
+                    "(measured on another machine, not compared)")
+#: Targets of ratios taken within one run (issue 18).
+TARGET_OVERHEAD_RATIO = 1.05  # kfp.local wall / in-process wall, same work
+TARGET_UNET_GEMM_RATIO = 0.5  # the UNet's float32 GFLOP/s / the machine's float32 GEMM GFLOP/s
+#: The figures of each lookahead-reuse setting (bench_demo's seed runs), with their labels.
+REUSE_FIGURES = (("fd", "FD"), ("class_tv", "class TV"), ("image_steps", "UNet image-steps"), ("images", "images asked"),
+                 ("wall_s", "wall s"))
+#: The CPU flags that decide the kernels and the precision of ``model.autocast: auto``.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def peak_rss_mb() -> float:
@@ -86,6 +95,25 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
         "max": round(max(values), digits),
         "runs": len(values),
     }
+
+
+def spread(values: Sequence[float | None], digits: int = 4) -> dict[str, Any] | None:
+    """Mean, sample standard deviation (n - 1; 0 for one value), min and max of the values given; None if none is."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    return {
+        "mean": round(statistics.fmean(present), digits),
+        "std": round(statistics.stdev(present), digits) if len(present) > 1 else 0.0,
+        "min": round(min(present), digits),
+        "max": round(max(present), digits),
+        "runs": len(present),
+    }
+
+
+def verdict_word(not_worse: bool | None) -> str:
+    """How lookahead reuse compares: 'not worse', 'WORSE' or 'undecided' (a metric was not measured)."""
+    return {True: "not worse", False: "WORSE", None: "undecided"}[not_worse]
 
 
 def fit_power_law(xs: Iterable[float], ys: Iterable[float]) -> dict[str, float] | None:
@@ -186,7 +214,8 @@ def machine_info() -> dict[str, Any]:
         info["cpu_model"] = models[0] if models else platform.processor()
         with open("/proc/cpuinfo") as handle:
             flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-        info["cpu_simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+        info["cpu_simd"] = [f for f in CPU_FLAGS if f in flags]
+        info["cpu_flags_missing"] = [f for f in CPU_FLAGS if f not in flags]
     except OSError:
         info["cpu_model"] = platform.processor()
     try:

@@ -2,31 +2,43 @@
 
 Modes (``--modes``, default ``kfp,inprocess``):
 - ``kfp``: ``pipeline.py run`` as a subprocess (kfp.local: every task is its own Python
-  process, run one after another). Per-task seconds are parsed from its
+  process; a generation's shards run side by side). Per-task seconds are parsed from its
   ``[  n] task-name  done in  x s`` lines. Peak RSS: every descendant process's VmHWM is
   polled every 0.1 s (the peak of each task process, named from its command line), and the
   exact maximum over the whole process tree comes from ``RUSAGE_CHILDREN`` (ru_maxrss)
   after the run.
 - ``inprocess``: one fresh Python process calls ``privevo.steps`` directly (embed_private,
   generate_initial per shard, then embed_synthetic per shard, dp_vote and generate_variations
-  per shard for every
-  generation, then ``evaluation.evaluate_run``). Per-step peak RSS is the process's
-  **VmHWM, reset before each step** (``/proc/self/clear_refs``), so it is that step's peak
-  *including* what earlier steps left resident (imported modules, allocator caches);
-  the process's overall peak is its ru_maxrss. Time inside the steps is also split by
+  per shard for every generation, then ``evaluation.evaluate_run``): the same work as the
+  pipeline's tasks. Per-step peak RSS is the process's **VmHWM, reset before each step**
+  (``/proc/self/clear_refs``), so it is that step's peak *including* what earlier steps left
+  resident; the process's overall peak is its ru_maxrss. Time inside the steps is split by
   what it was spent on (model and embedding loading, RANDOM_API, VARIATION_API for the
-  lookahead and for the next generation, embedding, the k-NN vote, the rest).
+  lookahead and for the next generation, embedding, the k-NN vote, the rest). UNet
+  image-steps (forward passes x batch, counted by a forward hook on ``model.unet``; "n/a"
+  for a model without one) and images asked of the model are counted per step kind, and
+  the final FD and class TV are read from the evaluation.
 - ``subprocess``: each step through its plain command line (``python -m components.X``),
   one process per step, no kfp: separates the per-process cost from kfp.local's own.
 
-The overhead ratio is kfp wall time / in-process wall time (both from process start to end,
-imports included). By default the config is ``configs/demo.yaml`` with the official
-comparison task pinned by ``--set`` (population.size=300, generations=5, lookahead=2, DDIM 25
-steps, private rows [0, 1800]); ours is compared with the official implementation's 285 s and
-1.05 GB (targets: <= 2/3 of the time, <= 0.6 GB in any process). Figures only.
+Seeds and lookahead reuse (``--seeds N --compare-reuse``): the in-process demo runs for
+``seed`` 0..N-1 x ``population.reuse_lookahead`` in {false, true} (the DP noise is fresh in
+every run), and prints each run's final FD, class TV and image-steps, their mean and spread
+per setting, the image-steps reuse saves, and whether reuse is not worse. Rule: reuse is
+"not worse" on a metric (lower is better for FD and TV) when its mean with reuse is at most
+the mean without plus the larger of the two settings' sample standard deviations.
+
+The overhead ratio is kfp wall time / in-process wall time of the same work in the same
+benchmark run: the kfp run gets exactly the overrides of the paired in-process run (the
+first seed, the config's own reuse setting), and that in-process run is also one of the
+seed runs (no extra run). Both walls run from process start to end, imports included;
+target <= 1.05. By default the config is ``configs/demo.yaml`` with the demo-sized task
+pinned by ``--set`` (population.size=300, generations=5, lookahead=2, DDIM 25 steps, private
+rows [0, 1800]). Figures only.
 
 Usage:
-    .venv/bin/python bench/bench_demo.py [--repeats 1] [--modes kfp,inprocess] [--set key=value ...]
+    .venv/bin/python bench/bench_demo.py [--repeats 1] [--modes kfp,inprocess] [--seeds 3 --compare-reuse]
+        [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -44,26 +56,29 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import (  # noqa: E402
-    OFFICIAL_PEAK_GB,
-    OFFICIAL_SECONDS,
+    OFFICIAL_CONTEXT,
     PYTHON,
+    REUSE_FIGURES,
     STEP_COLUMNS,
-    TARGET_PEAK_GB,
-    TARGET_SECONDS,
+    TARGET_OVERHEAD_RATIO,
     format_table,
     last_json_line,
     loadavg,
     peak_rss_mb,
     reset_vmhwm,
+    spread,
     summary,
+    verdict_word,
     vmhwm_mb,
 )
 
+#: The demo-sized task the official implementation was measured on (issue 8), pinned by default.
 OFFICIAL_TASK = [
     "population.size=300", "population.generations=5", "population.lookahead=2",
     "model.num_inference_steps=25", "private.rows=[0,1800]",
@@ -160,8 +175,15 @@ def process_name(pid: int, root: int) -> str:
 # ------------------------------------------------------------------------- modes
 
 
-def official_overrides(args) -> list[str]:
-    return ([] if args.no_official else OFFICIAL_TASK) + missing_classifier_override(args.config) + args.overrides
+def official_overrides(args: argparse.Namespace, cell: list[str] | None = None) -> list[str]:
+    """The demo-sized task, the classifier fallback, the user's ``--set`` and then one grid cell's overrides."""
+    return ([] if args.no_official else OFFICIAL_TASK) + missing_classifier_override(args.config) + args.overrides + (cell or [])
+
+
+def cell_overrides(seed: int | None, reuse: bool | None) -> list[str]:
+    """The overrides of one seed x reuse cell (None: the config's own setting)."""
+    reuse_set = [] if reuse is None else [f"population.reuse_lookahead={str(reuse).lower()}"]
+    return ([] if seed is None else [f"seed={seed}"]) + reuse_set
 
 
 def missing_classifier_override(config_path: str) -> list[str]:
@@ -176,11 +198,11 @@ def missing_classifier_override(config_path: str) -> list[str]:
     return []
 
 
-def run_kfp(args, workdir: Path, run_id: str) -> dict:
+def run_kfp(args: argparse.Namespace, workdir: Path, run_id: str, cell: list[str]) -> dict:
     """``pipeline.py run`` in a subprocess: wall time, per-task times, per-process peaks."""
     cmd = [PYTHON, "pipeline.py", "run", "--config", args.config, "--run-root", str(workdir / "runs"),
            "--run-id", run_id, "--pipeline-root", str(workdir / "kfp"), "--set", f"private_root={workdir / 'private'}"]
-    for override in official_overrides(args):
+    for override in official_overrides(args, cell):
         cmd += ["--set", override]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -222,11 +244,11 @@ def run_kfp(args, workdir: Path, run_id: str) -> dict:
     }
 
 
-def run_inprocess(args, workdir: Path, run_id: str) -> dict:
+def run_inprocess(args: argparse.Namespace, workdir: Path, run_id: str, cell: list[str]) -> dict:
     """All steps in one fresh Python process (see ``inprocess_worker``)."""
     # The worker gets the expanded overrides and --no-official, so they are applied exactly once.
     cmd = [PYTHON, __file__, "--inprocess-worker", str(workdir), run_id, "--config", args.config, "--no-official"]
-    for override in official_overrides(args):
+    for override in official_overrides(args, cell):
         cmd += ["--set", override]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
@@ -238,11 +260,11 @@ def run_inprocess(args, workdir: Path, run_id: str) -> dict:
     return result
 
 
-def run_subprocess_steps(args, workdir: Path, run_id: str) -> dict:
+def run_subprocess_steps(args: argparse.Namespace, workdir: Path, run_id: str, cell: list[str]) -> dict:
     """Each step via its plain command line, one process each (no kfp)."""
     from privevo.config import load_config
 
-    overrides = [*official_overrides(args), f"run_root={workdir / 'runs'}", f"private_root={workdir / 'private'}"]
+    overrides = [*official_overrides(args, cell), f"run_root={workdir / 'runs'}", f"private_root={workdir / 'private'}"]
     config = load_config(args.config, overrides)
     base = ["--config", args.config, "--run-id", run_id] + [x for o in overrides for x in ("--set", o)]
     plan = [("embed_private", [])]
@@ -304,10 +326,32 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
 
     import privevo.voting as voting
 
+    image_steps: dict[str, int] = defaultdict(int)  # step kind -> UNet forward passes x batch
+    images: dict[str, int] = defaultdict(int)  # step kind -> images asked of the model
+    models: dict[int, Any] = {}  # id -> model: load_model returns one cached instance, instrumented once
+    unet_hooked = []
+
+    def count_images(func):
+        def wrapper(first, *a, **k):
+            images[current["step"]] += len(first) if hasattr(first, "__len__") else int(first)
+            return func(first, *a, **k)
+        return wrapper
+
+    def count_image_steps(module, args, kwargs, output) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        image_steps[current["step"]] += int(sample.shape[0])
+
     def instrument_model(model):
-        model.random = timed("RANDOM_API (generation 0)", model.random)
+        if id(model) in models:
+            return model
+        models[id(model)] = model
+        model.random = timed("RANDOM_API (generation 0)", count_images(model.random))
         model.variation = timed(lambda step: "VARIATION_API lookahead (embed_synthetic)" if step == "embed_synthetic"
-                                else "VARIATION_API next generation", model.variation)
+                                else "VARIATION_API next generation", count_images(model.variation))
+        unet = getattr(model, "unet", None)
+        if hasattr(unet, "register_forward_hook"):
+            unet.register_forward_hook(count_image_steps, with_kwargs=True)
+            unet_hooked.append(True)
         return model
 
     original_load_model, original_load_embedding = steps.load_model, steps.load_embedding
@@ -353,7 +397,8 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
         for s in range(shards):
             step(f"generate_variations g{g} s{s}", "generate_variations", g,
                  lambda g=g, s=s: steps.generate_variations(run, g, s))
-    step("evaluate", "evaluate", -1, lambda: evaluation.evaluate_run(run))
+    evaluated: dict[str, Any] = {}
+    step("evaluate", "evaluate", -1, lambda: evaluated.update(evaluation.evaluate_run(run)))
     total = time.perf_counter() - t_start
     in_steps = sum(r["seconds"] for r in records)
     # Resetting VmHWM also resets the kernel's hiwater mark that ru_maxrss reads for a live
@@ -379,7 +424,22 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
         "vmhwm_reset_per_step": hwm_reset,
         "breakdown_s": {k: round(v, 2) for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1])},
         "epsilon": run.ledger().epsilon(),
+        "seed": config.seed,
+        "reuse_lookahead": config.population.reuse_lookahead,
+        "final": {key: evaluated["final"].get(key) for key in (evaluation.FD_KEY, "class_tv", "precision", "recall")},
+        "images": dict(images, total=sum(images.values())),
+        # counted only where the model has a torch ``unet`` (an in-process diffusion model)
+        "image_steps": dict(image_steps, total=sum(image_steps.values())) if unet_hooked else None,
+        "model_precision": ", ".join(sorted({model_precision(m) for m in models.values()})) or None,
     }))
+
+
+def model_precision(model: Any) -> str:
+    """What the model computes in: its autocast dtype as resolved at load time, else its weights' dtype."""
+    dtype = getattr(model, "autocast_dtype", None) or getattr(model, "dtype", None)
+    device = getattr(model, "device", None)
+    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    return f"{name} on {device}" if device is not None else name
 
 
 # ---------------------------------------------------------------------- driver
@@ -398,13 +458,100 @@ def per_generation(records: list[dict]) -> list[dict]:
     return [{"generation": g, "seconds": round(s, 2)} for g, s in sorted(totals.items(), key=lambda kv: (kv[0] < 0, kv[0]))]
 
 
+RUNNERS = {"kfp": run_kfp, "inprocess": run_inprocess, "subprocess": run_subprocess_steps}
+NOT_WORSE_RULE = ("reuse is not worse on a metric (lower is better for FD and class TV) when its mean with reuse <= the mean "
+                  "without + the larger of the two settings' sample standard deviations (n - 1)")
+
+
+def plan_jobs(args: argparse.Namespace, modes: list[str], default_reuse: bool) -> list[dict[str, Any]]:
+    """The runs in order: the paired cell (first seed, the config's reuse setting) in every mode back to back for each
+    repeat (the order of the modes alternates between repeats), then the other in-process seed x reuse cells once each."""
+    seeds: list[int | None] = list(range(args.seeds)) if args.seeds else [None]
+    reuses: list[bool | None] = [False, True] if args.compare_reuse else [None]
+    paired = (seeds[0], default_reuse if args.compare_reuse else None)
+    jobs = [{"mode": m, "seed": paired[0], "reuse": paired[1], "repeat": r, "paired": True}
+            for r in range(args.repeats) for m in (modes if r % 2 == 0 else modes[::-1])]  # alternate who runs first
+    if "inprocess" in modes:
+        jobs += [{"mode": "inprocess", "seed": s, "reuse": u, "repeat": 0, "paired": False}
+                 for s in seeds for u in reuses if (s, u) != paired]
+    return jobs
+
+
+def seed_row(result: dict[str, Any], paired: bool) -> dict[str, Any]:
+    """One in-process run's row of the seeds x reuse table."""
+    from privevo.evaluation import FD_KEY
+
+    final = result.get("final") or {}
+    return {"seed": result.get("seed"), "reuse_lookahead": result.get("reuse_lookahead"), "paired": paired,
+            "wall_s": result["wall_s"], "fd": final.get(FD_KEY), "class_tv": final.get("class_tv"),
+            "image_steps": (result.get("image_steps") or {}).get("total"),
+            "image_steps_by_step": result.get("image_steps"), "images": (result.get("images") or {}).get("total"),
+            "precision": result.get("model_precision")}
+
+
+def compare_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread of FD, class TV, image-steps and wall time per reuse setting, the calls saved and the verdict."""
+    settings = {}
+    for reuse in (False, True):
+        chosen = [r for r in rows if r["reuse_lookahead"] is reuse]
+        settings[str(reuse).lower()] = {key: spread([r[key] for r in chosen]) for key, _ in REUSE_FIGURES}
+    without, with_ = settings["false"], settings["true"]
+    saved = {}
+    for key in ("image_steps", "images"):
+        if without[key] and with_[key] and without[key]["mean"]:
+            saved[key] = round(1 - with_[key]["mean"] / without[key]["mean"], 4)
+    verdict: dict[str, Any] = {}
+    for metric in ("fd", "class_tv"):
+        a, b = with_[metric], without[metric]
+        if a is None or b is None:
+            verdict[metric] = None
+            continue
+        bound = b["mean"] + max(a["std"], b["std"])
+        verdict[metric] = {"mean_with": a["mean"], "mean_without": b["mean"], "bound": round(bound, 4),
+                           "not_worse": a["mean"] <= bound}
+    known = [v["not_worse"] for v in verdict.values() if v is not None]
+    return {"settings": settings, "saved_fraction": saved, "verdict": verdict, "rule": NOT_WORSE_RULE,
+            "not_worse": all(known) if len(known) == len(verdict) else None}
+
+
+def print_seed_runs(rows: list[dict[str, Any]], reuse: dict[str, Any]) -> None:
+    """The seeds x reuse table, each setting's mean and spread, the calls saved and the verdict."""
+    print("\nin-process runs per seed and population.reuse_lookahead (final generation; DP noise fresh in each run):")
+    print(format_table(rows, [("seed", "seed"), ("reuse_lookahead", "reuse"), ("fd", "FD"), ("class_tv", "class TV"),
+                              ("image_steps", "UNet image-steps"), ("images", "images asked"), ("wall_s", "wall s"),
+                              ("precision", "precision")]))
+    table = []
+    for setting, figures in reuse["settings"].items():
+        for key, label in REUSE_FIGURES:
+            table.append({"reuse": setting, "figure": label, **(figures[key] or {})})
+    print("\nper setting (mean, sample std, min-max):")
+    print(format_table(table, [("reuse", "reuse"), ("figure", "figure"), ("mean", "mean"), ("std", "std"), ("min", "min"),
+                               ("max", "max"), ("runs", "runs")]))
+    saved = reuse["saved_fraction"]
+    print("calls saved by reuse: " + (", ".join(f"{k.replace('_', '-')} {100 * v:.1f}%" for k, v in saved.items()) or "n/a"))
+    verdicts = []
+    for metric, v in reuse["verdict"].items():
+        verdicts.append(f"{metric} n/a" if v is None else
+                        f"{metric} {v['mean_with']:.4g} vs bound {v['bound']:.4g} ({verdict_word(v['not_worse'])})")
+    print(f"verdict: reuse is {verdict_word(reuse['not_worse'])} on FD and class TV: {'; '.join(verdicts)}")
+    print(f"rule: {reuse['rule']}")
+
+
+def fmt(value: Any) -> str:
+    """A figure for a progress line ('n/a' where it was not measured)."""
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-official", action="store_true", help="do not pin the official-comparison task")
+    parser.add_argument("--no-official", action="store_true", help="do not pin the demo-sized task (OFFICIAL_TASK)")
     parser.add_argument("--modes", default="kfp,inprocess", help="comma list of kfp, inprocess, subprocess")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the paired cell (kfp.local and in-process) per mode")
+    parser.add_argument("--seeds", type=int, default=0, help="run the in-process demo for seed 0..N-1 (0: the config's seed)")
+    parser.add_argument("--compare-reuse", action="store_true",
+                        help="run the in-process demo with population.reuse_lookahead false and true")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     parser.add_argument("--verbose", action="store_true", help="echo pipeline.py's output")
     parser.add_argument("--inprocess-worker", nargs=2, metavar=("WORKDIR", "RUN_ID"), help=argparse.SUPPRESS)
@@ -415,31 +562,52 @@ def main() -> None:
         return
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    results: dict[str, list[dict]] = {m: [] for m in modes}
+    unknown = [m for m in modes if m not in RUNNERS]
+    if unknown or not modes:
+        parser.error(f"unknown mode(s) {unknown}: use a comma list of {', '.join(RUNNERS)}")
+    if (args.seeds or args.compare_reuse) and "inprocess" not in modes:
+        parser.error("--seeds and --compare-reuse run the in-process demo: add inprocess to --modes")
+    from privevo.config import load_config
+    from privevo.errors import UserError
+
+    try:
+        default_reuse = load_config(args.config, official_overrides(args)).population.reuse_lookahead
+    except UserError as err:
+        parser.error(str(err))
+    jobs = plan_jobs(args, modes, default_reuse)
+    paired = cell_overrides(jobs[0]["seed"], jobs[0]["reuse"])
+    results: dict[str, list[dict]] = {m: [] for m in modes}  # the paired cell's runs, per mode
+    seed_runs: list[dict] = []  # one row per in-process seed x reuse cell
     started = time.perf_counter()
-    for repeat in range(args.repeats):
-        for mode in modes:
-            workdir = Path(tempfile.mkdtemp(prefix=f"bench-demo-{mode}-"))
-            run_id = f"bench-{mode}-{repeat}"
-            print(f"  repeat {repeat + 1}/{args.repeats} {mode:<10} (load {' '.join(loadavg() or [])}) ...", flush=True)
-            runner = {"kfp": run_kfp, "inprocess": run_inprocess, "subprocess": run_subprocess_steps}[mode]
-            result = runner(args, workdir, run_id)
-            result["loadavg_after"] = loadavg()
+    for number, job in enumerate(jobs, 1):
+        mode, cell = job["mode"], cell_overrides(job["seed"], job["reuse"])
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-demo-{mode}-"))
+        run_id = f"bench-{mode}-{number}"
+        print(f"  run {number}/{len(jobs)} {mode:<10} {' '.join(cell) or '(config as is)'}"
+              f"{' (paired)' if job['paired'] else ''} (load {' '.join(loadavg() or [])}) ...", flush=True)
+        result = RUNNERS[mode](args, workdir, run_id, cell)
+        result["loadavg_after"] = loadavg()
+        if job["paired"]:
             results[mode].append(result)
-            print(f"    {mode}: {result['wall_s']:.1f} s", flush=True)
-            if args.keep:
-                print(f"    kept {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+        line = f"    {mode}: {result['wall_s']:.1f} s"
+        if mode == "inprocess" and job["repeat"] == 0:
+            seed_runs.append(seed_row(result, job["paired"]))
+            row = seed_runs[-1]
+            line += f"; FD {fmt(row['fd'])}, class TV {fmt(row['class_tv'])}, UNet image-steps {fmt(row['image_steps'])}"
+        print(line, flush=True)
+        if args.keep:
+            print(f"    kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     summaries = {mode: summary([r["wall_s"] for r in runs], 1) for mode, runs in results.items()}
     cpu = {mode: summary([r["cpu_s"] for r in runs], 1) for mode, runs in results.items()}
     out: dict = {"bench": "demo", "config": args.config, "overrides": official_overrides(args),
-                 "repeats": args.repeats, "runs": results, "wall_s": summaries, "cpu_s": cpu,
-                 "official": {"seconds": OFFICIAL_SECONDS, "peak_gb": OFFICIAL_PEAK_GB,
-                              "target_seconds": round(TARGET_SECONDS, 1), "target_peak_gb": TARGET_PEAK_GB}}
+                 "paired_overrides": paired, "repeats": args.repeats, "runs": results, "wall_s": summaries, "cpu_s": cpu,
+                 "other_machine_context": OFFICIAL_CONTEXT}
 
-    print(f"\ndemo ({args.config}; {' '.join(official_overrides(args))}), {args.repeats} run(s) per mode")
+    print(f"\ndemo ({args.config}; {' '.join(official_overrides(args))}), paired cell {' '.join(paired) or '(config as is)'}: "
+          f"{args.repeats} run(s) per mode")
     print(format_table([{"mode": m, **s, "cpu": cpu[m]["median"],
                          "load": " ".join((median_run(results[m]).get("loadavg_after") or [])[:1])}
                         for m, s in summaries.items()],
@@ -449,9 +617,6 @@ def main() -> None:
     if "kfp" in results:
         kfp = median_run(results["kfp"])
         print("\nkfp.local per task (seconds from its progress lines; peak RSS polled from /proc, per process):")
-        peaks = defaultdict(list)
-        for p in kfp["processes"]:
-            peaks[p["process"]].append(p["peak_rss_mb"])
         task_rows = [{"task": t["task"], "seconds": t["seconds"]} for t in kfp["tasks"]]
         print(format_table(task_rows, [("task", "task"), ("seconds", "s")]))
         print("\npeak RSS per process (MiB):")
@@ -475,48 +640,31 @@ def main() -> None:
                            [("what", "what"), ("seconds", "s")]))
         print(f"in-process: imports {inproc['imports_s']} s, steps {inproc['steps_sum_s']} s, "
               f"process peak RSS {inproc['process_peak_rss_mb']} MiB")
+        counted = inproc.get("image_steps") or {}
+        print("UNet image-steps (forward passes x batch) per step kind: "
+              + (", ".join(f"{k} {v}" for k, v in counted.items()) or "n/a (the model has no torch unet)")
+              + "; images asked of the model: " + ", ".join(f"{k} {v}" for k, v in (inproc.get("images") or {}).items()))
         out["inprocess_peak_rss_mb"] = summary([r["process_peak_rss_mb"] for r in results["inprocess"]], 1)
+        out["precision"] = inproc.get("model_precision")
+        print(f"model precision (resolved by the model at load time, in-process): {out['precision']}; "
+              "the kfp.local run loads the same config on the same machine")
 
     if "subprocess" in results:
         sub = median_run(results["subprocess"])
         print("\none process per step, no kfp (seconds incl. process start and imports; peak = wait4 ru_maxrss):")
         print(format_table(sub["steps"], STEP_COLUMNS))
 
-    comparison = []
-    for mode, runs in results.items():
-        wall = summaries[mode]["median"]
-        evaluate = [r.get("evaluate_s") or sum(s["seconds"] for s in r.get("steps", []) if s.get("kind") == "evaluate"
-                                               or str(s.get("step", "")).startswith("evaluate")) for r in runs]
-        evaluate_s = sorted(evaluate)[len(evaluate) // 2]
-        peak = {"kfp": lambda r: r["tree_peak_rss_mb"], "inprocess": lambda r: r["process_peak_rss_mb"],
-                "subprocess": lambda r: r["max_step_peak_rss_mb"]}[mode]
-        peak_mb = sorted(peak(r) for r in runs)[len(runs) // 2]
-        peak_gb = peak_mb * 2**20 / 1e9
-        for label, seconds in ((mode, wall), (f"{mode} without evaluate", wall - evaluate_s)):
-            comparison.append({"mode": label, "seconds": round(seconds, 1), "time_ratio": round(seconds / OFFICIAL_SECONDS, 3),
-                               "peak_gb": round(peak_gb, 3), "peak_ratio": round(peak_gb / OFFICIAL_PEAK_GB, 3),
-                               "time_ok": seconds <= TARGET_SECONDS, "memory_ok": peak_gb <= TARGET_PEAK_GB})
-    out["vs_official"] = comparison
     if "kfp" in summaries and "inprocess" in summaries:
-        out["orchestration_overhead_ratio"] = round(summaries["kfp"]["median"] / summaries["inprocess"]["median"], 3)
-        print(f"\norchestration overhead ratio kfp.local / in-process: {out['orchestration_overhead_ratio']:.2f}")
-    print(f"\nvs the official implementation ({OFFICIAL_SECONDS:.0f} s, {OFFICIAL_PEAK_GB} GB; "
-          f"targets <= {TARGET_SECONDS:.0f} s (ratio 0.667) and <= {TARGET_PEAK_GB} GB "
-          f"(ratio {TARGET_PEAK_GB / OFFICIAL_PEAK_GB:.3f})):")
-    print(
-        format_table(
-            comparison,
-            [
-                ("mode", "mode"),
-                ("seconds", "ours s"),
-                ("time_ratio", "ours/official time"),
-                ("peak_gb", "ours peak GB"),
-                ("peak_ratio", "ours/official peak"),
-                ("time_ok", "time within target"),
-                ("memory_ok", "memory within target"),
-            ],
-        )
-    )
+        ratio = round(summaries["kfp"]["median"] / summaries["inprocess"]["median"], 3)
+        out["orchestration_overhead_ratio"] = ratio
+        out["orchestration_overhead_target"] = TARGET_OVERHEAD_RATIO
+        print(f"\nkfp.local / in-process wall time, same overrides ({' '.join(paired) or 'config as is'}), same benchmark run: "
+              f"{ratio:.3f} (target <= {TARGET_OVERHEAD_RATIO}: {'met' if ratio <= TARGET_OVERHEAD_RATIO else 'NOT met'})")
+    out["seed_runs"] = seed_runs
+    if args.seeds or args.compare_reuse:
+        out["reuse"] = compare_reuse(seed_runs)
+        print_seed_runs(seed_runs, out["reuse"])
+    print(f"\ncontext: {OFFICIAL_CONTEXT}")
     out["seconds_total"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, default=str))
 
