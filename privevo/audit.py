@@ -75,7 +75,7 @@ def audit_run(run: Run) -> AuditReport:
     releases = [u for u in storage.list_files(run_dir) if RunLayout.is_release(run.layout.relative(u))]
     for uri in releases:
         name = run.layout.relative(uri)
-        sha = storage.sha256_uri(uri)
+        sha = storage.sha256_uri(uri, from_content=True)
         paying = [e for e in ledger.events if e.release_uri == name]
         if not report.check("release charged once", len(paying) == 1,
                             f"{name}: {len(paying)} ledger events pay for this release (expected exactly 1)"):
@@ -108,11 +108,11 @@ def audit_run(run: Run) -> AuditReport:
 
 
 def _generation_listing(run: Run, generation: int, ledger, report: AuditReport) -> dict[str, Any]:
-    gen_dir, manifest_uri = run.layout.gen_dir(generation), run.layout.manifest(generation)
-    files = storage.read_json(manifest_uri)["files"] if storage.exists(manifest_uri) else {}
+    gen_dir, manifest_dir = run.layout.gen_dir(generation), run.layout.manifest_dir(generation)
+    files = storage.read_manifest(manifest_dir)
     prefix = f"{generation_name(generation)}/"
-    if report.check("manifest present", bool(files), f"{run.layout.relative(manifest_uri)} is missing"):
-        changed = storage.verify_manifest(gen_dir, manifest_uri)
+    if report.check("manifest present", bool(files), f"{run.layout.relative(manifest_dir)}/ is missing"):
+        changed = storage.verify_manifest(gen_dir, manifest_dir)
         report.check("hashes match", not changed,
                      f"{prefix}{changed[0]}: sha256 or size differs from its manifest" if changed else "")
     steps = [storage.read_json(u) for u in storage.list_files(run.layout.steps_dir(generation))]

@@ -177,8 +177,8 @@ def load_image_folder(path: str, image_size: int, channels: int, class_names: li
     if not files:
         raise UserError(f"no images found in {path}: put .png/.jpg/.jpeg files there (optionally in class subfolders)")
     images = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
-    for i, uri in enumerate(files):
-        images[i] = _resize_one(_decode_image(storage.read_bytes(uri), uri, channels), image_size)
+    for i, (uri, data) in enumerate(zip(files, storage.read_many(files), strict=True)):  # in parallel on gs://
+        images[i] = _resize_one(_decode_image(data, uri, channels), image_size)
     names = _folder_labels([storage.relative_to(uri, path) for uri in files], path)
     if names is None:
         return ImageSet(images, None, None, path)

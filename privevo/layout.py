@@ -8,7 +8,7 @@ the report and the command line ask the layout; nobody else formats a run path.
 <run_root>/<run_id>/run.json, ledger.json, metrics.json
 <run_root>/<run_id>/gen-NNN/population.npz, shards/shard-SSS.npz,
     synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws),
-    selection.npz, steps/<step>.json, manifest.json,
+    selection.npz, steps/<step>.json, manifest/<writer>.json,
     calls/<step>[-SSS].json, calls/cache/<step>[-SSS]/<key>.npz   (model.kind remote)
 <run_root>/<run_id>/report/index.html, samples-gen-NNN.png, curves.png
 <private_root>/<run_id>/private_embeddings.npz, private_embeddings.sha256,
@@ -31,7 +31,7 @@ METRICS_JSON = "metrics.json"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
 CURVES_PNG = "curves.png"
-MANIFEST_NAME = "manifest.json"
+MANIFEST_DIR = "manifest"
 POPULATION_FILE = "population.npz"
 RELEASE_FILE = "noisy_histogram.npz"
 REDRAW_PREFIX = "noisy_histogram-redraw-"
@@ -84,7 +84,8 @@ class RunLayout:
     private_root: str
 
     def __post_init__(self) -> None:
-        """Reject run ids that escape the run folder and private roots that overlap the released one."""
+        """Reject run ids that escape the run folder and private roots that overlap the released one; mark the private root
+        so storage errors never name its objects."""
         if not self.run_id or "/" in self.run_id or self.run_id in (".", ".."):
             raise UserError(f"run_id {self.run_id!r} is not a plain folder name: use letters, digits, '-', '_' or '.'")
         if (self.private_root and _same_or_inside(self.private_root, self.run_root)) or _same_or_inside(
@@ -94,6 +95,7 @@ class RunLayout:
                 f"private_root {self.private_root} overlaps run_root {self.run_root}: "
                 "keep private data in a separate folder or bucket"
             )
+        storage.mark_private(self.private_root)
 
     # ------------------------------------------------------------------ run level
 
@@ -169,9 +171,13 @@ class RunLayout:
         """Folder of one generation, gen-000 style."""
         return storage.join(self.run_dir, generation_name(generation))
 
-    def manifest(self, generation: int) -> str:
-        """sha256 and size of every file of a generation."""
-        return storage.join(self.gen_dir(generation), MANIFEST_NAME)
+    def manifest_dir(self, generation: int) -> str:
+        """A generation's manifest: sha256 and size of each of its files, one part per writer (``storage.read_manifest``)."""
+        return storage.join(self.gen_dir(generation), MANIFEST_DIR)
+
+    def manifest_part(self, generation: int, writer: str) -> str:
+        """The manifest part of one writer (a step, or a step's shard): the files it wrote, as it wrote them."""
+        return storage.join(self.manifest_dir(generation), f"{writer}.json")
 
     def population(self, generation: int) -> str:
         """A generation's merged population."""

@@ -61,17 +61,17 @@ def verify_references(references: list[dict[str, Any]]) -> None:
 
 def _record_step(run: Run, generation: int, step: str, params: dict[str, Any], started: float,
                  shard: int | None = None) -> None:
-    """Write the step's parameters and timing beside its outputs (for the audit) and refresh the manifest."""
+    """Write the step's parameters and timing beside its outputs (for the audit) and its part of the manifest."""
     name = step if shard is None else f"{step}-{shard:03d}"
     record = {"step": name, "generation": generation, "params": params, "seconds": round(time.time() - started, 3),
               "finished_at": utc_now()}
     storage.write_json(run.layout.step_record(generation, step, shard), record)
-    refresh_manifest(run, generation)
+    record_manifest(run, generation, name)
 
 
-def refresh_manifest(run: Run, generation: int) -> None:
-    """Record sha256 and size of every file of a generation in its manifest."""
-    storage.write_manifest(run.layout.gen_dir(generation), run.layout.manifest(generation))
+def record_manifest(run: Run, generation: int, writer: str) -> None:
+    """Add the files this process wrote in a generation (hashed as they were written, never read back) to writer's part."""
+    storage.write_manifest_part(run.layout.gen_dir(generation), run.layout.manifest_part(generation, writer))
 
 
 _LOADED: dict[str, tuple[str, Any]] = {}  # network kind -> (config it was loaded for, instance)
@@ -147,6 +147,7 @@ def load_private_set(run: Run, step: str) -> Any:
     from privevo.data import load_image_set
 
     config, p = run.config, run.config.private
+    storage.mark_private(p.path)  # its file names may describe the private set: storage errors name only the tier
     if not storage.is_gcs(p.path) and not os.path.exists(p.path):  # where the data should be is config, not data
         raise UserError(f"private.path {p.path} does not exist: fix private.path or mount the private data there")
     with private_failures(run, step, "the private images could not be loaded"):
@@ -238,12 +239,12 @@ def load_population(run: Run, generation: int) -> Population:
     """Generation ``generation``'s population, merging its variation shards on first use."""
     uri = run.layout.population(generation)
     if not storage.exists(uri):
-        merge_shards(run, generation)
+        return merge_shards(run, generation)
     return Population.from_bytes(storage.read_bytes(uri), source=uri)
 
 
-def merge_shards(run: Run, generation: int) -> str:
-    """Merge a generation's variation shards (in shard order) into its population file."""
+def merge_shards(run: Run, generation: int) -> Population:
+    """Merge a generation's variation shards (in shard order) into its population file; returns the population."""
     shards = run.config.population.num_shards
     uris = [run.layout.shard(generation, s) for s in range(shards)]
     missing = [u for u in uris if not storage.exists(u)]
@@ -252,14 +253,15 @@ def merge_shards(run: Run, generation: int) -> str:
             f"generation {generation} is incomplete: {missing[0]} is missing; "
             f"rerun {'generate_initial' if generation == 0 else 'generate_variations'} for generation {generation}"
         )
-    parts = [Population.from_bytes(storage.read_bytes(u), source=u) for u in uris]
+    parts = [Population.from_bytes(data, source=u) for u, data in zip(uris, storage.read_many(uris), strict=True)]
     merged = Population.concatenate(parts)
+    uri = run.layout.population(generation)
     try:
-        sha = storage.write_bytes(run.layout.population(generation), merged.to_bytes(), exclusive=True)
-    except storage.AlreadyExists:
-        sha = storage.sha256_uri(run.layout.population(generation))
-    refresh_manifest(run, generation)
-    return sha
+        storage.write_bytes(uri, merged.to_bytes(), exclusive=True)
+    except storage.AlreadyExists:  # another step merged first: its file is the population
+        return Population.from_bytes(storage.read_bytes(uri), source=uri)
+    record_manifest(run, generation, "merge_shards")
+    return merged
 
 
 # -------------------------------------------------------------- embed_synthetic

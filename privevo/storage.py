@@ -3,10 +3,19 @@
 Every file a step reads or writes goes through this module, so a run works the same on a
 laptop (plain folders) and on a cluster (Cloud Storage buckets), and a crash never leaves a
 half-written file that looks whole.
+
+Hashes are recorded when a file is written, never by reading it back: on gs:// the sha256
+goes into the object's metadata (bound to the crc32c Cloud Storage computes), and every
+process keeps a journal of what it wrote, from which a step writes its own part of a
+generation's manifest. Only the audit (``verify_manifest``) downloads files to hash them, and
+``sha256_uri`` an object that another tool wrote (it has no recorded hash).
+Every Cloud Storage call retries with exponential backoff and has a deadline; a call that
+gets no answer fails with one line that names the object (or only its tier, when private).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import functools
@@ -36,6 +45,14 @@ GCS_SCHEME = "gs://"
 _TMP_MARK = ".tmp-"
 _LOCK_SUFFIX = ".lock"
 _UPDATE_ATTEMPTS = 20
+_REQUEST_TIMEOUT_S = 60.0  # one HTTP request: connect, or wait for the next bytes of the answer
+_CALL_DEADLINE_S = 120.0  # one storage call, its retries with exponential backoff included
+_TRANSFER_WORKERS = 8  # threads of a parallel read (read_many)
+_SHA256_KEY = "sha256"  # object metadata: the content's sha256, recorded at write time
+_CRC32C_KEY = "sha256-of-crc32c"  # object metadata: the crc32c of the content that sha256 was recorded for
+_WRITE_KEY = "write-id"  # object metadata: a token of the write, so a retried upload knows its own first try
+_PRIVATE_PREFIXES: set[str] = set()  # roots of the private tier (mark_private): errors never name objects there
+_WRITTEN: dict[str, dict[str, Any]] = {}  # this process's journal: URI -> sha256 and size of what it wrote
 
 
 class AlreadyExists(Exception):
@@ -84,6 +101,17 @@ def _is_internal(name: str) -> bool:
     return name.startswith(".") and (_TMP_MARK in name or name.endswith(_LOCK_SUFFIX))
 
 
+def mark_private(root: str) -> None:
+    """Declare root (a folder or gs:// prefix) part of the private tier: storage errors never name objects under it."""
+    if root:
+        _PRIVATE_PREFIXES.add(root.rstrip("/") + "/")
+
+
+def _describe(uri: str) -> str:
+    """How an error may name uri: itself when public, only its tier when private (its name may describe private data)."""
+    return "an object in the private tier" if any(uri.startswith(p) for p in _PRIVATE_PREFIXES) else uri
+
+
 # ---------------------------------------------------------------------------- GCS client and errors
 
 
@@ -103,25 +131,49 @@ def _client() -> gcs.Client:
     return _client_for(os.getpid(), os.environ.get("STORAGE_EMULATOR_HOST"))
 
 
+def _retry() -> Any:
+    """The retry policy of every Cloud Storage call: transient errors retried with exponential backoff, until the deadline."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_delay(initial=0.5, maximum=16.0, multiplier=2.0).with_timeout(_CALL_DEADLINE_S)
+
+
+def _limits() -> dict[str, Any]:
+    """Keyword arguments that bound one Cloud Storage call: the retry policy and the per-request timeout."""
+    return {"retry": _retry(), "timeout": _REQUEST_TIMEOUT_S}
+
+
 def _bucket_exists(bucket: str) -> bool:
     """Whether a bucket exists; True when we may not ask (so we do not blame the bucket)."""
     from google.api_core import exceptions as gexc
 
     try:
-        return _client().bucket(bucket).exists()
+        return _client().bucket(bucket).exists(**_limits())
     except gexc.Forbidden:
         return True
+
+
+def _no_answer(action: str, uri: str) -> str:
+    """The one-line error of a call that got no answer before its deadline."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    fix = (f"the emulator at {emulator} stopped answering; fake-gcs-server stops once its log fills a pipe nobody reads, "
+           "so start it with -log-level error or with its output discarded" if emulator
+           else "check the network and the bucket, then rerun the step")
+    return f"Cloud Storage gave no answer to {action} {_describe(uri)} within {_CALL_DEADLINE_S:.0f} s of retries: {fix}"
 
 
 @contextlib.contextmanager
 def _gcs_errors(action: str, uri: str) -> Iterator[None]:
     """Turn Cloud Storage failures into one-line UserErrors that say how to fix them."""
+    import requests
     from google.api_core import exceptions as gexc
-    from google.auth.exceptions import DefaultCredentialsError
+    from google.auth.exceptions import DefaultCredentialsError, TransportError
 
     bucket, _ = _split(uri)
     try:
         yield
+    except (gexc.RetryError, requests.exceptions.RequestException, TransportError, ConnectionError, TimeoutError):
+        raise UserError(_no_answer(action, uri)) from None
     except DefaultCredentialsError:
         raise UserError(
             f"no Google Cloud credentials to {action} {uri}: run `gcloud auth application-default login`, "
@@ -210,41 +262,109 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _crc32c(data: bytes) -> str:
+    """crc32c of data as Cloud Storage reports it (base64 of the big-endian 4 bytes)."""
+    import google_crc32c
+
+    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
+
+
+def _journal(uri: str, data: bytes) -> str:
+    """Record what this process wrote to uri (for the manifest part of its step); returns the sha256."""
+    sha = sha256_bytes(data)
+    _WRITTEN[uri] = {"sha256": sha, "size": len(data)}
+    return sha
+
+
+def take_written(folder: str) -> dict[str, dict[str, Any]]:
+    """sha256 and size of the files this process wrote under folder since the last call, by relative name (then forgotten)."""
+    base = folder.rstrip("/") + "/"
+    mine = sorted(uri for uri in _WRITTEN if uri.startswith(base))
+    return {relative_to(uri, folder): _WRITTEN.pop(uri) for uri in mine}
+
+
 def read_bytes(uri: str) -> bytes:
     """Read a whole file."""
     if is_gcs(uri):
         with _gcs_errors("read", uri):
-            return _blob(uri).download_as_bytes()
+            return _blob(uri).download_as_bytes(**_limits())
     with _local_errors("read", uri), open(uri, "rb") as f:
         return f.read()
+
+
+def read_many(uris: list[str]) -> Iterator[bytes]:
+    """The contents of several files, in order; on gs:// downloaded in parallel (transfer_manager threads, each
+    download retried and bounded), a batch at a time so a large image folder is never all in memory twice."""
+    batch = _TRANSFER_WORKERS * 8
+    for start in range(0, len(uris), batch):
+        yield from _read_batch(uris[start : start + batch])
+
+
+def _read_batch(uris: list[str]) -> list[bytes]:
+    """The contents of a few files, in order (in parallel on gs://)."""
+    if not all(is_gcs(u) for u in uris):
+        return [read_bytes(u) for u in uris]
+    from google.cloud.storage import transfer_manager
+
+    buffers = [io.BytesIO() for _ in uris]
+    with _gcs_errors("read", uris[0]):
+        pairs = [(_blob(u), b) for u, b in zip(uris, buffers, strict=True)]
+        results = transfer_manager.download_many(pairs, download_kwargs=_limits(), max_workers=_TRANSFER_WORKERS,
+                                                 worker_type=transfer_manager.THREAD)
+    for uri, result in zip(uris, results, strict=True):
+        if isinstance(result, Exception):
+            with _gcs_errors("read", uri):
+                raise result
+    return [b.getvalue() for b in buffers]
+
+
+def _recorded_sha256(blob: gcs.Blob) -> str | None:
+    """The sha256 recorded in an object's metadata at write time, if the object's content is still the one it was recorded for."""
+    metadata = blob.metadata or {}
+    return metadata.get(_SHA256_KEY) if metadata.get(_CRC32C_KEY) == blob.crc32c else None
+
+
+def _upload(uri: str, data: bytes, generation: int | None, content_type: str) -> None:
+    """Upload data with its sha256 recorded in the object's metadata; generation is the precondition (0: must not exist).
+
+    A retried upload whose first try landed but whose answer was lost fails its precondition:
+    the write's token in the metadata tells that apart from another writer's object.
+    """
+    from google.api_core import exceptions as gexc
+
+    token = secrets.token_hex(8)
+    blob = _blob(uri)
+    blob.metadata = {_SHA256_KEY: sha256_bytes(data), _CRC32C_KEY: _crc32c(data), _WRITE_KEY: token}
+    try:
+        blob.upload_from_string(data, content_type=content_type, if_generation_match=generation, **_limits())
+    except gexc.PreconditionFailed:
+        current = blob.bucket.get_blob(blob.name, **_limits())
+        if current is None or (current.metadata or {}).get(_WRITE_KEY) != token:
+            raise
 
 
 def write_bytes(uri: str, data: bytes, *, exclusive: bool = False) -> str:
     """Write a file atomically and return its sha256; exclusive raises AlreadyExists instead of overwriting."""
     if is_gcs(uri):
         from google.api_core import exceptions as gexc
-        from google.cloud.storage.retry import DEFAULT_RETRY
 
         content_type = mimetypes.guess_type(uri)[0] or "application/octet-stream"
         with _gcs_errors("write", uri):
             try:
-                if exclusive:
-                    _blob(uri).upload_from_string(data, content_type=content_type, if_generation_match=0)
-                else:
-                    _blob(uri).upload_from_string(data, content_type=content_type, retry=DEFAULT_RETRY)
+                _upload(uri, data, 0 if exclusive else None, content_type)
             except gexc.PreconditionFailed:
                 raise AlreadyExists(uri) from None
     else:
         with _local_errors("write", uri):
             _write_local(uri, data, exclusive)
-    return sha256_bytes(data)
+    return _journal(uri, data)
 
 
 def exists(uri: str) -> bool:
     """Whether a file exists (a missing bucket counts as missing)."""
     if is_gcs(uri):
         with _gcs_errors("check", uri):
-            return _blob(uri).exists()
+            return _blob(uri).exists(**_limits())
     return os.path.isfile(uri)
 
 
@@ -254,7 +374,7 @@ def list_files(prefix_uri: str) -> list[str]:
     if is_gcs(root):
         bucket, name = _split(root)
         with _gcs_errors("list", root):
-            blobs = _client().list_blobs(bucket, prefix=f"{name}/" if name else "")
+            blobs = _client().list_blobs(bucket, prefix=f"{name}/" if name else "", **_limits())
             return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
     found: list[str] = []
     for folder, _, names in os.walk(root):
@@ -268,16 +388,39 @@ def delete(uri: str) -> None:
         from google.api_core import exceptions as gexc
 
         with _gcs_errors("delete", uri), contextlib.suppress(gexc.NotFound):
-            _blob(uri).delete()
-        return
-    with _local_errors("delete", uri), contextlib.suppress(FileNotFoundError):
-        os.remove(uri)
+            _blob(uri).delete(**_limits())
+    else:
+        with _local_errors("delete", uri), contextlib.suppress(FileNotFoundError):
+            os.remove(uri)
+    _WRITTEN.pop(uri, None)
 
 
-def sha256_uri(uri: str) -> str:
-    """Hex sha256 of a file's content."""
+def _stat(uri: str) -> gcs.Blob:
+    """An object's metadata (one request, no content); NotFound when it does not exist."""
+    from google.api_core import exceptions as gexc
+
+    bucket, name = _split(uri)
+    blob = _client().bucket(bucket).get_blob(name, **_limits())
+    if blob is None:
+        raise gexc.NotFound(uri)
+    return blob
+
+
+def _stored_sha256(uri: str) -> str | None:
+    """The sha256 recorded for a gs:// object when it was written (None for an object written without one)."""
+    with _gcs_errors("read", uri):
+        return _recorded_sha256(_stat(uri))
+
+
+def sha256_uri(uri: str, *, from_content: bool = False) -> str:
+    """Hex sha256 of a file: on gs:// the one recorded at write time (no download) unless from_content (the audit's way).
+
+    A recorded hash counts only while the object's crc32c is the one it was recorded with;
+    an object written by another tool is downloaded and hashed.
+    """
     if is_gcs(uri):
-        return sha256_bytes(read_bytes(uri))
+        recorded = None if from_content else _stored_sha256(uri)
+        return recorded or sha256_bytes(read_bytes(uri))
     with _local_errors("read", uri), open(uri, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -285,14 +428,8 @@ def sha256_uri(uri: str) -> str:
 def size(uri: str) -> int:
     """Size of a file in bytes."""
     if is_gcs(uri):
-        from google.api_core import exceptions as gexc
-
-        bucket, name = _split(uri)
         with _gcs_errors("read", uri):
-            blob = _client().bucket(bucket).get_blob(name)
-            if blob is None:
-                raise gexc.NotFound(uri)
-            return int(blob.size)
+            return int(_stat(uri).size)
     with _local_errors("read", uri):
         return os.path.getsize(uri)
 
@@ -362,16 +499,16 @@ def update_json(uri: str, fn: Callable[[Any], Any]) -> str:
     bucket, name = _split(uri)
     for attempt in range(_UPDATE_ATTEMPTS):
         with _gcs_errors("update", uri):
-            blob = _client().bucket(bucket).get_blob(name)
+            blob = _client().bucket(bucket).get_blob(name, **_limits())
             try:
                 if blob is None:
                     current, generation = None, 0
                 else:
                     generation = blob.generation
-                    current = _decode_json(blob.download_as_bytes(if_generation_match=generation), uri)
+                    current = _decode_json(blob.download_as_bytes(if_generation_match=generation, **_limits()), uri)
                 data = _encode_json(fn(current))
-                _blob(uri).upload_from_string(data, content_type="application/json", if_generation_match=generation)
-                return sha256_bytes(data)
+                _upload(uri, data, generation, "application/json")
+                return _journal(uri, data)
             except gexc.PreconditionFailed:
                 time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
     raise UserError(
@@ -382,25 +519,44 @@ def update_json(uri: str, fn: Callable[[Any], Any]) -> str:
 # ---------------------------------------------------------------------------- manifests
 
 
-def _manifest_entries(folder: str, manifest_uri: str) -> dict[str, dict[str, Any]]:
-    """sha256 and size of every file under folder except the manifest itself."""
-    entries = {}
-    for uri in list_files(folder):
-        if uri != manifest_uri:
-            data = read_bytes(uri)
-            entries[relative_to(uri, folder)] = {"sha256": sha256_bytes(data), "size": len(data)}
-    return entries
+def write_manifest_part(folder: str, part_uri: str) -> None:
+    """Add the files this process wrote under folder (sha256 and size, as written) to its manifest part part_uri.
+
+    Each step keeps its own part, so no step reads or rewrites another's files or records;
+    the manifest of the folder is the union of its parts (``read_manifest``). A part keeps
+    the records of files an earlier try wrote and a retry reused. Nothing written: no part.
+    """
+    written = take_written(folder)
+    if written:
+        update_json(part_uri, lambda current: {"files": {**(current or {}).get("files", {}), **written}})
+        _WRITTEN.pop(part_uri, None)  # a part is not a file of the folder's manifest
 
 
-def write_manifest(folder: str, manifest_uri: str) -> str:
-    """Record sha256 and size of every file under folder in manifest_uri; returns its sha256."""
-    return write_json(manifest_uri, {"files": _manifest_entries(folder, manifest_uri)})
+def read_manifest(parts_folder: str) -> dict[str, dict[str, Any]]:
+    """A folder's manifest: sha256 and size of its files by relative name, the union of its parts ({} when none)."""
+    files: dict[str, dict[str, Any]] = {}
+    parts = list_files(parts_folder)
+    for uri, data in zip(parts, read_many(parts), strict=True):
+        files.update(_decode_json(data, uri).get("files", {}))
+    return files
 
 
-def verify_manifest(folder: str, manifest_uri: str) -> list[str]:
-    """Names of files listed in the manifest that are missing or no longer match (sorted)."""
-    if not exists(manifest_uri):
-        raise UserError(f"{manifest_uri} does not exist: the generation was never finished; rerun its step")
-    recorded = read_json(manifest_uri).get("files", {})
-    actual = _manifest_entries(folder, manifest_uri)
-    return sorted(name for name, entry in recorded.items() if actual.get(name) != entry)
+def _content_record(uri: str, present: set[str]) -> dict[str, Any] | None:
+    """sha256 and size of a file's content, downloaded and hashed (None when it is missing)."""
+    if uri not in present:
+        return None
+    data = read_bytes(uri)
+    return {"sha256": sha256_bytes(data), "size": len(data)}
+
+
+def verify_manifest(folder: str, parts_folder: str) -> list[str]:
+    """Names of files in the folder's manifest that are missing or no longer match (sorted); downloads every one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    recorded = read_manifest(parts_folder)
+    if not recorded:
+        raise UserError(f"{parts_folder} holds no manifest: the generation was never finished; rerun its steps")
+    names, present = sorted(recorded), set(list_files(folder))
+    with ThreadPoolExecutor(_TRANSFER_WORKERS if is_gcs(folder) else 1) as pool:
+        actual = pool.map(lambda name: _content_record(join(folder, name), present), names)
+        return [name for name, entry in zip(names, actual, strict=True) if entry != recorded[name]]

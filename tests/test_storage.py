@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_args
 from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob
 
@@ -124,28 +129,130 @@ def test_bad_json_and_npz_are_user_errors(root: str) -> None:
     assert uri in _one_line_error(excinfo)
 
 
-def test_manifest_detects_tampering(root: str) -> None:
+def test_manifest_parts_record_writes_and_detect_tampering(root: str) -> None:
     layout = RunLayout(root, "run-1", root + "-private")
-    gen, manifest_uri = layout.gen_dir(2), layout.manifest(2)
-    storage.write_bytes(storage.join(gen, "population.npz"), b"pop")
-    storage.write_bytes(storage.join(gen, "shards", "0.npz"), b"shard")
+    gen, manifest_dir = layout.gen_dir(2), layout.manifest_dir(2)
+    population, shard = storage.join(gen, "population.npz"), storage.join(gen, "shards", "0.npz")
+    storage.write_bytes(population, b"pop")
+    storage.write_bytes(shard, b"shard")
+    storage.write_manifest_part(gen, layout.manifest_part(2, "first"))
     storage.write_bytes(storage.join(gen, "histogram.npz"), b"hist")
-    storage.write_manifest(gen, manifest_uri)
-    manifest = storage.read_json(manifest_uri)
-    assert sorted(manifest["files"]) == ["histogram.npz", "population.npz", "shards/0.npz"]
-    assert manifest["files"]["population.npz"] == {"sha256": storage.sha256_bytes(b"pop"), "size": 3}
-    assert storage.verify_manifest(gen, manifest_uri) == []
+    storage.write_bytes(storage.join(root, "ledger.json"), b"[]")  # outside the generation: in no part
+    storage.write_manifest_part(gen, layout.manifest_part(2, "second"))
+    storage.write_manifest_part(gen, layout.manifest_part(2, "idle"))  # wrote nothing: no part
+    assert [storage.relative_to(u, manifest_dir) for u in storage.list_files(manifest_dir)] == ["first.json", "second.json"]
+    files = storage.read_manifest(manifest_dir)
+    assert sorted(files) == ["histogram.npz", "population.npz", "shards/0.npz"]
+    assert files["population.npz"] == {"sha256": storage.sha256_bytes(b"pop"), "size": 3}
+    assert storage.verify_manifest(gen, manifest_dir) == []
 
-    storage.write_bytes(storage.join(gen, "population.npz"), b"poq")
-    storage.delete(storage.join(gen, "shards", "0.npz"))
-    assert storage.verify_manifest(gen, manifest_uri) == ["population.npz", "shards/0.npz"]
+    storage.write_bytes(shard, b"shard, second try")  # a retry rewrites one file and reuses the other
+    storage.write_manifest_part(gen, layout.manifest_part(2, "first"))
+    files = storage.read_manifest(manifest_dir)
+    assert files["shards/0.npz"]["size"] == 17 and "population.npz" in files
+    assert storage.verify_manifest(gen, manifest_dir) == []
+
+    storage.write_bytes(population, b"poq")  # changed behind the manifest's back
+    storage.take_written(gen)
+    storage.delete(shard)
+    assert storage.verify_manifest(gen, manifest_dir) == ["population.npz", "shards/0.npz"]
 
 
 def test_verify_without_manifest_is_user_error(root: str) -> None:
     layout = RunLayout(root, "run", root + "-private")
     with pytest.raises(UserError) as excinfo:
-        storage.verify_manifest(layout.gen_dir(0), layout.manifest(0))
-    assert "manifest.json" in _one_line_error(excinfo)
+        storage.verify_manifest(layout.gen_dir(0), layout.manifest_dir(0))
+    assert "gen-000/manifest holds no manifest" in _one_line_error(excinfo)
+
+
+def test_read_many_keeps_order_and_names_a_missing_file(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "_TRANSFER_WORKERS", 1)  # batches of 8: two here
+    uris = [storage.join(root, "shards", f"{i}.npz") for i in range(12)]
+    for i, uri in enumerate(uris):
+        storage.write_bytes(uri, bytes([i]) * (i + 1))
+    assert list(storage.read_many(uris)) == [bytes([i]) * (i + 1) for i in range(12)]
+    missing = storage.join(root, "shards", "missing.npz")
+    with pytest.raises(UserError) as excinfo:
+        list(storage.read_many([uris[0], missing]))
+    assert missing in _one_line_error(excinfo)
+
+
+def test_gcs_hash_is_recorded_at_write_and_read_without_download(gcs_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = gcs_server.make_bucket(f"b-{uuid.uuid4().hex[:12]}")
+    uri = storage.join(bucket, "runs", "gen-001", "selection.npz")
+    sha = storage.write_bytes(uri, b"selected parents")
+    with monkeypatch.context() as mp:
+        mp.setattr(Blob, "_prep_and_do_download", lambda *a, **k: pytest.fail("sha256_uri downloaded the file"))
+        assert storage.sha256_uri(uri) == sha
+    assert storage.sha256_uri(uri, from_content=True) == sha
+
+    blob = gcs_server.client.bucket(bucket[len("gs://"):]).blob("runs/gen-001/selection.npz")
+    blob.upload_from_string(b"rewritten by another tool")  # no recorded hash: hashed from its content
+    assert storage.sha256_uri(uri) == storage.sha256_bytes(b"rewritten by another tool")
+    blob.metadata = {"sha256": sha, "sha256-of-crc32c": storage._crc32c(b"selected parents")}
+    blob.patch()  # a recorded hash copied onto other content does not count
+    assert storage.sha256_uri(uri) == storage.sha256_bytes(b"rewritten by another tool")
+
+
+def test_gcs_exclusive_retry_of_our_own_upload_is_not_already_exists(gcs_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = gcs_server.make_bucket(f"b-{uuid.uuid4().hex[:12]}")
+    upload = Blob.upload_from_string
+
+    def answer_lost(self: Blob, *args: object, **kwargs: object) -> None:
+        """The first try lands, its answer is lost, and the retry finds the object there."""
+        upload(self, *args, **kwargs)
+        raise gexc.PreconditionFailed("the object already exists")
+
+    monkeypatch.setattr(Blob, "upload_from_string", answer_lost)
+    uri = storage.join(bucket, "gen-001", "noisy_histogram.npz")
+    assert storage.write_bytes(uri, b"release", exclusive=True) == storage.sha256_bytes(b"release")
+    with pytest.raises(storage.AlreadyExists):  # another writer's object is still refused
+        storage.write_bytes(uri, b"release", exclusive=True)
+
+
+@pytest.fixture
+def silent_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A loopback endpoint that accepts connections and never answers, as STORAGE_EMULATOR_HOST, with short limits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    monkeypatch.setattr(storage, "_REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(storage, "_CALL_DEADLINE_S", 1.0)
+    monkeypatch.setattr(storage, "_PRIVATE_PREFIXES", set())
+    yield endpoint
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_stuck_call_fails_in_one_line_naming_the_object(silent_server: str) -> None:
+    uri = "gs://released/runs/r1/gen-001/shards/shard-000.npz"
+    for call in (storage.exists, storage.read_bytes, lambda u: storage.write_bytes(u, b"x"), storage.sha256_uri):
+        started = time.monotonic()
+        with pytest.raises(UserError) as excinfo:
+            call(uri)
+        assert time.monotonic() - started < 10
+        message = _one_line_error(excinfo)
+        assert message.startswith("Cloud Storage gave no answer to ") and uri in message
+        assert f"the emulator at {silent_server} stopped answering" in message
+
+
+def test_stuck_call_in_the_private_tier_names_only_the_tier(silent_server: str) -> None:
+    RunLayout("gs://released/runs", "r1", "gs://private-bucket/runs")
+    storage.mark_private("gs://private-bucket/data")
+    for uri in ("gs://private-bucket/runs/r1/private_embeddings.npz", "gs://private-bucket/data/patient-0042.png"):
+        with pytest.raises(UserError) as excinfo:
+            storage.read_bytes(uri)
+        message = _one_line_error(excinfo)
+        assert "an object in the private tier" in message and "private-bucket" not in message
 
 
 def test_run_layout() -> None:
@@ -251,5 +358,20 @@ def test_gcs_writes_nothing_to_local_gs_folder(gcs_server) -> None:
     bucket = gcs_server.make_bucket(f"b-{uuid.uuid4().hex[:12]}")
     storage.write_json(storage.join(bucket, "r", "run.json"), {"ok": True})
     storage.update_json(storage.join(bucket, "r", "ledger.json"), lambda events: [*(events or []), 1])
-    storage.write_manifest(storage.join(bucket, "r"), storage.join(bucket, "r", "manifest.json"))
+    storage.write_manifest_part(storage.join(bucket, "r"), storage.join(bucket, "r", "manifest", "step.json"))
     assert not Path("gs:").exists()
+
+
+def test_tiny_pipeline_on_the_emulator_twice_in_a_row(gcs_server, tmp_path: Path, run_cli) -> None:
+    """The README's way (gs:// run root, two shards, evaluate included), twice against one emulator: no call hangs."""
+    released = gcs_server.make_bucket(f"released-{uuid.uuid4().hex[:8]}")
+    private = gcs_server.make_bucket(f"private-{uuid.uuid4().hex[:8]}")
+    for attempt in range(2):
+        result = run_cli(*tiny_args(f"{released}/runs", f"{private}/runs", "--run-id", f"again-{attempt}",
+                                    pipeline_root=tmp_path / f"kfp-{attempt}"), timeout=400)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "evaluate" in result.stdout
+    audit = run_cli("audit", "again-1", "--run-root", f"{released}/runs", timeout=200)
+    assert audit.returncode == 0, audit.stdout[-2000:] + audit.stderr[-2000:]
+    manifest = storage.read_manifest(f"{released}/runs/again-1/gen-002/manifest")
+    assert {"shards/shard-000.npz", "shards/shard-001.npz", "noisy_histogram.npz", "selection.npz"} <= set(manifest)
