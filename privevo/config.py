@@ -137,7 +137,7 @@ class PopulationConfig(_Strict):
     num_shards: int = Field(default=1, ge=1)
     conditional: bool = Field(default=False, description="per-class PE: needs labelled private data")
     reuse_lookahead: bool = Field(
-        default=False,
+        default=True,
         description="a selected parent's first `lookahead` children are the vote's lookahead variations of it "
                     "(fewer model calls; post-processing, no privacy cost)",
     )
