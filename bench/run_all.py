@@ -434,7 +434,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes everywhere (smoke test); = --profile quick")
     parser.add_argument("--profile", choices=PROFILES, default="default",
                         help="default: everything; headline: only issue 18's figures (models and demo); quick: smoke test")
-    parser.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {', '.join(BENCHES)}")
+    parser.add_argument("--only", default="", help=f"comma list of {', '.join(BENCHES)} (default: all the profile runs)")
     parser.add_argument("--demo-repeats", type=int, default=1)
     parser.add_argument("--device", default=None, help="device for the embedding and model benchmarks")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -449,7 +449,8 @@ def main() -> None:
 
     if args.quick:
         args.profile = "quick"
-    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    cmds = commands(args)
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()] if args.only else list(cmds)
     started = time.perf_counter()
     results = {"machine": machine_info(), "profile": args.profile, "device": args.device or "auto",
                "overrides": args.overrides, "benches": {}}
@@ -457,10 +458,9 @@ def main() -> None:
         previous = json.loads(Path(args.json).read_text())
         results["benches"] = previous.get("benches", {})
         results["machine_previous"] = previous.get("machine")
-    cmds = commands(args)
     unknown = [name for name in chosen if name not in cmds]
     if unknown:
-        parser.error(f"unknown benchmark(s) {unknown}: use {', '.join(BENCHES)}")
+        parser.error(f"unknown benchmark(s) {unknown}: the {args.profile} profile runs {', '.join(cmds)}")
     for name in chosen:  # --only "" --merge re-renders RESULTS.md from results.json without running anything
         results["benches"][name] = run_bench(name, cmds[name])
         write_json(args.json, results)  # keep what is done if a later benchmark fails
