@@ -140,7 +140,7 @@ def _score(run: Run, reference: Any, extractor: Any, classifier: Any, last: int,
 
 
 def _sigma(run: Run) -> float:
-    return privacy.noise_multiplier_for(run.config)
+    return privacy.noise_multiplier_for(run.config, run.layout)
 
 
 def _mark_complete(run: Run, last: int) -> None:

@@ -27,6 +27,7 @@ from privevo.errors import UserError
 
 RUN_JSON = "run.json"
 LEDGER_JSON = "ledger.json"
+CALIBRATION_JSON = "calibration.json"
 METRICS_JSON = "metrics.json"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
@@ -113,6 +114,11 @@ class RunLayout:
     def ledger_json(self) -> str:
         """Privacy ledger: one event per DP release."""
         return storage.join(self.run_dir, LEDGER_JSON)
+
+    @property
+    def calibration_json(self) -> str:
+        """The noise multiplier calibrated from the config's epsilon target, kept so the votes do not calibrate again."""
+        return storage.join(self.run_dir, CALIBRATION_JSON)
 
     @property
     def metrics_json(self) -> str:

@@ -434,14 +434,29 @@ def format_privacy_report(report: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------ budget
 
 
-def noise_multiplier_for(config: Config) -> float:
-    """The per-vote noise multiplier: explicit, or calibrated from the target epsilon."""
+def noise_multiplier_for(config: Config, layout: RunLayout | None = None) -> float:
+    """The per-vote noise multiplier: explicit, or calibrated from the target epsilon.
+
+    With the run's ``layout`` a run calibrates once (resolve_config) and keeps the result in its
+    calibration.json, so each vote's process does not calibrate again (seconds of accounting). The
+    file holds only the config's privacy inputs and the noise they give, and is used only for the
+    same inputs; whatever it says, the budget rule checks every release against the target.
+    """
     privacy = config.privacy
     if privacy.noise_multiplier is not None:
         return privacy.noise_multiplier
     assert privacy.epsilon is not None  # the config holds exactly one of the two
-    return calibrate_noise_multiplier(privacy.epsilon, privacy.delta, config.population.generations,
-                                      privacy.sampling_rate, privacy.mechanism, privacy.k)
+    inputs = {"epsilon": privacy.epsilon, "delta": privacy.delta, "generations": config.population.generations,
+              "sampling_rate": privacy.sampling_rate, "mechanism": privacy.mechanism, "k": privacy.k}
+    if layout is not None and storage.exists(layout.calibration_json):
+        kept = storage.read_json(layout.calibration_json)
+        if kept.get("inputs") == inputs:
+            return float(kept["noise_multiplier"])
+    sigma = calibrate_noise_multiplier(privacy.epsilon, privacy.delta, config.population.generations,
+                                       privacy.sampling_rate, privacy.mechanism, privacy.k)
+    if layout is not None:
+        storage.write_json(layout.calibration_json, {"inputs": inputs, "noise_multiplier": sigma})
+    return sigma
 
 
 def budget_of(privacy: PrivacyConfig) -> float | None:
@@ -506,7 +521,7 @@ def release_vote(
     ``redraw_key`` (a KFP run id: a retried task reuses its redraw; None: a new key).
     """
     privacy = config.privacy
-    sigma = noise_multiplier_for(config)
+    sigma = noise_multiplier_for(config, layout)
     ledger = Ledger.load(layout.ledger_json, privacy.delta)
     ours = [e for e in ledger.events if e.generation == generation]
     if not ours and storage.exists(layout.release(generation)):
@@ -594,6 +609,7 @@ def _reuse(layout: RunLayout, event: PrivacyEvent, uri: str) -> Release:
     else:
         logger.info("generation %d: the DP release already exists: reusing it (no new noise, no new charge)",
                     event.generation)
+    storage.note_reused(uri, sha)  # in the vote's manifest part, even when the try that wrote it stopped before it
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return Release(npz["noisy_histogram"], uri, sha)
 

@@ -48,7 +48,9 @@ def resolve_run(config: Config, parameters: dict[str, Any], run_id: str, resume:
 
     config = apply_parameters(config, parameters)
     privacy.check_planned_budget(config)  # calibrates sigma: an impossible epsilon target fails here, in one line
-    return Run.start(config, run_id or kfp_run_id, resume, started_by=kfp_run_id)
+    run = Run.start(config, run_id or kfp_run_id, resume, started_by=kfp_run_id)
+    privacy.noise_multiplier_for(config, run.layout)  # kept in the run: the votes do not calibrate again
+    return run
 
 
 def verify_references(references: list[dict[str, Any]]) -> None:
@@ -72,6 +74,16 @@ def _record_step(run: Run, generation: int, step: str, params: dict[str, Any], s
 def record_manifest(run: Run, generation: int, writer: str) -> None:
     """Add the files this process wrote in a generation (hashed as they were written, never read back) to writer's part."""
     storage.write_manifest_part(run.layout.gen_dir(generation), run.layout.manifest_part(generation, writer))
+
+
+def _reused(run: Run, generation: int, writer: str, *uris: str) -> str:
+    """Reuse outputs an earlier try of a step wrote: they go in the step's manifest part (that try may have stopped
+    before writing it, and the audit checks what the parts list); returns the first one's sha256."""
+    shas = [storage.sha256_uri(uri) for uri in uris]
+    for uri, sha in zip(uris, shas, strict=True):
+        storage.note_reused(uri, sha)
+    record_manifest(run, generation, writer)
+    return shas[0]
 
 
 _LOADED: dict[str, tuple[str, Any]] = {}  # network kind -> (config it was loaded for, instance)
@@ -216,7 +228,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     uri = run.layout.shard(0, shard)
     if storage.exists(uri):
         logger.info("generation 0 shard %d already exists: reusing it", shard)
-        return _reference(uri, storage.sha256_uri(uri), generation=0, shard=shard)
+        return _reference(uri, _reused(run, 0, f"generate_initial-{shard:03d}", uri), generation=0, shard=shard)
     part = shard_slice(run.config.population.size, shard, run.config.population.num_shards)
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
@@ -296,7 +308,10 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
         run.layout.lookahead_variations(generation, shard))
     if kept_ok and _stored_synthetic_embeddings(run, generation, shard, population_sha) is not None:
         logger.info("generation %d shard %d: synthetic embeddings already exist: reusing them", generation, shard)
-        return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
+        kept_uri = run.layout.lookahead_variations(generation, shard)
+        sha = _reused(run, generation, f"embed_synthetic-{shard:03d}", uri,
+                      *([kept_uri] if storage.exists(kept_uri) else []))
+        return _reference(uri, sha, generation=generation, shard=shard)
     if storage.exists(uri):
         logger.warning("generation %d shard %d: the population changed since it was embedded: embedding it again",
                        generation, shard)
@@ -410,7 +425,7 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     selection_uri = run.layout.selection(generation)
     sha = storage.write_npz(selection_uri, {"parent_ids": parents, "labels": previous.labels[parents]})
     epsilon = run.ledger().epsilon(upto_generation=generation)
-    params = {"noise_multiplier": privacy.noise_multiplier_for(config), "threshold": config.privacy.threshold,
+    params = {"noise_multiplier": privacy.noise_multiplier_for(config, run.layout), "threshold": config.privacy.threshold,
               "k": config.privacy.k, "lookahead": config.population.lookahead,
               "degree": config.population.degree_schedule()[generation - 1], "selection": config.privacy.selection,
               "sampling_rate": config.privacy.sampling_rate, "mechanism": config.privacy.mechanism,
@@ -459,7 +474,8 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     if storage.exists(uri) and storage.exists(record_uri):
         if storage.read_json(record_uri)["params"].get("selection_sha256") == selection_sha:
             logger.info("generation %d shard %d already exists: reusing it", generation, shard)
-            return _reference(uri, storage.sha256_uri(uri), generation=generation, shard=shard)
+            sha = _reused(run, generation, f"generate_variations-{shard:03d}", uri)
+            return _reference(uri, sha, generation=generation, shard=shard)
         # The selection changed (a forced redraw): this shard and the merged population are stale.
         logger.warning("generation %d shard %d was made from an earlier selection: making it again", generation, shard)
         storage.delete(run.layout.population(generation))

@@ -276,6 +276,12 @@ def _journal(uri: str, data: bytes) -> str:
     return sha
 
 
+def note_reused(uri: str, sha256: str) -> None:
+    """Journal a file an earlier try of this step wrote and this try reuses: the step's manifest part then lists it
+    even when that try stopped between writing the file and writing its part."""
+    _WRITTEN[uri] = {"sha256": sha256, "size": size(uri)}
+
+
 def take_written(folder: str) -> dict[str, dict[str, Any]]:
     """sha256 and size of the files this process wrote under folder since the last call, by relative name (then forgotten)."""
     base = folder.rstrip("/") + "/"

@@ -105,3 +105,24 @@ def test_reuse_lookahead_does_not_depend_on_the_sharding(tmp_path, monkeypatch):
         fresh_before += (part.stop - part.start) - len(reused)
         merged.update({i + part.start: image for i, image in reused.items()})
     assert sorted(merged) == sorted(whole) and all(np.array_equal(merged[i], whole[i]) for i in whole)
+
+
+def test_a_reused_output_is_in_its_steps_manifest_after_a_crash_before_the_part(tmp_path):
+    """A try that wrote its output but stopped before its manifest part: the retry that reuses the output lists it."""
+    import os
+
+    from privevo import storage
+
+    run = make_tiny_run(tmp_path, "crashed")
+    steps.embed_synthetic(run, 1, 0)
+    for generation, writer, uri in ((0, "generate_initial-000", run.layout.shard(0, 0)),
+                                    (1, "embed_synthetic-000", run.layout.synthetic_embeddings(1, 0))):
+        part = run.layout.manifest_part(generation, writer)
+        os.remove(part)  # as if the try had stopped right after writing its output
+        assert storage.relative_to(uri, run.layout.gen_dir(generation)) not in storage.read_manifest(
+            run.layout.manifest_dir(generation))
+    steps.generate_initial(run, 0)
+    steps.embed_synthetic(run, 1, 0)
+    for generation, uri in ((0, run.layout.shard(0, 0)), (1, run.layout.synthetic_embeddings(1, 0))):
+        listed = storage.read_manifest(run.layout.manifest_dir(generation))
+        assert listed[storage.relative_to(uri, run.layout.gen_dir(generation))]["sha256"] == storage.sha256_uri(uri)
