@@ -469,5 +469,9 @@ def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: P
         theirs = steps.load_population(run, generation)
         np.testing.assert_array_equal(ours.parent_ids, theirs.parent_ids)
         assert_close_images(ours.images, theirs.images)
+    # the shard's 12 children: those that reuse the vote's lookahead variations cost no call (reuse_lookahead)
     ledger = storage.read_json(remote_run.layout.calls(1, "generate_variations", 0))
-    assert ledger["images"] == 12 and ledger["failures"] == 0 and ledger["estimated_cost"] == pytest.approx(0.012)
+    record = storage.read_json(remote_run.layout.step_record(1, "generate_variations", 0))["params"]
+    assert record["fresh_variations"] + record["reused_lookahead"] == 12 and record["reused_lookahead"] > 0
+    assert ledger["images"] == record["fresh_variations"] and ledger["failures"] == 0
+    assert ledger["estimated_cost"] == pytest.approx(0.001 * record["fresh_variations"])
