@@ -84,6 +84,20 @@ def _parse_multipart(content_type: str, data: bytes) -> dict[str, bytes]:
             for part in message.iter_parts()}
 
 
+def _named(store: dict[str, dict], kind: str, query: dict) -> dict:
+    """A list answer: the stored objects with the filter's display name, in the query's namespace."""
+    name = _display_name_filter(query)
+    found = [o for o in store.values() if o["display_name"] == name and o.get("namespace") == query.get("namespace")]
+    return {kind: found, "total_size": len(found)}
+
+
+def _create(api: KfpApi, store: dict[str, dict], kind: str, body: dict) -> dict:
+    """A create answer: the body stored under a new ``<kind>_id``."""
+    created = {**body, f"{kind}_id": api.new_id(kind)}
+    store[created[f"{kind}_id"]] = created
+    return created
+
+
 def _answer(api: KfpApi, request: Request) -> tuple[int, dict]:
     """The API server's answer to one request (status, JSON)."""
     parts = request.path.strip("/").split("/")[2:]  # after apis/v2beta1
@@ -92,23 +106,13 @@ def _answer(api: KfpApi, request: Request) -> tuple[int, dict]:
         case "GET", ["healthz"]:
             return 200, {"multi_user": False}
         case "GET", ["experiments"]:
-            name = _display_name_filter(query)
-            found = [e for e in api.experiments.values()
-                     if e["display_name"] == name and e.get("namespace") == query.get("namespace")]
-            return 200, {"experiments": found, "total_size": len(found)}
+            return 200, _named(api.experiments, "experiments", query)
         case "POST", ["experiments"]:
-            experiment = {**body, "experiment_id": api.new_id("experiment")}
-            api.experiments[experiment["experiment_id"]] = experiment
-            return 200, experiment
+            return 200, _create(api, api.experiments, "experiment", body)
         case "GET", ["pipelines"]:
-            name = _display_name_filter(query)
-            found = [p for p in api.pipelines.values()
-                     if p["display_name"] == name and p.get("namespace") == query.get("namespace")]
-            return 200, {"pipelines": found, "total_size": len(found)}
+            return 200, _named(api.pipelines, "pipelines", query)
         case "POST", ["pipelines"]:
-            created = {**body, "pipeline_id": api.new_id("pipeline")}
-            api.pipelines[created["pipeline_id"]] = created
-            return 200, created
+            return 200, _create(api, api.pipelines, "pipeline", body)
         case "POST", ["pipelines", "upload_version"]:
             if query["pipelineid"] not in api.pipelines:
                 return 404, {"message": f"pipeline {query['pipelineid']} not found"}
