@@ -471,6 +471,7 @@ def main() -> None:
     started = time.perf_counter()
     results = {"machine": machine_info(), "profile": args.profile, "device": args.device or "auto",
                "overrides": args.overrides, "benches": {}}
+    previous: dict = {}
     if args.merge and Path(args.json).is_file():
         previous = json.loads(Path(args.json).read_text())
         results["benches"] = previous.get("benches", {})
@@ -485,6 +486,10 @@ def main() -> None:
 
     results["loadavg_end"] = loadavg()
     results["seconds_total"] = round(time.perf_counter() - started, 1)
+    if previous and not chosen:  # a re-render: the machine, date and load are those of the run that took the figures
+        for key in ("machine", "profile", "loadavg_end", "seconds_total"):
+            results[key] = previous.get(key, results[key])
+        results.pop("machine_previous", None)
     for result in results["benches"].values():
         result.pop("text", None)
     results["headline"] = headline_figures(results)
