@@ -562,7 +562,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.model_kind and args.model_path:
         options = {key: value for key, value in (
             ("batch_size", args.batch_size), ("num_inference_steps", args.num_inference_steps),
-            ("device", args.device), ("autocast", args.autocast), ("prompts", args.prompts)) if value is not None}
+            ("device", args.device), ("autocast", args.autocast), ("prompts", args.prompts), ("sha256", args.sha256))
+            if value is not None}
         config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options)
     else:
         raise UserError("serve needs --model-kind and --model-path (or --config CFG to serve its model section)")
@@ -711,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv = commands.add_parser("serve", help="serve a local model on the KServe v2 protocol (for model.kind remote)")
     with_config(srv, required=False)
     srv.add_argument("--model-kind", help="a local backend: ddpm_unet or stable_diffusion")
-    srv.add_argument("--model-path", help="the model's folder (or hub name in the local cache)")
+    srv.add_argument("--model-path", help="the model folder, its gs:// prefix (with --sha256), or a hub name in the local cache")
+    srv.add_argument("--sha256", help="the model folder's digest (model.sha256): required for gs://, checked before loading")
     srv.add_argument("--model-name", help="the name clients call it by (default: the kind)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     srv.add_argument("--port", type=int, default=8080)

@@ -96,6 +96,11 @@ class ModelConfig(_Strict):
     def _registered_kind(cls, kind: str) -> str:
         return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
 
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _yaml_off(cls, autocast: Any) -> Any:
+        return "off" if autocast is False else autocast  # YAML reads an unquoted `off` as false
+
     @field_validator("sha256")
     @classmethod
     def _digest(cls, sha256: str | None) -> str | None:

@@ -105,20 +105,16 @@ def _safe_relative(name: str, uri: str) -> PurePosixPath:
 
 
 def _download(uri: str, dest: Path) -> tuple[str, int]:
-    """Copy every object under a gs:// prefix into dest, one file at a time; the digest of what arrived and its bytes."""
+    """Copy every object under a gs:// prefix into dest, one file at a time and streamed to disk (never a whole
+    weights file in memory); the digest of what arrived and its bytes."""
     root, files = _files(uri)
     entries, total = [], 0
     for file_uri in files:
         rel = _safe_relative(storage.relative_to(file_uri, root), uri)
-        data = storage.read_bytes(file_uri)
         target = dest.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        entries.append((str(rel), hashlib.sha256(data).hexdigest()))
-        total += len(data)
+        entries.append((str(rel), storage.download_file(file_uri, str(target))))
+        total += target.stat().st_size
     return _listing_digest(entries), total
 
 

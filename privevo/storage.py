@@ -26,6 +26,7 @@ import mimetypes
 import os
 import random
 import secrets
+import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -296,6 +297,20 @@ def read_bytes(uri: str) -> bytes:
             return _blob(uri).download_as_bytes(**_limits())
     with _local_errors("read", uri), open(uri, "rb") as f:
         return f.read()
+
+
+def download_file(uri: str, path: str) -> str:
+    """Copy a file to a new local path without holding it in memory (model weights run to gigabytes), written through
+    to disk; the sha256 of what arrived."""
+    if is_gcs(uri):
+        with _gcs_errors("read", uri):
+            _blob(uri).download_to_filename(path, **_limits())
+    else:
+        with _local_errors("read", uri):
+            shutil.copyfile(uri, path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_many(uris: list[str]) -> Iterator[bytes]:

@@ -31,6 +31,10 @@ def test_loads_and_applies_overrides(config_file):
     assert config.population.degree_schedule() == [0.6, 0.5, 0.4]
     assert config.privacy.k == 2
     assert load_config(config_file).population.degree_schedule() == [0.5, 0.5]
+    # YAML reads an unquoted off as false: --set model.autocast=off means float32, as written
+    assert load_config(config_file, ["model.autocast=off"]).model.autocast == "off"
+    with pytest.raises(UserError, match=r"model\.autocast"):
+        load_config(config_file, ["model.autocast=on"])
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ _FETCH_SCRIPT = """
 import json, os, sys, time
 from privevo import model_store, storage
 
-calls = {"list_files": 0, "read_bytes": 0}
+calls = {"list_files": 0, "download_file": 0}
 
 def counted(name, fn, delay):
     def wrapper(*args, **kwargs):
@@ -36,7 +36,7 @@ def counted(name, fn, delay):
     return wrapper
 
 storage.list_files = counted("list_files", storage.list_files, 0.0)
-storage.read_bytes = counted("read_bytes", storage.read_bytes, float(sys.argv[3]))
+storage.download_file = counted("download_file", storage.download_file, float(sys.argv[3]))
 if len(sys.argv) > 4:
     while not os.path.exists(sys.argv[4]):
         time.sleep(0.01)
@@ -125,10 +125,10 @@ def test_gcs_model_is_copied_once_and_samples_like_the_local_folder(
     remote_config = load_config(ROOT / "configs" / "tiny.yaml",
                                 [f"model.path={uri}", f"model.sha256={digest}", *overrides])
     n_files = len(storage.list_files(str(local_model)))
-    calls = _count_calls(monkeypatch, "list_files", "read_bytes")
+    calls = _count_calls(monkeypatch, "list_files", "download_file")
 
     remote = load_model(remote_config)
-    assert calls == {"list_files": 1, "read_bytes": n_files}
+    assert calls == {"list_files": 1, "download_file": n_files}
     assert sorted(p.name for p in cache.iterdir()) == [f".{digest}.lock", digest]
     assert model_store.folder_digest(str(cache / digest)) == digest
     assert remote.name == uri  # messages name the configured model, not the cache
@@ -142,7 +142,7 @@ def test_gcs_model_is_copied_once_and_samples_like_the_local_folder(
     load_model(remote_config)  # a second load in this process: from the cache, no request
     assert calls == before
     # ... and in another process on the same machine
-    assert _result(_fetch_in_process(uri, digest)) == {"path": str(cache / digest), "list_files": 0, "read_bytes": 0}
+    assert _result(_fetch_in_process(uri, digest)) == {"path": str(cache / digest), "list_files": 0, "download_file": 0}
 
 
 def test_tampered_object_is_refused_in_one_line_and_nothing_is_cached(
@@ -188,7 +188,7 @@ def test_concurrent_first_use_downloads_once(gcs_server, local_model: Path, cach
 
     assert {r["path"] for r in results} == {str(cache / digest)}
     n_files = len(storage.list_files(str(local_model)))
-    assert sum(r["read_bytes"] for r in results) == n_files  # one process copied, the others waited for it
+    assert sum(r["download_file"] for r in results) == n_files  # one process copied, the others waited for it
     assert sorted(p.name for p in cache.iterdir()) == [f".{digest}.lock", digest]
     assert model_store.folder_digest(str(cache / digest)) == digest
 
@@ -224,3 +224,19 @@ def test_empty_prefix_and_unsafe_object_names_are_refused(gcs_server, cache: Pat
         model_store.fetch(f"{bucket}/models/evil", "a" * 64)
     assert "not a plain relative path" in _one_line(excinfo)
     assert os.listdir(cache) == [f".{'a' * 64}.lock"]  # nothing written, inside the cache or beside it
+
+
+def test_serve_takes_a_gcs_model_with_its_digest(gcs_server, local_model: Path, cache: Path) -> None:
+    from privevo import serve
+
+    uri = _upload(gcs_server, local_model)
+    with pytest.raises(UserError, match=r"--model-path gs://.* needs --sha256"):
+        serve.serve_config("ddpm_unet", uri, None, None, {})
+    assert not cache.exists()  # refused before any download
+
+    digest = model_store.folder_digest(str(local_model))
+    config = serve.serve_config("ddpm_unet", uri, None, None, {"sha256": digest})
+    unet = json.loads((local_model / "unet" / "config.json").read_text())
+    assert (config.image_size, config.channels) == (unet["sample_size"], unet["in_channels"])  # read off the copy
+    assert (config.model.path, config.model.sha256) == (uri, digest)  # loading finds the copy in the cache
+    assert model_store.folder_digest(str(cache / digest)) == digest
