@@ -69,6 +69,11 @@ def generation_name(generation: int) -> str:
     return f"gen-{generation:03d}"
 
 
+def step_name(step: str, shard: int | None = None) -> str:
+    """How a step's files are named: the step, or one shard of it (generate_variations-001)."""
+    return step if shard is None else f"{step}-{shard:03d}"
+
+
 def _shard_name(shard: int) -> str:
     return f"shard-{shard:03d}.npz"
 
@@ -221,8 +226,7 @@ class RunLayout:
 
     def step_record(self, generation: int, step: str, shard: int | None = None) -> str:
         """Parameters, seeds and timing of one step (of one shard) of a generation."""
-        name = step if shard is None else f"{step}-{shard:03d}"
-        return storage.join(self.steps_dir(generation), f"{name}.json")
+        return storage.join(self.steps_dir(generation), f"{step_name(step, shard)}.json")
 
     def calls_dir(self, generation: int) -> str:
         """Folder of a generation's API call ledgers and stored call results (``model.kind: remote``)."""
@@ -230,15 +234,13 @@ class RunLayout:
 
     def calls(self, generation: int, step: str, shard: int | None = None) -> str:
         """The call ledger of one step (of one shard): requests, images, retries, failures, seconds, cost."""
-        name = step if shard is None else f"{step}-{shard:03d}"
-        return storage.join(self.calls_dir(generation), f"{name}.json")
+        return storage.join(self.calls_dir(generation), f"{step_name(step, shard)}.json")
 
     def call_result(self, generation: int, step: str, shard: int | None, key: str) -> str:
         """The images one API request returned (public), stored so a retried step does not pay for them twice."""
         if not re.fullmatch(r"[\w.-]+", key):
             raise ValueError(f"call key {key!r} must be letters, digits, '_', '-' or '.'")
-        name = step if shard is None else f"{step}-{shard:03d}"
-        return storage.join(self.calls_dir(generation), CALL_CACHE_DIR, name, f"{key}.npz")
+        return storage.join(self.calls_dir(generation), CALL_CACHE_DIR, step_name(step, shard), f"{key}.npz")
 
     # ------------------------------------------------------------------- names
 

@@ -25,6 +25,7 @@ import numpy as np
 from privevo import privacy, runtime, storage
 from privevo.config import Config, config_to_dict
 from privevo.errors import UserError
+from privevo.layout import step_name
 from privevo.population import Population
 from privevo.run import Run, utc_now
 
@@ -64,7 +65,7 @@ def verify_references(references: list[dict[str, Any]]) -> None:
 def _record_step(run: Run, generation: int, step: str, params: dict[str, Any], started: float,
                  shard: int | None = None) -> None:
     """Write the step's parameters and timing beside its outputs (for the audit) and its part of the manifest."""
-    name = step if shard is None else f"{step}-{shard:03d}"
+    name = step_name(step, shard)
     record = {"step": name, "generation": generation, "params": params, "seconds": round(time.time() - started, 3),
               "finished_at": utc_now()}
     storage.write_json(run.layout.step_record(generation, step, shard), record)
@@ -76,13 +77,13 @@ def record_manifest(run: Run, generation: int, writer: str) -> None:
     storage.write_manifest_part(run.layout.gen_dir(generation), run.layout.manifest_part(generation, writer))
 
 
-def _reused(run: Run, generation: int, writer: str, *uris: str) -> str:
-    """Reuse outputs an earlier try of a step wrote: they go in the step's manifest part (that try may have stopped
+def _reused(run: Run, generation: int, step: str, shard: int, *uris: str) -> str:
+    """Reuse outputs an earlier try of a step's shard wrote: they go in its manifest part (that try may have stopped
     before writing it, and the audit checks what the parts list); returns the first one's sha256."""
     shas = [storage.sha256_uri(uri) for uri in uris]
     for uri, sha in zip(uris, shas, strict=True):
         storage.note_reused(uri, sha)
-    record_manifest(run, generation, writer)
+    record_manifest(run, generation, step_name(step, shard))
     return shas[0]
 
 
@@ -228,7 +229,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     uri = run.layout.shard(0, shard)
     if storage.exists(uri):
         logger.info("generation 0 shard %d already exists: reusing it", shard)
-        return _reference(uri, _reused(run, 0, f"generate_initial-{shard:03d}", uri), generation=0, shard=shard)
+        return _reference(uri, _reused(run, 0, "generate_initial", shard, uri), generation=0, shard=shard)
     part = shard_slice(run.config.population.size, shard, run.config.population.num_shards)
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
@@ -309,7 +310,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     if kept_ok and _stored_synthetic_embeddings(run, generation, shard, population_sha) is not None:
         logger.info("generation %d shard %d: synthetic embeddings already exist: reusing them", generation, shard)
         kept_uri = run.layout.lookahead_variations(generation, shard)
-        sha = _reused(run, generation, f"embed_synthetic-{shard:03d}", uri,
+        sha = _reused(run, generation, "embed_synthetic", shard, uri,
                       *([kept_uri] if storage.exists(kept_uri) else []))
         return _reference(uri, sha, generation=generation, shard=shard)
     if storage.exists(uri):
@@ -474,7 +475,7 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     if storage.exists(uri) and storage.exists(record_uri):
         if storage.read_json(record_uri)["params"].get("selection_sha256") == selection_sha:
             logger.info("generation %d shard %d already exists: reusing it", generation, shard)
-            sha = _reused(run, generation, f"generate_variations-{shard:03d}", uri)
+            sha = _reused(run, generation, "generate_variations", shard, uri)
             return _reference(uri, sha, generation=generation, shard=shard)
         # The selection changed (a forced redraw): this shard and the merged population are stale.
         logger.warning("generation %d shard %d was made from an earlier selection: making it again", generation, shard)

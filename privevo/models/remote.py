@@ -44,6 +44,7 @@ import numpy as np
 
 from privevo import protocol, storage
 from privevo.errors import UserError
+from privevo.layout import step_name
 from privevo.models.base import FoundationModel, Labels
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ class RemoteModel(FoundationModel):
         price = self.settings.price_per_image
 
         def add(current: dict[str, Any] | None) -> dict[str, Any]:
-            ledger = current or {"step": step if shard is None else f"{step}-{shard:03d}", "generation": generation,
+            ledger = current or {"step": step_name(step, shard), "generation": generation,
                                  "url": public_url(self.url), "model_name": self.model_name,
                                  "price_per_image": price, "calls": [], **dict.fromkeys(CallStats.COUNTERS, 0)}
             for key in CallStats.COUNTERS:
