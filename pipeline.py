@@ -178,7 +178,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Run the whole pipeline locally with kfp.local (tasks run as subprocesses, or in containers with --runner docker)."""
     from kfp import local
 
-    from privevo import storage
     from privevo.layout import RunLayout
     from privevo.run import Run
 
@@ -200,9 +199,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         if args.runner == "docker":
             _local_docker().check_ready(config, args.pipeline_root)
         run_id = args.run_id or _new_run_id(config.name)
+        Run.check_new(config, run_id, resume=False)  # fail before kfp.local starts; resolve_config checks it again
         run = Run(config, RunLayout(config.run_root, run_id, config.private_root))
-        if storage.exists(run.layout.run_json):  # fail before kfp.local starts; resolve_config checks it again
-            Run.start(config, run_id, resume=False)
     print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
           f"-> {run.layout.run_dir}")
     # kfp.local runs up to KFP_LOCAL_PARALLEL_SHARDS ParallelFor iterations at once on this machine:

@@ -41,9 +41,12 @@ def open_run(resolved: Any, model: Any = None) -> Run:
     Where KFP has already copied it into the pod, the step loads that copy, still checked against model.sha256,
     instead of copying it again; the run's stored config keeps the gs:// path.
     """
+    return _run_of(read_reference(resolved), model)
+
+
+def _run_of(record: dict[str, Any], model: Any = None) -> Run:
+    """The run of a ``resolved`` record (see :func:`open_run`)."""
     log_setup()
-    with open(resolved.path) as handle:
-        record = json.load(handle)
     run = Run.create(parse_config(record["config"], source="pipeline config"), record["run_id"])
     if model is not None and os.path.isdir(model.path):
         logging.getLogger(__name__).info("loading the model from its artifact's local copy %s", model.path)
@@ -122,7 +125,8 @@ def dp_vote_task(resolved: Any, generation: int, private_embeddings: Any, synthe
     """dp_vote's body: the vote of one generation, redrawn once per KFP run when the run asks for new noise."""
     from privevo import steps
 
-    run, task = open_run(resolved), read_reference(resolved)
+    task = read_reference(resolved)
+    run = _run_of(task)
     steps.verify_references([read_reference(shard) for shard in synthetic_embeddings])
     reference = steps.dp_vote(run, int(generation), read_reference(private_embeddings), task["force_new_noise"],
                               task["kfp_run_id"])

@@ -55,6 +55,12 @@ class Run:
         A run folder that exists is refused unless ``resume`` is set or it was started by ``started_by``
         (the same KFP run, retried).
         """
+        cls.check_new(config, run_id, resume, started_by)
+        return cls.create(config, run_id, started_by)
+
+    @staticmethod
+    def check_new(config: Config, run_id: str, resume: bool, started_by: str | None = None) -> None:
+        """Refuse, in one line, to start run_id where a run folder exists, unless resumed or retried (see :meth:`start`)."""
         layout = RunLayout(config.run_root, run_id, config.private_root)
         if not resume and storage.exists(layout.run_json):
             owner = storage.read_json(layout.run_json).get("started_by")
@@ -62,7 +68,6 @@ class Run:
                 raise UserError(f"run {run_id} already exists under {config.run_root}: continue it with "
                                 f"`python pipeline.py run --resume {run_id} --run-root {config.run_root}` "
                                 "(resume=True in a pipeline run) or choose a new run id")
-        return cls.create(config, run_id, started_by)
 
     @classmethod
     def open(cls, run_root: str, run_id: str) -> Run:
