@@ -342,7 +342,7 @@ def headline_lines(figures: dict) -> list[str]:
     overhead = figures.get("overhead")
     if overhead:
         cell = " ".join(overhead["overrides"] or []) or "config as is"
-        pairs = overhead.get("pairs") or []
+        pairs = overhead["pairs"]
         out.append(f"- kfp.local / in-process wall time, same work (`{cell}`), "
                    f"same run: **{overhead['ratio']:.3f}** (median {overhead['kfp_s']} s / median {overhead['inprocess_s']} s"
                    f" of {len(pairs) or 1} pair(s); each pair: {', '.join(f'{r:.3f}' for r in pairs) or '-'}; "

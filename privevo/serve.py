@@ -194,12 +194,12 @@ def serve_config(kind: str, path: str, image_size: int | None, channels: int | N
 
     if kind == "remote":
         raise UserError("serve needs a local model kind (ddpm_unet, stable_diffusion), not remote")
+    if model_store.is_remote(path) and not overrides.get("sha256"):
+        raise UserError(f"--model-path {path} is on Cloud Storage, so it needs --sha256: the folder's digest "
+                        f"(python -m privevo.model_store hash {path} prints it)")
     if image_size is None or channels is None:
         local = path
         if model_store.is_remote(path):  # copied into the model cache once, where loading finds it again
-            if not overrides.get("sha256"):
-                raise UserError(f"--model-path {path} is on Cloud Storage, so it needs --sha256: the folder's digest "
-                                f"(python -m privevo.model_store hash {path} prints it)")
             local = str(model_store.fetch(path, overrides["sha256"]))
         if not Path(local).exists():
             raise UserError(f"model path {path} does not exist: fix --model-path")

@@ -310,7 +310,7 @@ def download_file(uri: str, path: str) -> str:
             shutil.copyfile(uri, path)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256_uri(path)
 
 
 def read_many(uris: list[str]) -> Iterator[bytes]:
