@@ -281,7 +281,7 @@ def run_subprocess_steps(args: argparse.Namespace, workdir: Path, run_id: str, c
     for module, extra in plan:
         t0 = time.perf_counter()
         with tempfile.TemporaryFile("w+") as log:
-            proc = subprocess.Popen([PYTHON, "-m", f"components.{module}", *base, *extra], cwd=REPO_ROOT,
+            proc = subprocess.Popen([PYTHON, "-m", f"privevo.components.{module}", *base, *extra], cwd=REPO_ROOT,
                                     stdout=log, stderr=subprocess.STDOUT, text=True)
             _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
             proc.returncode = os.waitstatus_to_exitcode(status)

@@ -71,27 +71,27 @@ def _evaluate(run: Run, args: StepArgs) -> dict[str, Any]:
 #: Every step, in DAG order. The DAG runs initial_shard and variation_shard (generate_initial or generate_variations,
 #: then embed_synthetic, in one task) for every generation but the last, whose shards only generate_variations.
 STEPS: tuple[StepSpec, ...] = (
-    StepSpec("embed_private", lambda run, a: steps.embed_private(run), "components.embed_private",
+    StepSpec("embed_private", lambda run, a: steps.embed_private(run), "privevo.components.embed_private",
              reads_private=_always, runs_network=True),
-    StepSpec("generate_initial", lambda run, a: steps.generate_initial(run, a.shard), "components.generate_initial",
+    StepSpec("generate_initial", lambda run, a: steps.generate_initial(run, a.shard), "privevo.components.generate_initial",
              reads_private=_never, runs_network=True, calls_model=True, sharded=True),
     StepSpec("embed_synthetic", lambda run, a: steps.embed_synthetic(run, a.generation, a.shard),
-             "components.embed_synthetic", reads_private=_never, runs_network=True, calls_model=True,
+             "privevo.components.embed_synthetic", reads_private=_never, runs_network=True, calls_model=True,
              per_generation=True, sharded=True),
     StepSpec("dp_vote",
              lambda run, a: steps.dp_vote(run, a.generation, steps.private_reference(run), a.force_new_noise,
                                           a.redraw_key),
-             "components.dp_vote", reads_private=_always, runs_network=False, per_generation=True, redraws=True),
+             "privevo.components.dp_vote", reads_private=_always, runs_network=False, per_generation=True, redraws=True),
     StepSpec("generate_variations", lambda run, a: steps.generate_variations(run, a.generation, a.shard),
-             "components.generate_variations", reads_private=_never, runs_network=True, calls_model=True,
+             "privevo.components.generate_variations", reads_private=_never, runs_network=True, calls_model=True,
              per_generation=True, sharded=True),
     # One process per shard per generation: the shard's samples, then their embedding for the next vote, sharing
     # the loaded networks. Each half writes its own step record, and each can be rerun on its own.
-    StepSpec("initial_shard", _initial_shard, "components.initial_shard", reads_private=_never, runs_network=True,
+    StepSpec("initial_shard", _initial_shard, "privevo.components.initial_shard", reads_private=_never, runs_network=True,
              calls_model=True, sharded=True),
-    StepSpec("variation_shard", _variation_shard, "components.variation_shard", reads_private=_never,
+    StepSpec("variation_shard", _variation_shard, "privevo.components.variation_shard", reads_private=_never,
              runs_network=True, calls_model=True, per_generation=True, sharded=True),
-    StepSpec("evaluate", _evaluate, "components.evaluate",
+    StepSpec("evaluate", _evaluate, "privevo.components.evaluate",
              reads_private=lambda config: config.evaluation.against_private, runs_network=True),
 )
 

@@ -145,12 +145,12 @@ def compiled(tmp_path_factory) -> tuple[object, list[dict]]:
     """configs/tiny.yaml with the cluster's private secret, compiled to KFP IR YAML."""
     from kfp import compiler
 
-    import pipeline
     from privevo.config import load_config
+    from privevo.dag import build_pipeline
 
     config = load_config(REPO / "configs" / "tiny.yaml", [f"kubernetes.private_secret={PRIVATE_SECRET}"])
     package = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
-    compiler.Compiler().compile(pipeline.build_pipeline(config), package_path=str(package))
+    compiler.Compiler().compile(build_pipeline(config), package_path=str(package))
     docs = list(yaml.safe_load_all(package.read_text()))
     assert len(docs) == 2, "expected the pipeline spec and a platform spec (kubernetes settings) in the compiled YAML"
     return config, docs

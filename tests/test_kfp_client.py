@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-import pipeline
+from privevo import cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -200,7 +200,7 @@ def _main(argv: list[str]) -> tuple[int, str, str]:
     """pipeline.py's exit code, stdout and stderr for ``argv``."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = pipeline.main(argv)
+        code = cli.main(argv)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -164,7 +164,7 @@ def test_step_command_line_runs_outside_kfp(run_cli):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "components.dp_vote", "--help"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "privevo.components.dp_vote", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--generation" in result.stdout and "--force-new-noise" in result.stdout
 
@@ -219,7 +219,7 @@ def test_non_private_run_metrics_fit_kfp_metadata(tmp_path):
     from google.protobuf import struct_pb2
     from kfp import dsl
 
-    from components.common import log_metrics, write_reference
+    from privevo.components.common import log_metrics, write_reference
 
     metrics = dsl.Metrics(name="privacy", uri=str(tmp_path / "m"), metadata={})
     log_metrics(metrics, {"epsilon": float("inf"), "generation": 1})

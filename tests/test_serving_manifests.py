@@ -31,11 +31,11 @@ def render(folder: Path) -> list[dict]:
 
 def check_serve_args(args: list[str]) -> None:
     """The container's command is a valid ``pipeline.py serve`` line on 0.0.0.0:8080 with a GPU."""
-    import pipeline
+    from privevo import cli
 
     assert args[:3] == ["python", "pipeline.py", "serve"]
-    parsed = pipeline.build_parser().parse_args(args[2:])
-    assert parsed.func is pipeline.cmd_serve
+    parsed = cli.build_parser().parse_args(args[2:])
+    assert parsed.func is cli.cmd_serve
     assert (parsed.host, parsed.port, parsed.device) == ("0.0.0.0", 8080, "cuda")
     assert parsed.model_kind and parsed.model_path
 

@@ -5,14 +5,14 @@ from kfp.dsl import Artifact, Dataset, Input, Output
 
 def embed_private(resolved: Input[Artifact], private_embeddings: Output[Dataset]):
     """Embeds the private images; outputs only a reference (its URI) to the private tier."""
-    from components.common import open_run, write_reference
     from privevo import steps
+    from privevo.components.common import open_run, write_reference
 
     write_reference(private_embeddings, steps.embed_private(open_run(resolved)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("embed_private", argv)
 

@@ -8,8 +8,8 @@ def generate_variations(resolved: Input[Artifact], generation: int, shard: int,
                         selection: Input[Dataset], population: Output[Dataset],
                         model: Input[Model] | None = None):
     """Makes one variation per selected parent of this shard; no private data is read."""
-    from components.common import open_run, read_reference, write_reference
     from privevo import steps
+    from privevo.components.common import open_run, read_reference, write_reference
 
     run = open_run(resolved, model)
     steps.verify_references([read_reference(selection)])
@@ -17,7 +17,7 @@ def generate_variations(resolved: Input[Artifact], generation: int, shard: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("generate_variations", argv)
 

@@ -7,8 +7,8 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 def evaluate(resolved: Input[Artifact], population_shards: Input[list[Dataset]],
              metrics: Output[Metrics], report: Output[HTML], summary: Output[Markdown]):
     """Scores every generation, writes metrics.json and the report, and shows them in the KFP UI."""
-    from components.common import log_metrics, open_run, read_reference
     from privevo import evaluation, steps
+    from privevo.components.common import log_metrics, open_run, read_reference
 
     run = open_run(resolved)
     steps.verify_references([read_reference(shard) for shard in population_shards])
@@ -21,7 +21,7 @@ def evaluate(resolved: Input[Artifact], population_shards: Input[list[Dataset]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("evaluate", argv)
 

@@ -1,7 +1,7 @@
 """variation_shard: one shard's children of a generation, then their embedding for the next vote, in one process.
 
 generate_variations, then embed_synthetic for the vote of generation + 1, loading each network
-once (``components.common.variation_shard_task``); public data only.
+once (``privevo.components.common.variation_shard_task``); public data only.
 """
 
 
@@ -10,12 +10,12 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 def variation_shard(resolved: Input[Artifact], generation: int, shard: int, selection: Input[Dataset],
                     population: Output[Dataset], embeddings: Output[Dataset], model: Input[Model] | None = None):
-    from components.common import variation_shard_task
+    from privevo.components.common import variation_shard_task
     variation_shard_task(resolved, generation, shard, selection, population, embeddings, model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("variation_shard", argv)
 

@@ -8,8 +8,8 @@ def embed_synthetic(resolved: Input[Artifact], generation: int, shard: int,
                     population: Input[Dataset], embeddings: Output[Dataset],
                     model: Input[Model] | None = None):
     """Embeds this shard of population generation-1 for the vote of generation (lookahead means); public data only."""
-    from components.common import open_run, read_reference, write_reference
     from privevo import steps
+    from privevo.components.common import open_run, read_reference, write_reference
 
     run = open_run(resolved, model)
     steps.verify_references([read_reference(population)])
@@ -17,7 +17,7 @@ def embed_synthetic(resolved: Input[Artifact], generation: int, shard: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("embed_synthetic", argv)
 

@@ -12,8 +12,8 @@ def resolve_config(
     run.json; ``resolved`` (the run id and resolved config) goes to every other step. Reads no private data."""
     import json
 
-    from components.common import log_setup, write_resolved
     from privevo import steps
+    from privevo.components.common import log_setup, write_resolved
     from privevo.config import parse_config
 
     log_setup()

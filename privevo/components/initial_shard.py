@@ -7,8 +7,8 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 def initial_shard(resolved: Input[Artifact], shard: int, population: Output[Dataset], embeddings: Output[Dataset],
                   model: Input[Model] | None = None):
     """generate_initial then embed_synthetic for vote 1 on one shard, loading each network once; public data only."""
-    from components.common import open_run, write_reference
     from privevo import steps
+    from privevo.components.common import open_run, write_reference
 
     run = open_run(resolved, model)
     write_reference(population, steps.generate_initial(run, int(shard)))
@@ -16,7 +16,7 @@ def initial_shard(resolved: Input[Artifact], shard: int, population: Output[Data
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("initial_shard", argv)
 

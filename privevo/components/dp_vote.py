@@ -1,7 +1,7 @@
 """dp_vote: the DP nearest-neighbour vote of one generation (with lookahead).
 
 It releases the noisy histogram (charged in the ledger before it is written once) and selects
-the parents (``components.common.dp_vote_task``). ``force_new_noise`` and the redraw key (the
+the parents (``privevo.components.common.dp_vote_task``). ``force_new_noise`` and the redraw key (the
 KFP run's id, so a retried task reuses its redraw) come with the run that resolve_config resolved.
 """
 
@@ -10,12 +10,12 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 def dp_vote(resolved: Input[Artifact], generation: int, private_embeddings: Input[Dataset],
             synthetic_embeddings: Input[list[Dataset]], selection: Output[Dataset], privacy: Output[Metrics]):
-    from components.common import dp_vote_task
+    from privevo.components.common import dp_vote_task
     dp_vote_task(resolved, generation, private_embeddings, synthetic_embeddings, selection, privacy)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common import step_cli
+    from privevo.components.common import step_cli
 
     return step_cli("dp_vote", argv)
 

@@ -1,0 +1,435 @@
+"""Private Evolution: DP synthetic data on Kubeflow Pipelines (``privevo`` or ``python pipeline.py``).
+
+Commands: ``run`` (locally with kfp.local), ``compile``, ``upload``, ``submit``, ``schedule``,
+``rerun`` (one step), ``audit``, ``report``, ``budget`` (privacy accounting), ``serve``.
+User errors print one line ``error: ...`` and exit with code 2.
+"""
+
+
+import argparse
+import builtins
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+import sys
+import time
+
+from privevo import runtime
+from privevo.errors import UserError
+from privevo.step_table import STEP_NAMES, StepArgs, step
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line (exit 2), without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def load_checked_config(args: argparse.Namespace):
+    from privevo.config import load_config
+    from privevo.privacy import check_planned_budget
+
+    overrides = list(args.overrides)
+    if getattr(args, "run_root", None):
+        overrides.append(f"run_root={args.run_root}")
+    config = load_config(args.config, overrides)
+    check_planned_budget(config)
+    return config
+
+
+def new_run_id(name: str) -> str:
+    import datetime
+
+    return f"{name}-{datetime.datetime.now(datetime.UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+# --------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run the whole pipeline locally with kfp.local (tasks run as subprocesses, or in containers with --runner docker)."""
+    from kfp import local
+
+    from privevo.dag import KFP_LOCAL_PARALLEL_SHARDS, build_pipeline
+    from privevo.layout import RunLayout
+    from privevo.run import Run
+
+    if "://" in args.pipeline_root:
+        raise UserError("--pipeline-root must be a local folder for kfp.local; put the data plane in gs:// with --run-root")
+    if args.resume:
+        if args.config:
+            raise UserError("--resume takes the config stored in the run: drop --config")
+        run_root = args.run_root or "runs"
+        run = Run.open(run_root, args.resume)
+        config, run_id = run.config, args.resume
+        if args.runner == "docker":
+            _local_docker().check_ready(config, args.pipeline_root)
+        print(f"resuming run {run_id} from its stored config")
+    else:
+        if not args.config:
+            raise UserError("give --config CFG (or --resume RUN_ID)")
+        config = load_checked_config(args)
+        if args.runner == "docker":
+            _local_docker().check_ready(config, args.pipeline_root)
+        run_id = args.run_id or new_run_id(config.name)
+        Run.check_new(config, run_id, resume=False)  # fail before kfp.local starts; resolve_config checks it again
+        run = Run(config, RunLayout(config.run_root, run_id, config.private_root))
+    print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
+          f"-> {run.layout.run_dir}")
+    # kfp.local runs up to KFP_LOCAL_PARALLEL_SHARDS ParallelFor iterations at once on this machine:
+    # the shard steps split its CPUs between them instead of oversubscribing them.
+    concurrent_shards = min(config.population.num_shards, KFP_LOCAL_PARALLEL_SHARDS)
+    os.environ[runtime.CONCURRENT_SHARDS_ENV] = str(concurrent_shards)
+    runner, session = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
+    if args.runner == "docker":  # every step in the image, with the mounts of its step only (local_docker.py)
+        session = _local_docker().DockerSession(config, run, args.pipeline_root, concurrent_shards)
+        runner = session.runner
+    local.init(runner=runner, pipeline_root=args.pipeline_root, raise_on_error=True)
+    started = time.time()
+    pipeline_func = build_pipeline(config)
+    log_path = os.path.join(args.pipeline_root, f"{run_id}.log")
+    os.makedirs(args.pipeline_root, exist_ok=True)
+    original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
+    with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress, session:
+        try:
+            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+                pipeline_func(run_id=run_id, resume=bool(args.resume))
+        except RuntimeError:
+            raise UserError(f"{progress.failure()} (full log: {log_path}); fix it, then continue with "
+                            f"`python pipeline.py run --resume {run_id}`") from None
+        finally:
+            builtins.print = original_print
+    _print_summary(run, time.time() - started)
+
+
+def _local_docker():
+    """The Docker runner wiring (imports kfp.local's Docker support and the docker SDK only when asked for)."""
+    import local_docker
+
+    return local_docker
+
+
+def _print_summary(run, seconds: float) -> None:
+    from privevo import storage
+    from privevo.report import format_value
+
+    metrics = storage.read_json(run.layout.metrics_json) if storage.exists(run.layout.metrics_json) else None
+    print(f"run path: {run.layout.run_dir}")
+    print(f"report: {run.layout.report_index}")
+    print(f"wall time: {seconds:.1f} s")
+    epsilon = run.ledger().epsilon()
+    print(f"epsilon spent: {epsilon:.4f} at delta={run.config.privacy.delta:g} over {len(run.ledger().events)} votes")
+    if metrics:
+        for row in (metrics["generations"][0], metrics["final"]):
+            label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"
+            shown = {k: v for k, v in row.items() if k not in ("generation", "non_dp", "per_class_accuracy")}
+            print(f"{label}: " + " ".join(f"{k}={format_value(v)}" for k, v in shown.items()))
+
+
+class _TaskProgress(io.TextIOBase):
+    """Sends kfp.local's verbose output to a log file and prints one line per finished task."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+    _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+    _STARTED = re.compile(r"Executing task '([^']+)'")
+    _ERROR = re.compile(r"(?:UserError|Error|Exception): (.+)$")
+
+    def __init__(self, log, terminal) -> None:
+        self.log, self.terminal = log, terminal
+        self.buffer, self.done, self.last_error = "", 0, ""
+        self.started: dict[str, float] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._scan(self._ANSI.sub("", line))
+        return len(text)
+
+    def _scan(self, line: str) -> None:
+        if match := self._STARTED.search(line):
+            self.started[match.group(1)] = time.time()
+        elif match := self._FINISHED.search(line):
+            name, status = match.groups()
+            if status == "SUCCESS":
+                self.done += 1
+                seconds = time.time() - self.started.get(name, time.time())
+                print(f"[{self.done:3d}] {name:<36} done in {seconds:6.1f} s", file=self.terminal, flush=True)
+        elif (match := self._ERROR.search(line.strip())) and not (
+                "raise_on_error" in line or "Inner task failed" in line):
+            self.last_error = match.group(1).strip()
+            self.last_task = next(reversed(self.started), "?")
+
+    def failure(self) -> str:
+        """One line naming the failed task and its last error."""
+        return f"step {getattr(self, 'last_task', '?')} failed: {self.last_error or 'see the log'}"
+
+    def __enter__(self) -> "_TaskProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
+
+# ------------------------------------------------------------ compile and submit
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    """Write the KFP IR YAML for a config."""
+    from kfp import compiler
+
+    from privevo.dag import build_pipeline
+
+    config = load_checked_config(args)
+    compiler.Compiler().compile(build_pipeline(config), package_path=args.output)
+    print(f"compiled {config.name}: {config.population.generations} generations, "
+          f"{config.population.num_shards} shard(s) -> {args.output}")
+
+
+KFP_HOST_ENV = "KFP_HOST"  # the default for --host
+
+
+# ------------------------------------------------------------------ rerun/report
+
+
+def cmd_rerun(args: argparse.Namespace) -> None:
+    """Re-execute one step of a stored run from its stored inputs (DP releases are reused)."""
+    import json
+
+    from privevo.run import Run
+
+    run = Run.locate(args.run, args.run_root)
+    result = step(args.step).call(run, StepArgs(args.generation, args.shard, args.force_new_noise))
+    print(json.dumps(result, sort_keys=True, default=str))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify a run's record: hashes, one ledger event per release, epsilon, no private data released."""
+    import json
+
+    from privevo import audit
+    from privevo.run import Run
+
+    report = audit.audit_run(Run.locate(args.run, args.run_root))
+    print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else audit.format_report(report))
+    return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Regenerate report/ from a finished run's stored files, without rerunning anything."""
+    from privevo import report, storage
+    from privevo.run import Run
+
+    run = Run.locate(args.run, args.run_root)
+    if not storage.exists(run.layout.metrics_json):
+        raise UserError(f"run {args.run} has no metrics.json yet: run its evaluate step first")
+    index = report.write_report(run, storage.read_json(run.layout.metrics_json))
+    print(f"report: {index}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a local model on the KServe v2 protocol (model.kind remote calls it) until SIGTERM/SIGINT."""
+    from privevo import serve
+    from privevo.config import load_config
+
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    elif args.model_kind and args.model_path:
+        options = {key: value for key, value in (
+            ("batch_size", args.batch_size), ("num_inference_steps", args.num_inference_steps),
+            ("device", args.device), ("autocast", args.autocast), ("prompts", args.prompts), ("sha256", args.sha256))
+            if value is not None}
+        config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options)
+    else:
+        raise UserError("serve needs --model-kind and --model-path (or --config CFG to serve its model section)")
+    return serve.serve(config, args.host, args.port, args.model_name, args.token_env, args.graceful_timeout)
+
+
+# ------------------------------------------------------------------------ budget
+
+
+def cmd_budget(args: argparse.Namespace) -> None:
+    """Epsilon from a noise multiplier, or the noise multiplier for a target epsilon."""
+    from privevo import privacy
+
+    privacy.validate_schedule_args(args.generations, args.delta, args.sampling_rate)
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}")
+    if (args.noise_multiplier is None) == (args.epsilon is None):
+        raise UserError("give exactly one of --noise-multiplier and --epsilon")
+    if args.noise_multiplier is not None:
+        sigma = args.noise_multiplier
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise UserError(f"--noise-multiplier must be a finite number >= 0, got {sigma}")
+        epsilon = privacy.schedule_epsilon([sigma] * args.generations, args.delta, args.sampling_rate, args.mechanism,
+                                           args.k)
+        _print_budget(sigma, args)
+        print(f"epsilon={epsilon:.4f}")
+    else:
+        sigma = privacy.calibrate_noise_multiplier(args.epsilon, args.delta, args.generations, args.sampling_rate,
+                                                   args.mechanism, args.k)
+        _print_budget(sigma, args)
+        print(f"noise_multiplier={sigma:.4f}")
+
+
+def _print_budget(sigma: float, args: argparse.Namespace) -> None:
+    from privevo import privacy
+
+    print(f"generations={args.generations} delta={args.delta:g} sampling_rate={args.sampling_rate:g} "
+          f"mechanism={args.mechanism}")
+    if args.report:
+        planned = [privacy.PrivacyEvent(generation=g + 1, noise_multiplier=sigma, sampling_rate=args.sampling_rate,
+                                        mechanism=args.mechanism, k=args.k, status="planned")
+                   for g in range(args.generations)]
+        print("\n".join(privacy.format_privacy_report(privacy.privacy_report(planned, args.delta))))
+    if args.sampling_rate == 1.0 and sigma > 0:
+        closed = privacy.gdp_epsilon([sigma] * args.generations, args.delta)
+        print(f"closed-form mu-GDP cross-check: mu={privacy.gdp_mu([sigma] * args.generations):.4f} epsilon={closed:.4f}")
+
+
+# -------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from privevo import kfp_client  # its module imports kfp only when a command runs
+
+    parser = _OneLineParser(prog="pipeline.py", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    budget = commands.add_parser("budget", help="privacy accounting: epsilon <-> noise multiplier")
+    budget.add_argument("--noise-multiplier", type=float, help="per-vote sigma (noise std / sensitivity)")
+    budget.add_argument("--epsilon", type=float, help="target epsilon: prints the noise multiplier that spends it")
+    budget.add_argument("--generations", type=int, required=True, help="T: number of votes")
+    budget.add_argument("--delta", type=float, default=1e-5)
+    budget.add_argument("--sampling-rate", type=float, default=1.0, help="Poisson subsampling rate of the private set")
+    budget.add_argument("--mechanism", choices=("discrete_gaussian", "gaussian"), default="discrete_gaussian",
+                        help="the vote's noise (privacy.mechanism)")
+    budget.add_argument("--k", type=int, default=1, help="neighbours per private image (privacy.k)")
+    budget.add_argument("--report", action="store_true",
+                        help="print the privacy report of the schedule (events, epsilon per generation and per delta, mu)")
+    budget.set_defaults(func=cmd_budget)
+
+    def with_config(sub: argparse.ArgumentParser, required: bool = True) -> None:
+        sub.add_argument("--config", required=required, help="experiment config (YAML)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key, e.g. --set population.generations=3 (repeatable)")
+
+    run = commands.add_parser("run", help="run the pipeline locally (kfp.local)")
+    with_config(run, required=False)
+    run.add_argument("--run-root", help="released data plane: a folder or gs://bucket/prefix")
+    run.add_argument("--run-id", help="run folder name (default: NAME-UTCTIME)")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue a crashed run from its last complete generation")
+    run.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local keeps its task artifacts")
+    run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                     help="run each step as a local subprocess, or in its container image (make images) with "
+                          "only its step's folders mounted and no network")
+    run.set_defaults(func=cmd_run)
+
+    comp = commands.add_parser("compile", help="write the KFP pipeline YAML")
+    with_config(comp)
+    comp.add_argument("--output", required=True)
+    comp.set_defaults(func=cmd_compile)
+
+    def with_kfp(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--host", help=f"the KFP API endpoint, e.g. http://localhost:8080 (default: ${KFP_HOST_ENV})")
+        sub.add_argument("--namespace", help="Kubernetes namespace of a multi-user Kubeflow (experiments, pipelines, runs)")
+        sub.add_argument("--token-env", metavar="NAME",
+                         help="send the bearer token held in this environment variable (never printed)")
+
+    def with_template(sub: argparse.ArgumentParser) -> None:
+        with_kfp(sub)
+        with_config(sub, required=False)
+        sub.add_argument("--pipeline-id", help="run an uploaded pipeline instead of compiling --config (see upload)")
+        sub.add_argument("--pipeline", metavar="NAME", help="run an uploaded pipeline by name, e.g. private-evolution-demo")
+        sub.add_argument("--version-id", help="the uploaded pipeline's version to run (default: its latest)")
+        sub.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                         help="set a run parameter, e.g. --param epsilon=2 --param degrees=[0.6,0.5] (repeatable)")
+        sub.add_argument("--service-account",
+                         help="the run's Kubernetes service account (default: the config's kubernetes.public_service_account)")
+        sub.add_argument("--experiment", default="private-evolution", help="the KFP experiment the runs belong to")
+
+    upload = commands.add_parser("upload", help="register the pipeline and a new version of it on Kubeflow Pipelines")
+    with_config(upload)
+    with_kfp(upload)
+    upload.add_argument("--version", help="the new version's name (default: PIPELINE-UTCTIME)")
+    upload.set_defaults(func=kfp_client.upload)
+
+    submit = commands.add_parser("submit", help="start a run on Kubeflow Pipelines")
+    with_template(submit)
+    submit.add_argument("--run-id", help="run folder name (default: the KFP run's own id)")
+    submit.set_defaults(func=kfp_client.submit)
+
+    schedule = commands.add_parser("schedule", help="create a recurring run on Kubeflow Pipelines")
+    with_template(schedule)
+    schedule.add_argument("--cron", required=True, help="cron expression, six fields, seconds first: '0 0 3 * * *'")
+    schedule.add_argument("--name", help="the recurring run's name (default: PIPELINE-recurring)")
+    schedule.set_defaults(func=kfp_client.schedule)
+
+    rerun = commands.add_parser("rerun", help="re-execute one step of a stored run")
+    rerun.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
+    rerun.add_argument("--step", required=True, choices=STEP_NAMES)
+    rerun.add_argument("--generation", type=int, default=0)
+    rerun.add_argument("--shard", type=int, default=0)
+    rerun.add_argument("--force-new-noise", action="store_true",
+                       help="dp_vote only: draw new noise although the release exists (charged again)")
+    rerun.add_argument("--run-root", default="runs")
+    rerun.set_defaults(func=cmd_rerun)
+
+    aud = commands.add_parser("audit", help="verify a run: hashes, ledger, epsilon, no private data released")
+    aud.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
+    aud.add_argument("--run-root", default="runs")
+    aud.add_argument("--json", action="store_true", help="machine-readable output")
+    aud.set_defaults(func=cmd_audit)
+
+    rep = commands.add_parser("report", help="regenerate the HTML report of a run")
+    rep.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
+    rep.add_argument("--run-root", default="runs")
+    rep.set_defaults(func=cmd_report)
+
+    srv = commands.add_parser("serve", help="serve a local model on the KServe v2 protocol (for model.kind remote)")
+    with_config(srv, required=False)
+    srv.add_argument("--model-kind", help="a local backend: ddpm_unet or stable_diffusion")
+    srv.add_argument("--model-path", help="the model folder, its gs:// prefix (with --sha256), or a hub name in the local cache")
+    srv.add_argument("--sha256", help="the model folder's digest (model.sha256): required for gs://, checked before loading")
+    srv.add_argument("--model-name", help="the name clients call it by (default: the kind)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--batch-size", type=int, help="samples per forward pass (model.batch_size)")
+    srv.add_argument("--num-inference-steps", type=int)
+    srv.add_argument("--device", help="auto, cpu or cuda")
+    srv.add_argument("--autocast", choices=("auto", "off", "bfloat16", "float16"))
+    srv.add_argument("--prompts", nargs="+", help="stable_diffusion: one prompt per class")
+    srv.add_argument("--image-size", type=int, help="default: the model's own (ddpm_unet)")
+    srv.add_argument("--channels", type=int, choices=(1, 3), help="default: the model's own (ddpm_unet)")
+    srv.add_argument("--token-env", help="require the bearer token held in this environment variable")
+    srv.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish calls in flight on SIGTERM")
+    srv.set_defaults(func=cmd_serve)
+    for sub in commands.choices.values():  # `pipeline.py COMMAND --help` describes the command
+        sub.description = sub.description or sub.get_default("func").__doc__
+    return parser
+
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":  # kfp.local manages logging during a local run
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The Kubeflow pipeline (DAG) of a config: one task per step of :data:`privevo.step_table.STEPS`.
+
+Imports kfp (the ``kfp`` extra) when a pipeline is built; nothing else in the library imports this module.
+"""
+
+import os
+
+from privevo.step_table import STEPS, StepSpec, step
+
+KFP_LOCAL_PARALLEL_SHARDS = 2  # kfp.local's cap on concurrent ParallelFor iterations (kfp 2.17)
+
+
+def build_pipeline(config):
+    """The KFP pipeline for ``config``: T generations and the shards unrolled at compile time (the DAG's shape),
+    the values of :data:`privevo.parameters.RUN_PARAMETERS` as run parameters with the config's as defaults."""
+    import importlib
+    import json
+
+    from kfp import dsl, kubernetes
+
+    from privevo.config import config_to_dict
+    from privevo.model_store import is_remote
+    from privevo.parameters import RUN_PARAMETERS, parameter_defaults
+
+    k8s = config.kubernetes
+
+    def component(name: str, runs_network: bool):
+        """The step's KFP component, in the GPU image only when it runs a network on GPUs."""
+        image = k8s.gpu_image if runs_network and k8s.model_step.gpu_limit else k8s.image
+        function = getattr(importlib.import_module(f"privevo.components.{name}"), name)
+        return dsl.component(function, base_image=image, install_kfp_package=False)
+
+    steps = {spec.name: component(spec.name, spec.runs_network) for spec in STEPS}
+    resolve_config = component("resolve_config", runs_network=False)
+    shards = list(range(config.population.num_shards))
+    defaults = parameter_defaults(config)
+
+    def configure(task, name: str, spec: StepSpec | None = None):
+        """Display name, resources, deadline, retries, caching, scheduling and secrets of one task."""
+        runs_network = spec is not None and spec.runs_network
+        resources = k8s.model_step if runs_network else k8s.cpu_step
+        task.set_display_name(name)
+        # resolve_config and the steps that read the private tier are never cached: a cache hit would skip
+        # the run-folder check, the vote's charge or the private embeddings' presence, and could reuse a DP
+        # release of another run, or skip a forced redraw, without the ledger knowing.
+        task.set_caching_options(k8s.caching and spec is not None and not spec.reads_private(config))
+        task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        if resources.timeout_s:
+            kubernetes.set_timeout(task, resources.timeout_s)
+        if k8s.retries:
+            task.set_retry(k8s.retries)
+        if resources.gpu_limit:
+            task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
+            task.set_accelerator_limit(resources.gpu_limit)
+        if runs_network:  # node selectors and tolerations steer the model steps to GPU nodes
+            for key, value in k8s.node_selector.items():
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for toleration in k8s.tolerations:
+                kubernetes.add_toleration(task, **toleration)
+        if spec is not None and spec.calls_model and k8s.model_pvc:  # large weights on a volume
+            kubernetes.mount_pvc(task, pvc_name=k8s.model_pvc.claim_name, mount_path=k8s.model_pvc.mount_path)
+        if spec is not None and spec.calls_model and k8s.model_token_secret:  # the remote model's token
+            kubernetes.use_secret_as_volume(task, secret_name=k8s.model_token_secret,
+                                            mount_path=os.path.dirname(config.model.remote.token_file))
+        if spec is not None and spec.reads_private(config) and k8s.private_secret:
+            kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
+            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
+        return task
+
+    def private_evolution(
+        run_id: str = "", resume: bool = False, force_new_noise: bool = False,
+        epsilon: float = defaults["epsilon"], delta: float = defaults["delta"],
+        noise_multiplier: float = defaults["noise_multiplier"], population_size: int = defaults["population_size"],
+        private_data_uri: str = defaults["private_data_uri"], run_root: str = defaults["run_root"],
+        private_root: str = defaults["private_root"], seed: int = defaults["seed"], degrees: list = defaults["degrees"],
+    ):
+        resolve = configure(resolve_config(
+            config_json=json.dumps(config_to_dict(config), sort_keys=True), run_id=run_id, resume=resume,
+            force_new_noise=force_new_noise, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, epsilon=epsilon, delta=delta,
+            noise_multiplier=noise_multiplier, population_size=population_size, private_data_uri=private_data_uri,
+            run_root=run_root, private_root=private_root, seed=seed, degrees=degrees,
+        ), "resolve-config")
+        run_inputs = {"resolved": resolve.outputs["resolved"]}
+        generations = config.population.generations
+
+        model_inputs = {}
+        if config.model.path and is_remote(config.model.path):  # the model as a KFP artifact: lineage starts there
+            model = dsl.importer(artifact_uri=config.model.path, artifact_class=dsl.Model, reimport=False,
+                                 metadata={"sha256": config.model.sha256, "kind": config.model.kind})
+            model.set_display_name("public-model")
+            model_inputs = {"model": model.output}
+
+        def add(kind: str, name: str, **inputs):
+            spec = step(kind)
+            return configure(steps[kind](**run_inputs, **(model_inputs if spec.calls_model else {}), **inputs), name, spec)
+
+        private = add("embed_private", "embed-private")
+        with dsl.ParallelFor(items=shards, name="gen-000-shards") as shard:
+            # each shard's samples and their embedding for the next vote in one task (one process, networks
+            # loaded once); the last generation's shards only make their samples
+            initial = add("initial_shard", "initial-shard", shard=shard)
+        population, embedded = initial, initial
+        for generation in range(1, generations + 1):
+            vote = add("dp_vote", f"dp-vote-gen-{generation:03d}", generation=generation,
+                       private_embeddings=private.outputs["private_embeddings"],
+                       synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]))
+            kind = "variation_shard" if generation < generations else "generate_variations"
+            with dsl.ParallelFor(items=shards, name=f"gen-{generation:03d}-shards") as shard:
+                population = embedded = add(kind, f"{kind.replace('_', '-')}-gen-{generation:03d}",
+                                            generation=generation, shard=shard, selection=vote.outputs["selection"])
+        add("evaluate", "evaluate", population_shards=dsl.Collected(population.outputs["population"]))
+
+    private_evolution.__doc__ = "\n".join([
+        "Private Evolution: DP synthetic images. T and the shard count are fixed at compile time.",
+        "",
+        "Args:",
+        "    run_id: the run folder's name; empty (the default) means the KFP run's own id, so every run,",
+        "        a clone from the UI or a scheduled one included, gets a folder of its own.",
+        "    resume: continue the run folder run_id (an existing folder is refused otherwise).",
+        "    force_new_noise: redraw the votes' DP noise (charged again in the ledger).",
+        *(f"    {parameter.name}: {parameter.description}." for parameter in RUN_PARAMETERS),
+    ])
+    return dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution",
+                        pipeline_root=k8s.pipeline_root)(private_evolution)
+
+
+PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
