@@ -91,12 +91,11 @@ class RunLayout:
 
     def __post_init__(self) -> None:
         """Reject run ids that escape the run folder and private roots that overlap the released one; mark the private root
-        so storage errors never name its objects."""
+        so storage errors never name its objects. An empty private root (not known yet) has nothing to check or mark."""
         if not self.run_id or "/" in self.run_id or self.run_id in (".", ".."):
             raise UserError(f"run_id {self.run_id!r} is not a plain folder name: use letters, digits, '-', '_' or '.'")
-        if (self.private_root and _same_or_inside(self.private_root, self.run_root)) or _same_or_inside(
-            self.run_root, self.private_root
-        ):
+        if self.private_root and (_same_or_inside(self.private_root, self.run_root)
+                                  or _same_or_inside(self.run_root, self.private_root)):
             raise UserError(
                 f"private_root {self.private_root} overlaps run_root {self.run_root}: "
                 "keep private data in a separate folder or bucket"
