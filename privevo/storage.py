@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privevo.errors import UserError
+from privevo.errors import UserError, needs_extra
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 # (the embedded default) do not load it (about 25 MiB and 0.3 s per process).
 
 GCS_SCHEME = "gs://"
+GCS_FEATURE = "a gs:// path"  # how the error of a missing gcs extra names what needs it
 _TMP_MARK = ".tmp-"
 _LOCK_SUFFIX = ".lock"
 _UPDATE_ATTEMPTS = 20
@@ -119,8 +120,9 @@ def _describe(uri: str) -> str:
 @functools.cache
 def _client_for(pid: int, emulator_host: str | None) -> gcs.Client:
     """One client per process and emulator setting (clients must not cross a fork)."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs
+    with needs_extra("gcs", GCS_FEATURE):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage as gcs
 
     if emulator_host:
         return gcs.Client(project="local", credentials=AnonymousCredentials())
@@ -167,8 +169,10 @@ def _no_answer(action: str, uri: str) -> str:
 def _gcs_errors(action: str, uri: str) -> Iterator[None]:
     """Turn Cloud Storage failures into one-line UserErrors that say how to fix them."""
     import requests
-    from google.api_core import exceptions as gexc
-    from google.auth.exceptions import DefaultCredentialsError, TransportError
+
+    with needs_extra("gcs", GCS_FEATURE):
+        from google.api_core import exceptions as gexc
+        from google.auth.exceptions import DefaultCredentialsError, TransportError
 
     bucket, _ = _split(uri)
     try:
