@@ -1,7 +1,7 @@
 """Private Evolution: DP synthetic data on Kubeflow Pipelines (``privevo`` or ``python pipeline.py``).
 
 Commands: ``run`` (locally with kfp.local), ``compile``, ``upload``, ``submit``, ``schedule``,
-``rerun`` (one step), ``audit``, ``report``, ``budget`` (privacy accounting), ``serve``.
+``rerun`` (one step), ``audit``, ``report``, ``export`` (the synthetic set), ``budget`` (privacy accounting), ``serve``.
 User errors print one line ``error: ...`` and exit with code 2.
 """
 
@@ -18,7 +18,7 @@ import sys
 import time
 
 from privevo import runtime
-from privevo.errors import UserError
+from privevo.errors import UserError, extra_error, missing_extra
 from privevo.step_table import STEP_NAMES, StepArgs, step
 
 
@@ -30,13 +30,13 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def load_checked_config(args: argparse.Namespace):
-    from privevo.config import load_config
+    from privevo import shipped
     from privevo.privacy import check_planned_budget
 
     overrides = list(args.overrides)
     if getattr(args, "run_root", None):
         overrides.append(f"run_root={args.run_root}")
-    config = load_config(args.config, overrides)
+    config = shipped.load(args.config, overrides, local=args.command == "run")  # a file or a shipped config name
     check_planned_budget(config)
     return config
 
@@ -116,6 +116,7 @@ def _local_docker():
 def _print_summary(run, seconds: float) -> None:
     from privevo import storage
     from privevo.report import format_value
+    from privevo.steps import last_complete_generation
 
     metrics = storage.read_json(run.layout.metrics_json) if storage.exists(run.layout.metrics_json) else None
     print(f"run path: {run.layout.run_dir}")
@@ -128,6 +129,10 @@ def _print_summary(run, seconds: float) -> None:
             label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"
             shown = {k: v for k, v in row.items() if k not in ("generation", "non_dp", "per_class_accuracy")}
             print(f"{label}: " + " ".join(f"{k}={format_value(v)}" for k, v in shown.items()))
+    last = last_complete_generation(run)
+    if last >= 0:
+        print(f"synthetic data: {run.layout.population(last)}")
+        print(f"export it: python pipeline.py export {run.layout.run_dir} --to DIR")
 
 
 class _TaskProgress(io.TextIOBase):
@@ -233,6 +238,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise UserError(f"run {args.run} has no metrics.json yet: run its evaluate step first")
     index = report.write_report(run, storage.read_json(run.layout.metrics_json))
     print(f"report: {index}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a generation's synthetic images (imagefolder PNGs or one npz) and the run's privacy statement to a new folder."""
+    from privevo.export import export_run
+    from privevo.run import Run
+
+    folder = export_run(Run.locate(args.run, args.run_root), args.to, args.generation, args.format)
+    print(f"exported: {folder}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -394,6 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--run-root", default="runs")
     rep.set_defaults(func=cmd_report)
 
+    exp = commands.add_parser("export", help="write a generation's synthetic images and the run's privacy statement")
+    exp.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
+    exp.add_argument("--to", required=True, metavar="DIR", help="a new or empty local folder")
+    exp.add_argument("--generation", type=int, default=-1, help="which generation (default: the last)")
+    exp.add_argument("--format", choices=("imagefolder", "npz"), default="imagefolder",
+                     help="PNG files and metadata.csv (Hugging Face imagefolder), or one synthetic.npz")
+    exp.add_argument("--run-root", default="runs")
+    exp.set_defaults(func=cmd_export)
+
     srv = commands.add_parser("serve", help="serve a local model on the KServe v2 protocol (for model.kind remote)")
     with_config(srv, required=False)
     srv.add_argument("--model-kind", help="a local backend: ddpm_unet or stable_diffusion")
@@ -429,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except ModuleNotFoundError as error:  # an optional extra (kfp, gcs, serve) that this command needs
+        extra = missing_extra(error)
+        if extra is None:
+            raise
+        print(f"error: {extra_error(extra)}", file=sys.stderr)
+        return extra_error(extra).exit_code
 
 
 if __name__ == "__main__":
