@@ -303,20 +303,47 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise UserError(f"--set {key}: {part} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        raise UserError(f"--set {key}: {raw!r} is not valid YAML ({str(error).splitlines()[0]}): "
+                        "quote it or close its brackets") from None
+
+
+def _fields_at(location: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows in the section at ``location`` (a dotted key's parts), [] when it is not a section."""
+    model: Any = Config
+    for part in location:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]  # X | None: look inside
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _unknown_key(location: tuple[Any, ...]) -> str:
+    """The message for a key the schema does not have, with the closest allowed key of its section if one is near."""
+    import difflib
+
+    key = ".".join(str(p) for p in location)
+    close = difflib.get_close_matches(str(location[-1]), _fields_at(location[:-1]), n=1)
+    hint = f" (did you mean '{'.'.join([*map(str, location[:-1]), close[0]])}'?)" if close else ""
+    return f"unknown key '{key}'{hint}"
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
-    """Validate a config dict; the first problem becomes a one-line UserError."""
+    """Validate a config dict; the first problem becomes a one-line UserError (an unknown key first: a misspelt
+    section would otherwise be reported as the missing section it was meant to be)."""
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = first["msg"]
+        problems = error.errors()
+        first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
         if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise UserError(f"{source}: {where}: {message}") from None
+            raise UserError(f"{source}: {_unknown_key(first['loc'])}") from None
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise UserError(f"{source}: {where}: {first['msg']}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -40,8 +40,12 @@ def test_loads_and_applies_overrides(config_file):
 @pytest.mark.parametrize(
     "overrides,needle",
     [
-        (["bogus=1"], "bogus: unknown key"),
-        (["privacy.bogus=1"], "privacy.bogus: unknown key"),
+        (["bogus=1"], "unknown key 'bogus'"),
+        (["privacy.bogus=1"], "unknown key 'privacy.bogus'"),
+        (["privacy.epsilom=1"], "unknown key 'privacy.epsilom' (did you mean 'privacy.epsilon'?)"),
+        (["kubernetes.model_step.memroy=1Gi"],
+         "unknown key 'kubernetes.model_step.memroy' (did you mean 'kubernetes.model_step.memory'?)"),
+        (["population.degrees=[0.6"], "--set population.degrees: '[0.6' is not valid YAML"),
         (["population.degrees=[0.5]"], "degrees has 1 entries"),
         (["privacy.noise_multiplier=3"], "exactly one"),
         (["privacy.delta=2"], "privacy.delta"),
@@ -64,6 +68,14 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_misspelt_section_is_named_not_reported_missing(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({("populaton" if k == "population" else k): v for k, v in BASE.items()}))
+    with pytest.raises(UserError) as info:
+        load_config(typo)
+    assert str(info.value) == f"{typo}: unknown key 'populaton' (did you mean 'population'?)"
 
 
 def test_noise_is_calibrated_from_target_epsilon(config_file):
