@@ -7,12 +7,12 @@ Modes (``--modes``, default ``kfp,inprocess``):
   polled every 0.1 s (the peak of each task process, named from its command line), and the
   exact maximum over the whole process tree comes from ``RUSAGE_CHILDREN`` (ru_maxrss)
   after the run.
-- ``inprocess``: one fresh Python process calls ``privevo.steps`` directly (embed_private,
-  generate_initial per shard, then embed_synthetic per shard, dp_vote and generate_variations
-  per shard for every generation, then ``evaluation.evaluate_run``): the same work as the
-  pipeline's tasks. Per-step peak RSS is the process's **VmHWM, reset before each step**
-  (``/proc/self/clear_refs``), so it is that step's peak *including* what earlier steps left
-  resident; the process's overall peak is its ru_maxrss. Time inside the steps is split by
+- ``inprocess``: one fresh Python process runs the steps through the library's in-process runner
+  (``privevo.api.execute``, what ``privevo.run`` does: embed_private, generate_initial per shard,
+  then embed_synthetic per shard, dp_vote and generate_variations per shard for every generation,
+  then evaluate): the same work as the pipeline's tasks. Per-step peak RSS is the process's
+  **VmHWM, reset before each step** (``/proc/self/clear_refs``), so it is that step's peak
+  *including* what earlier steps left resident; the process's overall peak is its ru_maxrss. Time inside the steps is split by
   what it was spent on (model and embedding loading, RANDOM_API, VARIATION_API for the
   lookahead and for the next generation, embedding, the k-NN vote, the rest). UNet
   image-steps (forward passes x batch, counted by a forward hook on ``model.unet``; "n/a"
@@ -303,13 +303,11 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
     """Run every step of the demo in this process; print per-step time, VmHWM and a time breakdown."""
     t_start = time.perf_counter()
     import privevo.steps as steps
-    from privevo import evaluation
-    from privevo.config import load_config
-    from privevo.run import Run
+    from privevo import api, evaluation
 
     t_imports = time.perf_counter() - t_start
-    config = load_config(config_path, [*overrides, f"run_root={workdir}/runs", f"private_root={workdir}/private"])
-    run = Run.create(config, run_id)
+    config = api.load(config_path, overrides, run_root=f"{workdir}/runs", private_root=f"{workdir}/private")
+    run = api.start_run(config, run_id)
 
     breakdown: dict[str, float] = defaultdict(float)
     current = {"step": ""}
@@ -376,29 +374,18 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    def step(name: str, kind: str, generation: int, func):
-        current["step"] = kind
+    def step(planned: api.PlannedStep, call) -> None:
+        """Time one step of the library's in-process runner, and reset the peak RSS before it."""
+        current["step"] = planned.spec.name
         reset_vmhwm()
         t0, c0 = time.perf_counter(), cpu_seconds()
-        func()
-        records.append({"step": name, "kind": kind, "generation": generation,
+        call()
+        records.append({"step": planned.label, "kind": planned.spec.name, "generation": planned.generation,
                         "seconds": round(time.perf_counter() - t0, 3), "cpu_s": round(cpu_seconds() - c0, 2),
                         "peak_rss_mb": round(vmhwm_mb() or 0.0, 1) if hwm_reset else None})
 
-    shards = config.population.num_shards
-    step("embed_private", "embed_private", 0, lambda: steps.embed_private(run))
-    private_ref = steps.private_reference(run)
-    for s in range(shards):
-        step(f"generate_initial s{s}", "generate_initial", 0, lambda s=s: steps.generate_initial(run, s))
-    for g in range(1, config.population.generations + 1):
-        for s in range(shards):
-            step(f"embed_synthetic g{g} s{s}", "embed_synthetic", g, lambda g=g, s=s: steps.embed_synthetic(run, g, s))
-        step(f"dp_vote g{g}", "dp_vote", g, lambda g=g: steps.dp_vote(run, g, private_ref))
-        for s in range(shards):
-            step(f"generate_variations g{g} s{s}", "generate_variations", g,
-                 lambda g=g, s=s: steps.generate_variations(run, g, s))
-    evaluated: dict[str, Any] = {}
-    step("evaluate", "evaluate", -1, lambda: evaluated.update(evaluation.evaluate_run(run)))
+    api.execute(run, around=step)  # every step in DAG order, as privevo.run runs them
+    evaluated = api.RunResult(run).metrics
     total = time.perf_counter() - t_start
     in_steps = sum(r["seconds"] for r in records)
     # Resetting VmHWM also resets the kernel's hiwater mark that ru_maxrss reads for a live
