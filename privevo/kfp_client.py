@@ -5,6 +5,7 @@ Imports kfp (the ``kfp`` extra) when a command runs.
 
 import argparse
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,8 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         if not token:
             raise UserError(f"--token-env {args.token_env}: that environment variable is empty or not set")
     warnings.filterwarnings("ignore", message="This client only works with", category=FutureWarning)
+    # urllib3 warns of each retry (kfp_server_api resets the level of "urllib3" itself): the failure is one line below
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         yield kfp.Client(host=host, namespace=args.namespace or "kubeflow", existing_token=token)  # kfp's own default
     except kfp_server_api.ApiException as error:
@@ -87,9 +90,10 @@ def _pipeline_spec(document: dict | None, version_id: str) -> dict:
 
 
 @contextlib.contextmanager
-def _template(args: argparse.Namespace, client) -> Iterator[tuple[dict, dict[str, Any]]]:
-    """The pipeline a run starts from, as its spec and the run request's arguments that name it: --config compiled
-    here, or an uploaded version (--pipeline-id or --pipeline NAME, --version-id or the latest)."""
+def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, Any], dict[str, Any]]]:
+    """A client and the pipeline a run starts from: its spec, the run parameters --param sets, and the run request's
+    arguments that name it: --config compiled here, or an uploaded version (--pipeline-id or --pipeline NAME,
+    --version-id or the latest). A config compiled here checks the config and the parameters before connecting."""
     sources = [flag for flag, value in (("--config", args.config), ("--pipeline-id", args.pipeline_id),
                                         ("--pipeline", args.pipeline)) if value]
     if len(sources) != 1:
@@ -99,22 +103,29 @@ def _template(args: argparse.Namespace, client) -> Iterator[tuple[dict, dict[str
             raise UserError("--version-id names an uploaded version: give it with --pipeline-id or --pipeline, not --config")
         config = load_checked_config(args)
         with _compiled(config) as (package, spec):
-            yield spec, {"pipeline_package_path": package,
-                         "service_account": args.service_account or config.kubernetes.public_service_account}
+            params = _run_parameters(spec, args.params)
+            with _client(args) as client:
+                yield client, spec, params, {
+                    "pipeline_package_path": package,
+                    "service_account": args.service_account or config.kubernetes.public_service_account}
         return
     if args.overrides:
         raise UserError("--set changes a config compiled here: with an uploaded pipeline use --param key=value")
-    pipeline_id = args.pipeline_id or _find_pipeline(client, args.pipeline, args.namespace)
-    if pipeline_id is None:
-        raise UserError(f"no pipeline named {args.pipeline!r}: upload it first (python pipeline.py upload --config CFG)")
-    version_id = args.version_id
-    if not version_id:
-        versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc").pipeline_versions
-        if not versions:
-            raise UserError(f"pipeline {pipeline_id} has no version: upload one (python pipeline.py upload --config CFG)")
-        version_id = versions[0].pipeline_version_id
-    spec = _pipeline_spec(client.get_pipeline_version(pipeline_id, version_id).pipeline_spec, version_id)
-    yield spec, {"pipeline_id": pipeline_id, "version_id": version_id, "service_account": args.service_account}
+    with _client(args) as client:
+        pipeline_id = args.pipeline_id or _find_pipeline(client, args.pipeline, args.namespace)
+        if pipeline_id is None:
+            raise UserError(f"no pipeline named {args.pipeline!r}: upload it first (python pipeline.py upload --config CFG)")
+        version_id = args.version_id
+        if not version_id:
+            versions = client.list_pipeline_versions(pipeline_id, page_size=1,
+                                                     sort_by="created_at desc").pipeline_versions
+            if not versions:
+                raise UserError(f"pipeline {pipeline_id} has no version: upload one "
+                                "(python pipeline.py upload --config CFG)")
+            version_id = versions[0].pipeline_version_id
+        spec = _pipeline_spec(client.get_pipeline_version(pipeline_id, version_id).pipeline_spec, version_id)
+        yield client, spec, _run_parameters(spec, args.params), {
+            "pipeline_id": pipeline_id, "version_id": version_id, "service_account": args.service_account}
 
 
 # a run parameter's value from --param key=value, by the type the pipeline spec declares
@@ -179,8 +190,7 @@ def upload(args: argparse.Namespace) -> None:
 def submit(args: argparse.Namespace) -> None:
     """Start one run on Kubeflow Pipelines, of --config compiled here or of an uploaded pipeline version, with
     --param overrides of its run parameters; without a run_id the run folder is the KFP run's own id."""
-    with _client(args) as client, _template(args, client) as (spec, request):
-        params = _run_parameters(spec, args.params)
+    with _template(args) as (client, spec, params, request):
         if args.run_id:
             if "run_id" in params:
                 raise UserError("give the run id once: --run-id or --param run_id=...")
@@ -196,8 +206,7 @@ def submit(args: argparse.Namespace) -> None:
 def schedule(args: argparse.Namespace) -> None:
     """Create a recurring run (cron) on Kubeflow Pipelines, of --config compiled here or of an uploaded pipeline
     version; run_id stays empty, so every scheduled run writes a folder of its own, named by its KFP run id."""
-    with _client(args) as client, _template(args, client) as (spec, request):
-        params = _run_parameters(spec, args.params)
+    with _template(args) as (client, spec, params, request):
         if params.get("run_id") or params.get("resume"):
             raise UserError("a schedule starts a new run folder each time (the KFP run's own id): drop --param run_id/resume")
         experiment = client.create_experiment(args.experiment, namespace=args.namespace)

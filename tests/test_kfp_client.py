@@ -359,3 +359,15 @@ def test_an_unreachable_endpoint_is_one_line(kfp_api: KfpApi):
     code, _, err = _main(["submit", "--host", url, "--pipeline", PIPELINE_NAME])
     assert code == 2
     assert err == f"error: cannot reach the KFP API at {url} (MaxRetryError): check --host\n"
+
+
+def test_a_misspelt_param_of_a_config_compiled_here_is_refused_before_connecting(kfp_api: KfpApi):
+    before = len(kfp_api.requests)
+    code, _, err = _main(["submit", "--host", kfp_api.url, "--config", TINY, "--param", "epsilom=2"])
+    assert code == 2
+    assert err.startswith("error: unknown run parameter 'epsilom'") and err.count("\n") == 1, err
+    assert len(kfp_api.requests) == before, "the server is not contacted"
+    with _serve() as api:
+        url = api.url  # closed again below: the typo is still what is reported
+    code, _, err = _main(["schedule", "--host", url, "--config", TINY, "--cron", "0 0 3 * * *", "--param", "epsilom=2"])
+    assert code == 2 and err.startswith("error: unknown run parameter 'epsilom'"), err
