@@ -26,8 +26,9 @@ FD_KEY = f"fd_{FD_EXTRACTOR}"
 PRECISION_RECALL_K = 3
 
 
-def _reference_set(run: Run) -> Any:
-    """The held-out real images the released metrics compare against (None when the config names none)."""
+def reference_set(run: Run) -> Any:
+    """The held-out real images the released metrics (and the report's real samples) compare against; None when
+    the config names none."""
     from privevo.data import load_image_set
 
     config, data = run.config, run.config.evaluation.reference
@@ -64,7 +65,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     extractor = EfficientNetLite0Embedding.from_config(config)
     classifier = _classifier(run)
     ledger = run.ledger()
-    rows, final = _score(run, _reference_set(run), extractor, classifier, last, ledger, log_rows=True)
+    rows, final = _score(run, reference_set(run), extractor, classifier, last, ledger, log_rows=True)
     result = {
         "run_id": run.run_id,
         "non_dp": False,

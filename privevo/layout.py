@@ -10,7 +10,8 @@ the report and the command line ask the layout; nobody else formats a run path.
     synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws),
     selection.npz, steps/<step>.json, manifest/<writer>.json,
     calls/<step>[-SSS].json, calls/cache/<step>[-SSS]/<key>.npz   (model.kind remote)
-<run_root>/<run_id>/report/index.html, samples-gen-NNN.png, curves.png
+<run_root>/<run_id>/report/index.html, samples-gen-NNN.png, samples-reference.png, curves.png,
+    class-counts.png
 <private_root>/<run_id>/private_embeddings.npz, private_embeddings.sha256,
     private_errors.json, non_dp_metrics.json             (PRIVATE tier)
 ```
@@ -32,6 +33,8 @@ METRICS_JSON = "metrics.json"
 REPORT_DIR = "report"
 REPORT_INDEX = "index.html"
 CURVES_PNG = "curves.png"
+REFERENCE_GRID_PNG = "samples-reference.png"
+CLASS_COUNTS_PNG = "class-counts.png"
 MANIFEST_DIR = "manifest"
 POPULATION_FILE = "population.npz"
 RELEASE_FILE = "noisy_histogram.npz"

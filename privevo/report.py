@@ -1,8 +1,11 @@
-"""The run report: sample grids per generation, FD and epsilon curves, class mix; one HTML page.
+"""The run report: results first (final samples beside real ones, curves, class counts), then the
+configuration and the privacy accounting; one HTML page that reads in a 900 px window.
 
-Everything drawn here comes from released files (populations, metrics.json, the
-ledger), never from private data. The page needs no network: images sit beside it
-(``report/``) or are inlined as data URIs (the KFP HTML visualization).
+Everything drawn here comes from released files (populations, metrics.json, the ledger) and
+from the public evaluation reference set, never from private data: the class counts are those
+of the synthetic populations' public labels, and the non-DP metrics against the private set
+(``non_dp_metrics.json``) never reach the page. The page needs no network: images sit beside
+it (``report/``) or are inlined as data URIs (the KFP HTML visualization).
 """
 
 from __future__ import annotations
@@ -10,15 +13,27 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from privevo import storage
 from privevo.calls import calls_html
-from privevo.layout import CURVES_PNG
+from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON, REFERENCE_GRID_PNG
 from privevo.run import Run
 from privevo.steps import load_population
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from privevo.config import Config, DataConfig
+
+#: Width of the curves and class-count figures, in inches at 100 dpi: they fit a 900 px window.
+FIGURE_WIDTH = 8.6
+#: Shown digits of a hash (the full value is in the cell's title).
+HASH_DIGITS = 12
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -32,6 +47,15 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return grid
 
 
+def shown_indices(n: int, count: int, seed: int) -> np.ndarray:
+    """Which ``count`` of ``n`` samples a grid shows: a seeded random choice, not the first rows.
+
+    A population is stored sorted by parent, so its first rows are siblings of a few parents;
+    a random choice shows the population as it is.
+    """
+    return np.random.default_rng(seed).choice(n, size=min(count, n), replace=False)
+
+
 def _png(array: np.ndarray, scale: int = 3) -> bytes:
     from PIL import Image
 
@@ -42,65 +66,172 @@ def _png(array: np.ndarray, scale: int = 3) -> bytes:
     return buffer.getvalue()
 
 
-def _figure_png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-def curves_png(result: dict[str, Any]) -> bytes:
-    """FD, precision/recall, class-mix TV and epsilon over generations."""
+def _figure(panels: int, columns: int, height: float) -> tuple[Figure, list[Axes]]:
+    """A figure of ``panels`` axes in rows of ``columns``, FIGURE_WIDTH wide (no empty axes left)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = math.ceil(panels / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for axis in flat[panels:]:
+        axis.remove()
+    return figure, flat[:panels]
+
+
+def _integer_generations(axis: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_xlabel("generation")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _figure_png(figure: Figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _finite(value: Any) -> float:
+    """A metric for plotting: NaN (no point) for a missing or infinite one."""
+    return float(value) if value is not None and math.isfinite(value) else math.nan
+
+
+def curve_panels(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The curves' panels as (title, metric keys): only metrics with a value in some generation (no empty panel)."""
+    panels = [
+        (f"Frechet distance ({result['fd_extractor']} features)", [f"fd_{result['fd_extractor']}"]),
+        ("class-mix total variation", ["class_tv"]),
+        ("precision / recall", ["precision", "recall"]),
+        (f"epsilon spent (delta={result['delta']:g})", ["epsilon"]),
+    ]
+    rows = result["generations"]
+    return [(title, keys) for title, keys in panels if any(not math.isnan(_finite(r[k])) for r in rows for k in keys)]
+
+
+def curves_png(result: dict[str, Any]) -> bytes:
+    """FD, class-mix TV, precision/recall and epsilon over generations, two panels a row."""
     rows = result["generations"]
     generations = [r["generation"] for r in rows]
-    fd_key = f"fd_{result['fd_extractor']}"
-    panels = [
-        (fd_key, f"Frechet distance ({result['fd_extractor']} features)"),
-        ("class_tv", "class-mix total variation"),
-        ("precision", "precision / recall"),
-        ("epsilon", f"epsilon spent (delta={result['delta']:g})"),
-    ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
-    for axis, (key, title) in zip(axes, panels, strict=True):
+    panels = curve_panels(result)
+    figure, axes = _figure(len(panels), columns=2, height=2.6)
+    for axis, (title, keys) in zip(axes, panels, strict=True):
         axis.set_title(title, fontsize=9)
-        axis.set_xlabel("generation")
-        for series in ([key, "recall"] if key == "precision" else [key]):
-            values = [r[series] for r in rows]
-            if any(v is not None for v in values):
-                axis.plot(generations, [np.nan if v is None else v for v in values], marker="o", label=series)
-        if key == "precision":
+        for key in keys:
+            axis.plot(generations, [_finite(r[key]) for r in rows], marker="o", label=key)
+        if len(keys) > 1:
             axis.legend(fontsize=8)
+        _integer_generations(axis)
         axis.grid(alpha=0.3)
     return _figure_png(figure)
 
 
-def sample_grid_png(run: Run, generation: int, count: int) -> bytes:
-    """The first ``count`` samples of a generation as a PNG grid."""
-    population = load_population(run, generation)
-    return _png(image_grid(population.images[:count]))
+def class_counts_png(counts: dict[int, np.ndarray], class_names: list[str]) -> bytes:
+    """Per-class sample counts of each generation's (synthetic, public) labels as stacked bars."""
+    generations = sorted(counts)
+    figure, (axis,) = _figure(1, columns=1, height=2.8)
+    bottom = np.zeros(len(generations))
+    for label, name in enumerate(class_names):
+        heights = np.array([counts[g][label] for g in generations], float)
+        if heights.any():
+            axis.bar(generations, heights, bottom=bottom, label=name)
+            bottom += heights
+    axis.set_title("synthetic samples per class (the population's labels)", fontsize=9)
+    axis.set_ylabel("samples")
+    _integer_generations(axis)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _figure_png(figure)
+
+
+def sample_grid_png(images: np.ndarray, count: int, seed: int) -> bytes:
+    """A seeded random choice of ``count`` images as a PNG grid."""
+    return _png(image_grid(images[shown_indices(len(images), count, seed)]))
+
+
+def reference_may_be_private(config: Config) -> bool:
+    """Whether the evaluation reference set can share images with the private set (then no real samples are shown).
+
+    Two sets are disjoint only when they come from different files, hold disjoint classes, or
+    take disjoint ``rows`` of the same class filter.
+    """
+    reference, private = config.evaluation.reference, config.private
+    if reference is None:
+        return False
+    if (reference.source, reference.path, reference.split) != (private.source, private.path, private.split):
+        return False
+    if reference.classes and private.classes and not set(reference.classes) & set(private.classes):
+        return False
+    return not (reference.classes == private.classes and _disjoint_rows(reference, private))
+
+
+def _disjoint_rows(a: DataConfig, b: DataConfig) -> bool:
+    return a.rows is not None and b.rows is not None and (a.rows[1] <= b.rows[0] or b.rows[1] <= a.rows[0])
 
 
 def write_report(run: Run, result: dict[str, Any]) -> str:
-    """Write report/ (PNG files and index.html) for a run; returns the index URI."""
-    count = run.config.evaluation.samples_per_grid
+    """Write report/ (PNG files and index.html) for a run's released metrics; returns the index URI."""
+    _check_released(result)
+    config = run.config
+    count = config.evaluation.samples_per_grid
+    seed = run.seed("report-samples")  # public: which released samples a grid shows
+    counts: dict[int, np.ndarray] = {}
+    num_classes = len(config.class_names or [])
     for row in result["generations"]:
-        g = row["generation"]
-        storage.write_bytes(run.layout.report_file(run.layout.sample_grid_name(g)), sample_grid_png(run, g, count))
+        generation = row["generation"]
+        population = load_population(run, generation)
+        storage.write_bytes(run.layout.report_file(run.layout.sample_grid_name(generation)),
+                            sample_grid_png(population.images, count, seed))
+        if population.conditional and num_classes:
+            counts[generation] = np.bincount(population.labels, minlength=num_classes)
+    if not reference_may_be_private(config):
+        from privevo.evaluation import reference_set
+
+        reference = reference_set(run)
+        if reference is not None:
+            storage.write_bytes(run.layout.report_file(REFERENCE_GRID_PNG),
+                                sample_grid_png(reference.images, count, run.seed("report-reference")))
     storage.write_bytes(run.layout.report_file(CURVES_PNG), curves_png(result))
+    if counts and len(counts) == len(result["generations"]):
+        storage.write_bytes(run.layout.report_file(CLASS_COUNTS_PNG), class_counts_png(counts, config.class_names or []))
     index = run.layout.report_index
     storage.write_bytes(index, render_html(run, result, inline_images=False).encode())
     return index
 
 
+def _check_released(result: dict[str, Any]) -> None:
+    """Refuse metrics marked non-DP (against the private set): they never go into a released report."""
+    if result.get("non_dp") or any(row.get("non_dp") for row in result["generations"]):
+        raise ValueError("the report renders released metrics only; these are non-DP metrics against the private set")
+
+
+CSS = """
+* { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1em 1.2em; max-width: 1100px; color: #222;
+       line-height: 1.4; overflow-wrap: break-word; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+img { max-width: 100%; height: auto; image-rendering: pixelated; }
+.pair, .gallery { display: grid; gap: 1em; }
+.pair { grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); }
+.gallery { grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); }
+figure { margin: 0 0 1em 0; min-width: 0; } figcaption { font-size: 0.9em; color: #555; }
+figure.wide img { image-rendering: auto; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; max-width: 100%; }
+td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+td.path { text-align: left; }
+table.config th { text-align: left; background: #f5f5f5; } table.config td { text-align: left; }
+.lead { font-size: 1.05em; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
 def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -> str:
     """The report page; ``inline_images`` embeds PNGs as data URIs (one self-contained file)."""
+    _check_released(result)
 
     def image(name: str, alt: str) -> str:
         if inline_images:
@@ -110,66 +241,158 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
             src = name
         return f'<img src="{src}" alt="{html.escape(alt)}">'
 
-    fd_key = f"fd_{result['fd_extractor']}"
-    keys = ["generation", fd_key, "precision", "recall", "class_tv", "epsilon"]
-    header = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(row[k])}</td>" for k in keys) + "</tr>" for row in result["generations"]
-    )
+    def figure(name: str, caption: str, wide: bool = False, alt: str | None = None) -> str:
+        return (f'<figure{" class=wide" if wide else ""}>{image(name, alt or caption)}'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def present(name: str) -> bool:
+        return storage.exists(run.layout.report_file(name))
+
     final = result["final"]
-    reference = f"<p>Metrics compare each generation with the {html.escape(result['reference'])}.</p>"
-    grids = "".join(
-        f"<figure>{image(run.layout.sample_grid_name(row['generation']), 'generation ' + str(row['generation']) + ' samples')}"
-        f"<figcaption>generation {row['generation']}</figcaption></figure>"
-        for row in result["generations"]
-    )
+    last = result["generations"][-1]["generation"]
+    real = (figure(REFERENCE_GRID_PNG, "real images: the held-out evaluation reference set") if present(REFERENCE_GRID_PNG)
+            else '<p class="note">No real samples: the config names no evaluation reference set apart from the '
+                 "private data.</p>")
+    counts = (figure(CLASS_COUNTS_PNG, "synthetic samples per class and generation", wide=True)
+              if present(CLASS_COUNTS_PNG) else "")
+    grids = "".join(figure(run.layout.sample_grid_name(row["generation"]), f"generation {row['generation']}")
+                    for row in result["generations"])
+    title = f"Private Evolution run {html.escape(result['run_id'])}"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Private Evolution run {html.escape(result['run_id'])}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-figure {{ display: inline-block; margin: 0 1em 1em 0; }} .warn {{ color: #a00; }}
-</style></head><body>
-<h1>Private Evolution run {html.escape(result['run_id'])}</h1>
-<p>Privacy: epsilon = {_cell(final['epsilon'])} at delta = {result['delta']:g} over {result['votes']} vote(s),
-noise multiplier {_cell(result['noise_multiplier'])} (the accountant's upper bound, recomputed from the ledger).</p>
-{reference}
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+<style>{CSS}</style></head><body>
+<h1>{title}</h1>
+<p class="lead">{_headline(result)}</p>
+<section id="results">
+<h2>Results</h2>
+<div class="pair">
+{figure(run.layout.sample_grid_name(last), f"synthetic images: generation {last} (final)")}
+{real}
+</div>
+<p class="note">Each grid shows a seeded random choice of samples (the same for every generation), not the first
+rows. Metrics compare each generation with the {html.escape(result['reference'])}.</p>
+{figure(CURVES_PNG, "metrics over generations", wide=True,
+        alt="; ".join(title for title, _ in curve_panels(result)))}
+{counts}
+<h3>Metrics per generation</h3>
+{_metrics_table(result)}
+<h3>Samples of every generation</h3>
+<div class="gallery">{grids}</div>
+</section>
+<section id="configuration">
+<h2>Configuration</h2>
+{_config_table(run.config, result)}
+</section>
+<section id="privacy">
+<h2>Privacy</h2>
+<p>Epsilon = {_cell(final['epsilon'])} at delta = {result['delta']:g} over {result['votes']} vote(s),
+noise multiplier {_cell(result['noise_multiplier'])} (the accountant's upper bound, recomputed from the ledger).
+{_files_note(inline_images)}</p>
 {privacy_html(result.get('privacy'))}
+</section>
 {calls_html(run)}
-<h2>Metrics per generation</h2>
-<table><tr>{header}</tr>{body}</table>
-<p>Final downstream accuracy: {_cell(final['downstream_accuracy'])}</p>
-<h2>Curves</h2>
-{image('curves.png', 'metric curves over generations')}
-<h2>Samples</h2>
-{grids}
 </body></html>
 """
 
 
+def _headline(result: dict[str, Any]) -> str:
+    """One line of the final numbers above everything else."""
+    final = result["final"]
+    shown = [("epsilon", final["epsilon"]), (f"FD ({result['fd_extractor']})", final[f"fd_{result['fd_extractor']}"]),
+             ("precision", final["precision"]), ("recall", final["recall"]), ("class TV", final["class_tv"]),
+             ("downstream accuracy", final["downstream_accuracy"])]
+    parts = [f"{html.escape(name)} <b>{_cell(value)}</b>" for name, value in shown if value is not None]
+    return f"After {result['generations'][-1]['generation']} generation(s): " + ", ".join(parts) + "."
+
+
+def _metrics_table(result: dict[str, Any]) -> str:
+    keys = ["generation", f"fd_{result['fd_extractor']}", "precision", "recall", "class_tv", "epsilon"]
+    keys = [k for k in keys if any(row[k] is not None for row in result["generations"])]
+    header = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row[k])}</td>" for k in keys) + "</tr>"
+                   for row in result["generations"])
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def _config_table(config: Config, result: dict[str, Any]) -> str:
+    """The settings a reader needs to judge the result (nothing that tells the private set's size)."""
+    private, population, privacy = config.private, config.population, config.privacy
+    remote = config.model.remote
+    model = (remote.model_name or remote.url) if remote else config.model.path
+    target = f"{privacy.epsilon:g}" if privacy.epsilon is not None else "none (explicit noise multiplier)"
+    rows = [
+        ("config", config.name),
+        ("private data", f"{private.source}" + (f", classes {', '.join(private.classes)}" if private.classes else "")),
+        ("evaluation reference", _describe_data(config.evaluation.reference)),
+        ("public model", f"{config.model.kind} {model or ''}".strip()),
+        ("vote embedding", config.embedding.name),
+        ("class-mix classifier", config.evaluation.classifier_path or "none (no class-mix metric)"),
+        ("population", f"{population.size} samples" + (", class-conditional" if population.conditional else "")),
+        ("generations", f"{population.generations} (lookahead {population.lookahead})"),
+        ("variation degrees", ", ".join(f"{d:g}" for d in population.degree_schedule())),
+        ("target epsilon / delta", f"{target} / {privacy.delta:g}"),
+        ("mechanism", privacy.mechanism),
+        ("noise multiplier", format_value(result["noise_multiplier"])),
+        ("threshold / k / sampling rate", f"{privacy.threshold:g} / {privacy.k} / {privacy.sampling_rate:g}"),
+    ]
+    body = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
+    return f'<table class="config">{body}</table>'
+
+
+def _describe_data(data: DataConfig | None) -> str:
+    if data is None:
+        return "none"
+    parts = [data.source] + ([f"{data.split} split"] if data.split else [])
+    parts += [f"classes {', '.join(data.classes)}"] if data.classes else []
+    parts += [f"rows {data.rows[0]}-{data.rows[1]}"] if data.rows else []
+    parts += [f"{data.limit} images"] if data.limit else []
+    return ", ".join(parts)
+
+
+def _files_note(inline_images: bool) -> str:
+    """Where the machine-readable records are: links from report/ to the run folder, or names when self-contained."""
+    names = [(METRICS_JSON, "metrics and this privacy report"), (LEDGER_JSON, "every DP release and its charge")]
+    if inline_images:
+        shown = [f"<code>{name}</code> ({what})" for name, what in names]
+    else:
+        shown = [f'<a href="../{name}"><code>{name}</code></a> ({what})' for name, what in names]
+    return "The run folder holds " + " and ".join(shown) + "."
+
+
 def privacy_html(report: dict[str, Any] | None) -> str:
-    """The privacy report (``privacy.privacy_report``) as an HTML section: what a reviewer checks."""
+    """The privacy report (``privacy.privacy_report``) as HTML: what a reviewer checks."""
     if not report:
         return ""
     events = "".join(
         "<tr>" + "".join(f"<td>{_cell(e[k])}</td>" for k in
-                         ("generation", "mechanism", "noise_multiplier", "sampling_rate", "k", "reason", "status",
-                          "release_uri", "release_sha256")) + "</tr>"
+                         ("generation", "mechanism", "noise_multiplier", "sampling_rate", "k", "reason", "status"))
+        + f'<td class="path">{_cell(e["release_uri"]).replace("/", "/<wbr>")}</td><td>{_hash_cell(e["release_sha256"])}</td></tr>'
         for e in report["events"]
     )
     by_generation = "".join(f"<tr><td>{r['generation']}</td><td>{_cell(r['epsilon'])}</td></tr>"
                             for r in report["epsilon_by_generation"])
     by_delta = "".join(f"<tr><td>{r['delta']:g}</td><td>{_cell(r['epsilon'])}</td></tr>" for r in report["epsilon_at_delta"])
     mu = "" if report["mu_gdp"] is None else f"<p>mu-GDP cross-check: mu = {_cell(report['mu_gdp'])}.</p>"
-    return f"""<h2>Privacy report</h2>
-<p>Epsilon {_cell(report['epsilon'])} at delta {report['delta']:g}: {html.escape(report['accountant'])}.</p>
-<p>Neighbouring datasets: {html.escape(report['neighbouring_relation'])}.
+    return f"""<p>Accountant: {html.escape(report['accountant'])}.
+Neighbouring datasets: {html.escape(report['neighbouring_relation'])}.
 Sensitivity: {html.escape(report['sensitivity'])}.</p>
+<h3>Privacy events</h3>
 <table><tr><th>generation</th><th>mechanism</th><th>sigma</th><th>sampling rate</th><th>k</th><th>reason</th>
 <th>status</th><th>release</th><th>release sha256</th></tr>{events}</table>
-<h3>Epsilon after each generation</h3><table><tr><th>generation</th><th>epsilon</th></tr>{by_generation}</table>
-<h3>Epsilon at other deltas</h3><table><tr><th>delta</th><th>epsilon</th></tr>{by_delta}</table>
+<div class="pair">
+<div><h3>Epsilon after each generation</h3><table><tr><th>generation</th><th>epsilon</th></tr>{by_generation}</table></div>
+<div><h3>Epsilon at other deltas</h3><table><tr><th>delta</th><th>epsilon</th></tr>{by_delta}</table></div>
+</div>
 {mu}"""
+
+
+def _hash_cell(value: str | None) -> str:
+    """A hash shortened to HASH_DIGITS characters, the full value in its title (a tooltip)."""
+    if not value:
+        return _cell(value)
+    full = html.escape(value)
+    return f'<code title="{full}">{html.escape(value[:HASH_DIGITS])}&hellip;</code>'
 
 
 def format_value(value: Any) -> str:
