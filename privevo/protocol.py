@@ -13,7 +13,7 @@ gives the JSON header's length. Responses take the same form (``outputs`` instea
 ``inputs``); an output is sent in binary when the request asked for it with
 ``{"name": "images", "parameters": {"binary_data": true}}``.
 
-The two calls (README, "Foundation model behind an API"):
+The two calls (docs/remote.md):
 
 - ``random``: inputs ``count`` INT64 [1], ``seed`` INT64 [1], ``first_index`` INT64 [1],
   optional ``labels`` INT64 [count];
