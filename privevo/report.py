@@ -81,11 +81,13 @@ def _figure(panels: int, columns: int, height: float) -> tuple[Figure, list[Axes
     return figure, flat[:panels]
 
 
-def _integer_generations(axis: Axes) -> None:
+def _integer_generations(axis: Axes, generations: list[int]) -> None:
+    """Whole-number generation ticks over every generation (also where a metric has one point)."""
     from matplotlib.ticker import MaxNLocator
 
     axis.set_xlabel("generation")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlim(min(generations) - 0.4, max(generations) + 0.4)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def _figure_png(figure: Figure) -> bytes:
@@ -116,6 +118,11 @@ def curve_panels(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 
 def curves_png(result: dict[str, Any]) -> bytes:
+    """The curves as a PNG."""
+    return _figure_png(curves_figure(result))
+
+
+def curves_figure(result: dict[str, Any]) -> Figure:
     """FD, class-mix TV, precision/recall and epsilon over generations, two panels a row."""
     rows = result["generations"]
     generations = [r["generation"] for r in rows]
@@ -127,9 +134,9 @@ def curves_png(result: dict[str, Any]) -> bytes:
             axis.plot(generations, [_finite(r[key]) for r in rows], marker="o", label=key)
         if len(keys) > 1:
             axis.legend(fontsize=8)
-        _integer_generations(axis)
+        _integer_generations(axis, generations)
         axis.grid(alpha=0.3)
-    return _figure_png(figure)
+    return figure
 
 
 def class_counts_png(counts: dict[int, np.ndarray], class_names: list[str]) -> bytes:
@@ -144,7 +151,7 @@ def class_counts_png(counts: dict[int, np.ndarray], class_names: list[str]) -> b
             bottom += heights
     axis.set_title("synthetic samples per class (the population's labels)", fontsize=9)
     axis.set_ylabel("samples")
-    _integer_generations(axis)
+    _integer_generations(axis, generations)
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _figure_png(figure)
 
