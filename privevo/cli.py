@@ -14,12 +14,17 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
+from collections.abc import Iterator
 
 from privevo import runtime
 from privevo.errors import UserError, extra_error, missing_extra
 from privevo.step_table import STEP_NAMES, StepArgs, step
+
+DEFAULT_RUN_ROOT = "runs"  # where a run id names a run when --run-root is not given
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: the shell's convention (128 + SIGINT)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -61,11 +66,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     if "://" in args.pipeline_root:
         raise UserError("--pipeline-root must be a local folder for kfp.local; put the data plane in gs:// with --run-root")
     if args.resume:
-        if args.config:
-            raise UserError("--resume takes the config stored in the run: drop --config")
-        run_root = args.run_root or "runs"
-        run = Run.open(run_root, args.resume)
-        config, run_id = run.config, args.resume
+        if args.config or args.run_id:
+            raise UserError("--resume takes the run id and config stored in the run: drop --config and --run-id")
+        run = Run.locate(args.resume, args.run_root or DEFAULT_RUN_ROOT).amend(args.overrides)
+        config, run_id = run.config, run.run_id
         if args.runner == "docker":
             _local_docker().check_ready(config, args.pipeline_root)
         print(f"resuming run {run_id} from its stored config")
@@ -94,16 +98,96 @@ def cmd_run(args: argparse.Namespace) -> None:
     log_path = os.path.join(args.pipeline_root, f"{run_id}.log")
     os.makedirs(args.pipeline_root, exist_ok=True)
     original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
+    resume_command = f"python pipeline.py run --resume {run_id}" + (
+        f" --run-root {config.run_root}" if config.run_root != DEFAULT_RUN_ROOT else "")
     with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress, session:
         try:
-            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+            with (_stop_on_interrupt(f"interrupted: continue run {run_id} with `{resume_command}`", log),
+                  contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress)):
                 pipeline_func(run_id=run_id, resume=bool(args.resume))
         except RuntimeError:
-            raise UserError(f"{progress.failure()} (full log: {log_path}); fix it, then continue with "
-                            f"`python pipeline.py run --resume {run_id}`") from None
+            raise UserError(f"{progress.failure()} (full log: {log_path}); "
+                            f"{_after_failure(run, bool(args.resume), resume_command)}") from None
         finally:
             builtins.print = original_print
     _print_summary(run, time.time() - started)
+
+
+def _after_failure(run, resumed: bool, resume_command: str) -> str:
+    """What to do after a failed local run. A new run that released nothing is removed (its id is free again); any
+    other is kept for ``--resume``, whose ``--set`` may fix a data or model path, resources or settings."""
+    fix = (f"fix it, then continue with `{resume_command}` (add --set KEY=VALUE to change a data or model path, "
+           "resources, evaluation or kubernetes settings)")
+    if resumed:
+        return fix
+    if run.remove_if_unreleased():
+        return f"nothing was released, so run {run.run_id} was removed: fix it and run the same command again"
+    if not run.ledger().events:
+        return f"{fix}, or remove {run.layout.run_dir} and {run.layout.private_dir} to start it again"
+    return fix
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(message: str, log: io.TextIOBase) -> Iterator[None]:
+    """Ctrl-C during a local run stops it now: the steps still running are interrupted and waited for (their files are
+    written whole or not at all), then one line and exit code 130. Left alone, kfp.local would wait for them and
+    retry the interrupted ones first."""
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while stopping changes nothing
+        _stop_processes()
+        log.flush()
+        print(f"error: {message}", file=sys.__stderr__, flush=True)
+        os._exit(INTERRUPTED_EXIT_CODE)  # kfp.local's threads would start the interrupted steps again
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_processes(deadline_s: float = 30.0) -> None:
+    """Interrupt this process's descendants (the running steps) once each, and wait for them to exit."""
+    signalled: set[int] = set()
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for pid in set(_descendants()) - signalled:  # a step kfp.local started again since the last look
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+            signalled.add(pid)
+        if not any(os.path.exists(f"/proc/{pid}") and not _is_zombie(pid) for pid in signalled):
+            return
+        time.sleep(0.1)
+    for pid in signalled:  # still running at the deadline
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants() -> list[int]:
+    """The ids of this process's descendants, from /proc (none where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rpartition(")")[2].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+    found, pending = [], [os.getpid()]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether a process has exited and only waits to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _local_docker():
@@ -194,6 +278,9 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from privevo.dag import build_pipeline
 
     config = load_checked_config(args)
+    if "://" in args.output:
+        raise UserError(f"--output {args.output}: write the pipeline to a local file (upload sends it to a cluster)")
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     compiler.Compiler().compile(build_pipeline(config), package_path=args.output)
     print(f"compiled {config.name}: {config.population.generations} generations, "
           f"{config.population.num_shards} shard(s) -> {args.output}")
@@ -206,13 +293,35 @@ KFP_HOST_ENV = "KFP_HOST"  # the default for --host
 
 
 def cmd_rerun(args: argparse.Namespace) -> None:
-    """Re-execute one step of a stored run from its stored inputs (DP releases are reused)."""
+    """Compute one step of a stored run again from its stored inputs. Outputs that exist are replaced only with --force,
+    and never once a DP release was made from them; dp_vote reuses its release unless --force-new-noise (charged)."""
     import json
 
+    from privevo import steps, storage
     from privevo.run import Run
 
+    spec = step(args.step)
+    for flag, value, takes in (("--generation", args.generation, spec.per_generation),
+                               ("--shard", args.shard, spec.sharded)):
+        if takes and value is None:
+            raise UserError(f"{args.step} needs {flag} N")
+        if not takes and value is not None:
+            raise UserError(f"{args.step} takes no {flag}")
+    if args.force_new_noise and not spec.redraws:
+        raise UserError(f"--force-new-noise redraws a vote's noise: {args.step} has none (use --force)")
+    if args.force and spec.redraws:
+        raise UserError(f"{args.step} never replaces its DP release: --force-new-noise draws new noise (charged again)")
     run = Run.locate(args.run, args.run_root)
-    result = step(args.step).call(run, StepArgs(args.generation, args.shard, args.force_new_noise))
+    generation, shard = args.generation or 0, args.shard or 0
+    if not spec.redraws:
+        outputs, first_vote = steps.rerun_outputs(run, args.step, generation, shard)
+        what = f"{args.step}'s output" + (f" for generation {args.generation}" if spec.per_generation else "") + (
+            f" shard {args.shard}" if spec.sharded else "")
+        if any(storage.exists(uri) for uri in outputs):
+            if not args.force:
+                raise UserError(f"{what} exists: add --force to compute it again and replace it")
+            steps.replace_outputs(run, outputs, first_vote, what)
+    result = spec.call(run, StepArgs(generation, shard, args.force_new_noise))
     print(json.dumps(result, sort_keys=True, default=str))
 
 
@@ -264,7 +373,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options)
     else:
         raise UserError("serve needs --model-kind and --model-path (or --config CFG to serve its model section)")
-    return serve.serve(config, args.host, args.port, args.model_name, args.token_env, args.graceful_timeout)
+    try:
+        return serve.serve(config, args.host, args.port, args.model_name, args.token_env, args.graceful_timeout)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has finished the calls in flight and stopped, then raised it again
+        print("stopped serving (interrupted)", file=sys.stderr)
+        return 0
 
 
 # ------------------------------------------------------------------------ budget
@@ -390,11 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     rerun = commands.add_parser("rerun", help="re-execute one step of a stored run")
     rerun.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
     rerun.add_argument("--step", required=True, choices=STEP_NAMES)
-    rerun.add_argument("--generation", type=int, default=0)
-    rerun.add_argument("--shard", type=int, default=0)
+    rerun.add_argument("--generation", type=int, help="the generation (vote), for the steps that have one")
+    rerun.add_argument("--shard", type=int, help="the shard, for the sharded steps")
+    rerun.add_argument("--force", action="store_true",
+                       help="replace outputs that exist (refused once a DP release was made from them)")
     rerun.add_argument("--force-new-noise", action="store_true",
                        help="dp_vote only: draw new noise although the release exists (charged again)")
-    rerun.add_argument("--run-root", default="runs")
+    rerun.add_argument("--run-root", default=DEFAULT_RUN_ROOT)
     rerun.set_defaults(func=cmd_rerun)
 
     aud = commands.add_parser("audit", help="verify a run: hashes, ledger, epsilon, no private data released")
@@ -452,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except KeyboardInterrupt:  # a command that has nothing to clean up or resume: one line, no traceback
+        print("error: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     except ModuleNotFoundError as error:  # an optional extra (kfp, gcs, serve) that this command needs
         extra = missing_extra(error)
         if extra is None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import platform
+import shutil
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from privevo import storage
-from privevo.config import Config, config_to_dict, parse_config
+from privevo.config import Config, config_to_dict, parse_config, set_dotted
 from privevo.errors import UserError
 from privevo.layout import RunLayout
 from privevo.privacy import Ledger
@@ -41,7 +44,7 @@ class Run:
             storage.write_json(run.layout.run_json, record, exclusive=True)
         except storage.AlreadyExists:
             stored = storage.read_json(run.layout.run_json)["config"]
-            if stored != config_to_dict(config):
+            if _identity(stored) != _identity(config_to_dict(config)):
                 raise UserError(
                     f"run {run_id} already exists under {config.run_root} with a different config: "
                     "choose a new --run-id or rerun with the stored config"
@@ -79,6 +82,56 @@ class Run:
         config = config.model_copy(update={"run_root": run_root})
         return cls(config, RunLayout(run_root, run_id, config.private_root))
 
+    def amend(self, overrides: list[str]) -> Run:
+        """This run with ``--set`` overrides of what a resume may change (:data:`RESUMABLE_KEYS`), stored in run.json
+        with the change itself, so its record stays true; anything else is refused in one line naming the key."""
+        if not overrides:
+            return self
+        stored = config_to_dict(self.config)
+        data = copy.deepcopy(stored)
+        for assignment in overrides:
+            set_dotted(data, assignment)
+        config = parse_config(data, source="--set")
+        changed = _changed_keys(stored, config_to_dict(config))
+        for key in changed:
+            if not any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE_KEYS):
+                raise UserError(f"--set {key} cannot change on resume: it decides the run's privacy or the outputs it "
+                                "already made (a resume may change data and model paths, resources, evaluation and "
+                                "kubernetes settings); start a new run with --run-id for it")
+        if "private.path" in changed and storage.exists(self.layout.private_embeddings):
+            raise UserError("--set private.path cannot change on resume: the private set is already embedded from the "
+                            "stored path; start a new run with --run-id for another private set")
+        if not changed:
+            return self
+        values = {key: [_value_at(stored, key), _value_at(config_to_dict(config), key)] for key in changed}
+
+        def record_change(record: dict[str, Any]) -> dict[str, Any]:
+            kept_root = record["config"]["run_root"]  # where the run was made; it may be opened elsewhere
+            record["config"] = {**config_to_dict(config), "run_root": kept_root}
+            record["amendments"] = [*record.get("amendments", []), {"at": utc_now(), "changed": values}]
+            return record
+
+        storage.update_json(self.layout.run_json, record_change)
+        return Run(config, self.layout)
+
+    def remove_if_unreleased(self) -> bool:
+        """Remove the run's folders (released and private tier) when nothing was released from it; whether it did.
+
+        A run with a ledger event or a DP release keeps everything (its record must stay whole), and so does one whose
+        private tier holds an error log, which the failure's message names.
+        """
+        layout = self.layout
+        if storage.exists(layout.ledger_json) or storage.exists(layout.private_log) or any(
+                RunLayout.is_release(layout.relative(uri)) for uri in storage.list_files(layout.run_dir)):
+            return False
+        for folder in (layout.private_dir, layout.run_dir):
+            if storage.is_gcs(folder):
+                for uri in storage.list_files(folder):
+                    storage.delete(uri)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+        return True
+
     @classmethod
     def locate(cls, run: str, run_root: str) -> Run:
         """A run named by its id under ``run_root``, or by the run path ``pipeline.py run`` printed (local or gs://)."""
@@ -108,6 +161,42 @@ class Run:
         if unknown:
             raise UserError(f"private.classes {unknown} are not in class_names {names}")
         return [names.index(c) for c in wanted]
+
+
+#: What ``run --resume --set`` may change: where data and models are read from, how steps are resourced, evaluation
+#: and cluster settings. Every other key decides the privacy guarantee or outputs the run already made.
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "private.path", "model.path", "model.sha256", "model.device", "model.batch_size", "model.remote.url",
+    "model.remote.timeout_s", "model.remote.max_concurrency", "model.remote.requests_per_minute",
+    "model.remote.max_retries", "model.remote.backoff_s", "model.remote.max_backoff_s", "model.remote.token_env",
+    "model.remote.token_file", "model.remote.price_per_image", "embedding.device", "embedding.batch_size",
+    "evaluation", "kubernetes",
+)
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config without where the run lives now (a run may be opened from another folder than it was made in)."""
+    return {key: value for key, value in config.items() if key != "run_root"}
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (a list is one value)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += _changed_keys(before, after, f"{prefix}{key}.")
+        elif before != after:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def _value_at(config: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key in a config dict (None where a section is absent)."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _stable_hash(text: str) -> int:

@@ -256,6 +256,9 @@ def load_population(run: Run, generation: int) -> Population:
     return Population.from_bytes(storage.read_bytes(uri), source=uri)
 
 
+MERGE_WRITER = "merge_shards"  # the manifest part of a merged population
+
+
 def merge_shards(run: Run, generation: int) -> Population:
     """Merge a generation's variation shards (in shard order) into its population file; returns the population."""
     shards = run.config.population.num_shards
@@ -273,7 +276,7 @@ def merge_shards(run: Run, generation: int) -> Population:
         storage.write_bytes(uri, merged.to_bytes(), exclusive=True)
     except storage.AlreadyExists:  # another step merged first: its file is the population
         return Population.from_bytes(storage.read_bytes(uri), source=uri)
-    record_manifest(run, generation, "merge_shards")
+    record_manifest(run, generation, MERGE_WRITER)
     return merged
 
 
@@ -546,6 +549,62 @@ def _lookahead_variations(run: Run, generation: int) -> np.ndarray:
                             f"population: run embed_synthetic for generation {generation} shard {shard} first")
         parts.append(stored["variations"])
     return np.concatenate(parts, axis=1)
+
+
+# ----------------------------------------------------------------------- rerun
+
+
+def rerun_outputs(run: Run, step: str, generation: int, shard: int) -> tuple[list[str], int | None]:
+    """What a rerun of a non-DP step replaces: the files it writes that later steps read, and the first vote that
+    reads them (None when no vote does). Its step records and manifest parts are rewritten as it runs again."""
+    config, layout = run.config, run.layout
+    last = config.population.generations
+    if step in ("embed_synthetic", "generate_variations", "variation_shard"):
+        top = last - 1 if step == "variation_shard" else last  # the last generation's children are embedded by no vote
+        if not 1 <= generation <= top:
+            raise UserError(f"--generation must be in 1..{top} for {step}, got {generation}")
+    shard_slice(config.population.size, shard, config.population.num_shards)  # the shard exists
+
+    def population(g: int) -> list[str]:
+        return [layout.shard(g, shard)]
+
+    def embeddings(g: int) -> list[str]:
+        return [layout.synthetic_embeddings(g, shard), layout.lookahead_variations(g, shard)]
+
+    outputs: dict[str, tuple[list[str], int | None]] = {
+        "embed_private": ([layout.private_embeddings, layout.private_embeddings_digest], 1),
+        "generate_initial": (population(0), 1),
+        "initial_shard": (population(0) + embeddings(1), 1),
+        "embed_synthetic": (embeddings(generation), generation),
+        "generate_variations": (population(generation), generation + 1 if generation < last else None),
+        "variation_shard": (population(generation) + embeddings(generation + 1), generation + 1),
+        "evaluate": ([], None),  # metrics.json and the report: no step reads them
+    }
+    if step not in outputs:
+        raise UserError(f"{step} is not rerun by replacing its outputs")
+    return outputs[step]
+
+
+def replace_outputs(run: Run, outputs: list[str], first_vote: int | None, what: str) -> None:
+    """Remove a step's outputs so that it runs again, unless a DP release was already made from them (a vote at or
+    after ``first_vote``): released data never changes under its release. A generation whose shard goes is merged
+    again when it is next read."""
+    if first_vote is not None and (any(event.generation >= first_vote for event in run.ledger().events)
+                                   or storage.exists(run.layout.release(first_vote))):
+        raise UserError(f"{what} cannot be replaced: the vote of generation {first_vote} already released a DP "
+                        "histogram made from it; start a new run to change it")
+    for uri in outputs:
+        storage.delete(uri)
+    for generation in range(run.config.population.generations + 1):
+        if {run.layout.shard(generation, s) for s in range(run.config.population.num_shards)} & set(outputs):
+            _forget_merged_population(run, generation)
+
+
+def _forget_merged_population(run: Run, generation: int) -> None:
+    """Delete a generation's merged population and merge_shards' manifest part, which lists only it (the population is
+    merged again, and recorded again, when it is next read)."""
+    storage.delete(run.layout.population(generation))
+    storage.delete(run.layout.manifest_part(generation, MERGE_WRITER))
 
 
 # ---------------------------------------------------------------------- resume
