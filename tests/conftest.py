@@ -87,6 +87,24 @@ def gcs_server() -> Iterator[GcsServer]:
             proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Each test computes on one torch thread, restored afterwards.
+
+    CPU kernels split work by thread count, which reorders float sums: pinned, a test's
+    results do not depend on how many workers xdist runs or which tests ran before it.
+    """
+    from privevo import runtime
+
+    runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ command line and runs
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

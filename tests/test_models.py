@@ -1,6 +1,5 @@
 """Foundation-model APIs: tiny random-weight backends built offline, and the shipped demo model."""
 
-import os
 import re
 import subprocess
 import sys
@@ -19,9 +18,6 @@ from privevo.models.base import resolve_autocast
 from privevo.models.ddpm_unet import DDPMUNetModel
 from privevo.models.stable_diffusion import StableDiffusionModel
 from privevo.testing import assert_close_images, build_tiny_stable_diffusion, build_tiny_unet
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO_ROOT / "models" / "fashion-mnist-ddpm"
@@ -86,18 +82,25 @@ def test_unet_random_shape_dtype_range(unet: DDPMUNetModel) -> None:
     assert unet.random(0).shape == (0, 28, 28, 1)
 
 
+@pytest.mark.model_outputs
 def test_unet_same_seed_same_images_other_seed_differs(unet: DDPMUNetModel) -> None:
     first = unet.random(4, seed=7)
     np.testing.assert_array_equal(first, unet.random(4, seed=7))
     assert mean_distance(first, unet.random(4, seed=8)) > 1.0
 
 
+@pytest.mark.model_outputs
 @pytest.mark.parametrize("autocast", ["off", "bfloat16"])
-def test_unet_batching_and_sharding_do_not_change_samples(unet_dir: str, autocast: str) -> None:
-    """Same batch size: identical. Other batch sizes and shards: equal up to CPU rounding (BATCH_TOLERANCE)."""
-    options = {"num_inference_steps": 10, "device": "cpu", "autocast": autocast}
-    small = DDPMUNetModel.from_pretrained(unet_dir, batch_size=2, **options)
-    large = DDPMUNetModel.from_pretrained(unet_dir, batch_size=8, **options)
+def test_unet_batching_and_sharding_do_not_change_samples(autocast: str) -> None:
+    """Same batch size: identical. Other batch sizes and shards: equal up to CPU rounding (BATCH_TOLERANCE).
+
+    The shipped model, since a trained UNet keeps rounding differences within a grey level (measured:
+    none at 3 steps, float32 and bfloat16, AVX-512 and AVX2 kernels), while the random-weight tiny
+    UNet amplifies them to tens of levels over a sampling run whatever the batching.
+    """
+    options = {"num_inference_steps": 3, "device": "cpu", "autocast": autocast}
+    small = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), batch_size=2, **options)
+    large = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), batch_size=8, **options)
     whole = large.random(5, seed=3)
     np.testing.assert_array_equal(large.random(5, seed=3), whole)
     assert_close_images(small.random(5, seed=3), whole)
@@ -138,11 +141,15 @@ def test_native_bfloat16_needs_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime.cpu_has_native_bf16()
 
 
-def test_unet_float32_cpu_layout_keeps_the_samples(unet_dir: str) -> None:
-    """In float32 on the CPU the UNet runs channels_last (faster); its samples match the default layout's."""
-    options = {"num_inference_steps": 10, "batch_size": 8, "device": "cpu", "autocast": "off"}
-    fast = DDPMUNetModel.from_pretrained(unet_dir, **options)
-    plain = DDPMUNetModel.from_pretrained(unet_dir, **options)
+@pytest.mark.model_outputs
+def test_unet_float32_cpu_layout_keeps_the_samples() -> None:
+    """In float32 on the CPU the UNet runs channels_last (faster); its samples match the default layout's.
+
+    Measured with the shipped model: one grey level on 0.02% of values under AVX-512 and AVX2 kernels.
+    """
+    options = {"num_inference_steps": 3, "batch_size": 8, "device": "cpu", "autocast": "off"}
+    fast = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), **options)
+    plain = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), **options)
     plain.memory_format = torch.contiguous_format
     plain.unet.to(memory_format=torch.contiguous_format)
     assert fast.unet.conv_out.weight.is_contiguous(memory_format=torch.channels_last)
@@ -150,19 +157,22 @@ def test_unet_float32_cpu_layout_keeps_the_samples(unet_dir: str) -> None:
     images = fast.random(6, seed=3)
     assert_close_images(images, plain.random(6, seed=3))
     assert_close_images(fast.variation(images, 0.5, seed=1), plain.variation(images, 0.5, seed=1))
-    bfloat16 = DDPMUNetModel.from_pretrained(unet_dir, **{**options, "autocast": "bfloat16"})
+    bfloat16 = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), **{**options, "autocast": "bfloat16"})
     assert bfloat16.memory_format == torch.contiguous_format  # measured slower channels_last in bfloat16
 
 
+@pytest.mark.model_outputs
 def test_unet_unconditional_ignores_labels(unet: DDPMUNetModel) -> None:
     np.testing.assert_array_equal(unet.random(3, labels=2, seed=1), unet.random(3, seed=1))
 
 
+@pytest.mark.model_outputs
 def test_unet_variation_degree_zero_keeps_images(unet: DDPMUNetModel) -> None:
     images = unet.random(3, seed=2)
     np.testing.assert_array_equal(unet.variation(images, 0.0), images)
 
 
+@pytest.mark.model_outputs
 def test_unet_larger_degree_moves_further(unet: DDPMUNetModel) -> None:
     images = unet.random(32, seed=4)
     distances = [mean_distance(unet.variation(images, d, seed=5), images) for d in (0.2, 0.5, 0.9)]
@@ -203,6 +213,7 @@ def test_random_rejects_bad_arguments(unet: DDPMUNetModel, call) -> None:
 # Tiny UNet, class-conditional.
 
 
+@pytest.mark.model_outputs
 def test_conditional_unet_labels(cond_unet_dir: str) -> None:
     model = DDPMUNetModel.from_pretrained(cond_unet_dir, num_inference_steps=5, batch_size=4, device="cpu")
     assert (model.image_size, model.channels, model.num_classes) == (16, 3, 3)
@@ -232,6 +243,7 @@ def test_conditional_unet_rejects_bad_labels(cond_unet_dir: str) -> None:
 # Tiny Stable Diffusion.
 
 
+@pytest.mark.model_outputs
 def test_sd_random_shape_determinism_and_batching(sd_dir: str, sd: StableDiffusionModel) -> None:
     assert (sd.image_size, sd.channels, sd.num_classes) == (32, 3, 2)
     labels = np.array([0, 1, 1, 0, 1])
@@ -247,6 +259,7 @@ def test_sd_random_shape_determinism_and_batching(sd_dir: str, sd: StableDiffusi
     np.testing.assert_array_equal(sd.random(2, seed=0), sd.random(2, labels=0, seed=0))  # no labels: prompts[0]
 
 
+@pytest.mark.model_outputs
 def test_sd_variation_degree(sd: StableDiffusionModel) -> None:
     images = sd.random(16, seed=2)
     np.testing.assert_array_equal(sd.variation(images, 0.0), images)
@@ -350,13 +363,14 @@ def test_shipped_model_matches_its_card(shipped: DDPMUNetModel) -> None:
     assert (shipped.image_size, shipped.channels, shipped.num_classes) == (28, 1, None)
 
 
+@pytest.mark.model_outputs
 def test_shipped_model_samples_are_recognisable_clothes(shipped: DDPMUNetModel) -> None:
     if not (SHIPPED_CLASSIFIER / "model.safetensors").is_file():
         pytest.skip(f"{SHIPPED_CLASSIFIER} is absent: train it with models/train_public_classifier.py")
     from privevo.classifier import load_classifier, predict_proba
 
     classifier = load_classifier(SHIPPED_CLASSIFIER)
-    samples = shipped.random(500, seed=0)
+    samples = shipped.random(200, seed=0)
     confidence = predict_proba(classifier, samples).max(1)
     # The shipped model (4000 steps, see its card): median confidence measured 0.86 with
     # 10 DDIM steps. Noise images of the same size stay far below it (0.41).
@@ -366,6 +380,7 @@ def test_shipped_model_samples_are_recognisable_clothes(shipped: DDPMUNetModel) 
     assert set(predict_proba(classifier, samples).argmax(1).tolist()) == set(range(10))
 
 
+@pytest.mark.model_outputs
 def test_shipped_model_variation_degree_and_batching(shipped: DDPMUNetModel) -> None:
     images = shipped.random(24, seed=1)
     distances = [mean_distance(shipped.variation(images, d, seed=2), images) for d in (0.2, 0.5, 0.9)]
@@ -374,6 +389,7 @@ def test_shipped_model_variation_degree_and_batching(shipped: DDPMUNetModel) -> 
     assert_close_images(small.random(5, seed=1), images[:5])
 
 
+@pytest.mark.model_outputs
 def test_shipped_model_bfloat16_autocast_stays_close_to_float32() -> None:
     if not (SHIPPED_MODEL / "model_index.json").is_file():
         pytest.skip(f"{SHIPPED_MODEL} is absent: train it with models/train_public_model.py")

