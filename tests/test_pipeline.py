@@ -189,7 +189,7 @@ def test_run_on_gcs_lands_under_the_prefix(gcs_server, tmp_path, run_cli):
 @pytest.mark.parametrize(
     "extra,needle",
     [
-        (["--set", "bogus=1"], "bogus: unknown key"),
+        (["--set", "bogus=1"], "unknown key 'bogus'"),
         (["--set", "private.path=/nonexistent/private"], "/nonexistent/private"),
         (["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0.5",
           "--set", "privacy.epsilon_budget=1"], "over the budget"),
