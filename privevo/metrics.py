@@ -1,4 +1,4 @@
-"""Quality and privacy metrics for a synthetic population.
+"""Quality metrics for a synthetic population.
 
 Every function takes plain arrays (feature rows = samples, integer labels) so the
 report can compute them on any embedding. Distances are computed in float64.
@@ -14,7 +14,6 @@ import numpy as np
 
 from privevo import classifier
 from privevo.errors import UserError
-from privevo.privacy import Ledger
 
 #: Rows per block in the pairwise distance computations (bounds memory to ~8 MB a block).
 DISTANCE_BLOCK = 1024
@@ -257,13 +256,3 @@ def downstream_accuracy(
         float(correct[truth == c].mean()) if test_hist[c] > 0 else None for c in range(num_classes)
     ]
     return {"accuracy": float(correct.mean()), "per_class_accuracy": per_class}
-
-
-# ----------------------------------------------------------------------- privacy
-
-
-def epsilon_curve(ledger: Ledger, generations: int) -> list[float]:
-    """Epsilon spent after each generation 1..generations, recomputed from the ledger."""
-    if not isinstance(generations, (int, np.integer)) or generations < 1:
-        raise UserError(f"generations must be a positive integer, got {generations!r}")
-    return [ledger.epsilon(upto_generation=g) for g in range(1, int(generations) + 1)]

@@ -1,6 +1,5 @@
 """Metrics against reference computations (privevo.metrics)."""
 
-import itertools
 import math
 
 import numpy as np
@@ -11,7 +10,6 @@ from torchmetrics.image.fid import _compute_fid
 
 from privevo import metrics
 from privevo.errors import UserError
-from privevo.privacy import Ledger, PrivacyEvent
 
 
 def _random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -201,24 +199,6 @@ def test_downstream_accuracy_on_easy_data():
 
 def test_downstream_protocol_is_printable():
     assert {"model", "epochs", "seed"} <= metrics.DOWNSTREAM_PROTOCOL.keys()
-
-
-# ----------------------------------------------------------------------- privacy
-
-
-def test_epsilon_curve_increases_to_ledger_total():
-    ledger = Ledger(delta=1e-5)
-    for g in range(1, 5):
-        ledger.append(PrivacyEvent(generation=g, noise_multiplier=10.0))
-    curve = metrics.epsilon_curve(ledger, 4)
-    assert len(curve) == 4
-    assert all(b > a for a, b in itertools.pairwise(curve))
-    assert curve[-1] == ledger.epsilon()
-
-
-def test_epsilon_curve_bad_generations():
-    with pytest.raises(UserError):
-        metrics.epsilon_curve(Ledger(delta=1e-5), 0)
 
 
 def test_low_rank_path_equals_the_full_computation():

@@ -1,12 +1,14 @@
 """Per-process costs: thread settings (privevo.runtime) and steps that load only what they need."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import make_tiny_run
 
 from privevo import runtime
@@ -17,6 +19,32 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def test_cpu_budget_is_within_the_affinity_mask():
     budget = runtime.cpu_budget()
     assert 1 <= budget <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "50000 100000\n"}, 0.5),
+    ({"cpu.max": "250000 100000\n"}, 2.5),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.5),
+    ({}, None),
+])
+def test_cgroup_quota_caps_the_cpu_budget(tmp_path, monkeypatch, files, quota):
+    """A container's CPU limit (cgroup v2 cpu.max, or v1 cfs quota/period) caps the budget, rounded up."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    real_open = open
+
+    def cgroup_in_tmp(path, *args, **kwargs):
+        if str(path).startswith("/sys/fs/cgroup/"):
+            path = tmp_path / str(path).removeprefix("/sys/fs/cgroup/")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "open", cgroup_in_tmp, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert runtime._cgroup_cpu_quota() == quota
+    assert runtime.cpu_budget() == (8 if quota is None else math.ceil(quota))
 
 
 def test_passive_waiting_keeps_an_explicit_setting(monkeypatch):
