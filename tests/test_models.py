@@ -393,10 +393,12 @@ def test_shipped_model_variation_degree_and_batching(shipped: DDPMUNetModel) -> 
 def test_shipped_model_bfloat16_autocast_stays_close_to_float32() -> None:
     if not (SHIPPED_MODEL / "model_index.json").is_file():
         pytest.skip(f"{SHIPPED_MODEL} is absent: train it with models/train_public_model.py")
-    options = {"num_inference_steps": 25, "batch_size": 16, "device": "cpu"}
+    options = {"num_inference_steps": 5, "batch_size": 16, "device": "cpu"}
     exact = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), autocast="off", **options)
     mixed = DDPMUNetModel.from_pretrained(str(SHIPPED_MODEL), autocast="bfloat16", **options)
-    images = exact.random(16, seed=4)
-    # Measured: mean absolute difference about 0.5 grey levels of 255 over a full DDIM run.
-    assert mean_distance(mixed.random(16, seed=4), images) < 2.0
+    images = exact.random(6, seed=4)
+    # Measured: mean absolute differences of 0.66 (samples) and 0.19 (variations) grey levels with AVX-512
+    # kernels, 0.80 and 0.19 with AVX2 ones (which emulate bfloat16, about 15x slower: hence 5 steps);
+    # about 0.5 over a 25-step run.
+    assert mean_distance(mixed.random(6, seed=4), images) < 2.0
     assert mean_distance(mixed.variation(images, 0.5, seed=5), exact.variation(images, 0.5, seed=5)) < 2.0
