@@ -129,8 +129,8 @@ class Run:
                 for uri in storage.list_files(folder):
                     storage.delete(uri)
             else:
-                shutil.rmtree(folder, ignore_errors=True)
-        return True
+                shutil.rmtree(folder, ignore_errors=True)  # what could not be removed is told below
+        return not (storage.list_files(layout.run_dir) or storage.list_files(layout.private_dir))
 
     @classmethod
     def locate(cls, run: str, run_root: str) -> Run:
