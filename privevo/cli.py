@@ -453,7 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(run, required=False)
     run.add_argument("--run-root", help="released data plane: a folder or gs://bucket/prefix")
     run.add_argument("--run-id", help="run folder name (default: NAME-UTCTIME)")
-    run.add_argument("--resume", metavar="RUN_ID", help="continue a crashed run from its last complete generation")
+    run.add_argument("--resume", metavar="RUN",
+                     help="continue a failed or interrupted run (its id under --run-root, or its path) from its last "
+                          "complete generation; --set may change its data and model paths, resources, evaluation and "
+                          "kubernetes settings")
     run.add_argument("--pipeline-root", default="local_outputs", help="where kfp.local keeps its task artifacts")
     run.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                      help="run each step as a local subprocess, or in its container image (make images) with "
