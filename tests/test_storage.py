@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -308,28 +309,53 @@ def test_local_failed_write_keeps_old_file_and_no_temp(tmp_path: Path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
-def test_local_permission_error_is_user_error(tmp_path: Path) -> None:
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
+def test_local_permission_error_is_user_error() -> None:
+    """A folder whose mode forbids writing: one line naming the file. As root (which ignores modes), the write
+    runs in a forked child that has dropped to the unprivileged uid/gid 65534."""
+    import shutil
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="privevo-perm-"))
     try:
-        if _can_write(folder):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(UserError) as excinfo:
-            storage.write_bytes(str(folder / "x.json"), b"{}")
-        assert str(folder / "x.json") in _one_line_error(excinfo)
+        parent.chmod(0o755)
+        folder = parent / "ro"
+        folder.mkdir(mode=0o555)
+        target = str(folder / "x.json")
+        outcome = _unprivileged(lambda: storage.write_bytes(target, b"{}"))
+        assert outcome == f"UserError: no permission to write {target}: fix the file permissions or choose another folder"
+        assert not (folder / "x.json").exists()
     finally:
-        folder.chmod(0o700)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
-def _can_write(folder: Path) -> bool:
-    """Whether this process can create files in folder despite its mode (root can)."""
-    try:
-        (folder / ".probe").touch()
-    except PermissionError:
-        return False
-    (folder / ".probe").unlink()
-    return True
+def _unprivileged(action) -> str:
+    """What ``action()`` raised, as ``Type: message`` ("returned" if nothing), run without root's privileges."""
+
+    def outcome() -> str:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - the test compares whatever was raised
+            return f"{type(error).__name__}: {error}"
+        return "returned"
+
+    if os.geteuid() != 0:
+        return outcome()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, report, and leave without running the parent's cleanup
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, outcome().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        result = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return result
 
 
 def test_missing_bucket_is_one_line_user_error(gcs_server) -> None:
