@@ -9,8 +9,6 @@ or fastapi.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -22,27 +20,8 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     """Load the API on first use of one of its names (PEP 562)."""
-    if name in ("open_run", "RunResult"):
+    if name in ("run", "open_run", "RunResult"):
         from privevo import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'privevo' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """privevo's module type: ``privevo.run`` is the API's :func:`~privevo.api.run`, although the submodule
-    ``privevo/run.py`` (the :class:`~privevo.run.Run` record) has the same name."""
-
-    @property
-    def run(self) -> Any:
-        """The API's run(), loaded on first use."""
-        from privevo import api
-
-        return api.run
-
-    @run.setter
-    def run(self, submodule: types.ModuleType) -> None:
-        """Importing the submodule binds it here: it stays in sys.modules only (``from privevo.run import Run``)."""
-
-
-sys.modules[__name__].__class__ = _Package

@@ -19,7 +19,7 @@ from privevo import storage
 from privevo.config import Config, config_to_dict, parse_config, set_dotted
 from privevo.errors import UserError
 from privevo.population import Population
-from privevo.run import Run
+from privevo.run_record import Run
 from privevo.step_table import StepArgs, StepSpec, step
 
 Overrides = Sequence[str] | Mapping[str, Any] | None

@@ -23,7 +23,7 @@ import numpy as np
 
 from privevo import privacy, storage
 from privevo.layout import PRIVATE_EMBEDDINGS_FILE, RunLayout, generation_name
-from privevo.run import Run
+from privevo.run_record import Run
 from privevo.steps import last_complete_generation, load_private_set
 
 #: Reported epsilons are rounded by nobody; recomputation must match to this tolerance.

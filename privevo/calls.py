@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from privevo import storage
 
 if TYPE_CHECKING:
-    from privevo.run import Run
+    from privevo.run_record import Run
 
 COLUMNS = ("requests", "images", "reused_images", "retries", "failures", "seconds", "estimated_cost")
 

@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from privevo.dag import KFP_LOCAL_PARALLEL_SHARDS, build_pipeline
     from privevo.layout import RunLayout
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     if "://" in args.pipeline_root:
         raise UserError("--pipeline-root must be a local folder for kfp.local; put the data plane in gs:// with --run-root")
@@ -298,7 +298,7 @@ def cmd_rerun(args: argparse.Namespace) -> None:
     import json
 
     from privevo import steps, storage
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     spec = step(args.step)
     for flag, value, takes in (("--generation", args.generation, spec.per_generation),
@@ -330,7 +330,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
     from privevo import audit
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     report = audit.audit_run(Run.locate(args.run, args.run_root))
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else audit.format_report(report))
@@ -340,7 +340,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> None:
     """Regenerate report/ from a finished run's stored files, without rerunning anything."""
     from privevo import report, storage
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     run = Run.locate(args.run, args.run_root)
     if not storage.exists(run.layout.metrics_json):
@@ -352,7 +352,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a generation's synthetic images (imagefolder PNGs or one npz) and the run's privacy statement to a new folder."""
     from privevo.export import export_run
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     folder = export_run(Run.locate(args.run, args.run_root), args.to, args.generation, args.format)
     print(f"exported: {folder}")

@@ -15,7 +15,7 @@ from typing import Any
 from privevo import metrics, privacy, storage
 from privevo.errors import UserError
 from privevo.report import format_value
-from privevo.run import Run
+from privevo.run_record import Run
 from privevo.steps import last_complete_generation, load_population, load_private_set, private_failures
 
 logger = logging.getLogger(__name__)

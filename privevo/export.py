@@ -21,7 +21,7 @@ import numpy as np
 
 from privevo.errors import UserError
 from privevo.population import Population
-from privevo.run import Run, utc_now
+from privevo.run_record import Run, utc_now
 
 FORMATS = ("imagefolder", "npz")
 METADATA_FILE = "metadata.csv"

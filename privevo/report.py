@@ -21,7 +21,7 @@ import numpy as np
 from privevo import storage
 from privevo.calls import calls_html
 from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON, REFERENCE_GRID_PNG
-from privevo.run import Run
+from privevo.run_record import Run
 from privevo.steps import load_population
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import Any
 from privevo import steps
 from privevo.config import Config
 from privevo.errors import UserError
-from privevo.run import Run
+from privevo.run_record import Run
 
 
 @dataclass(frozen=True)

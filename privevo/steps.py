@@ -27,7 +27,7 @@ from privevo.config import Config, config_to_dict
 from privevo.errors import UserError
 from privevo.layout import step_name
 from privevo.population import Population
-from privevo.run import Run, utc_now
+from privevo.run_record import Run, utc_now
 
 logger = logging.getLogger(__name__)
 runtime.prefer_passive_waiting()  # every step process imports this module before torch or faiss

@@ -165,10 +165,10 @@ def tiny_args(run_root, private_root, *extra: str, pipeline_root=None) -> list[s
 
 
 def make_tiny_run(tmp_path, run_id: str, *overrides: str):
-    """A configs/tiny.yaml run (``privevo.run.Run``) in tmp_path with its private embeddings and generation 0."""
+    """A configs/tiny.yaml run (``privevo.run_record.Run``) in tmp_path with its private embeddings and generation 0."""
     from privevo import steps
     from privevo.config import load_config
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     config = load_config(ROOT / "configs" / "tiny.yaml", [
         f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private",

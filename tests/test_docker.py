@@ -55,7 +55,7 @@ def _docker_or_skip():
 def _tiny(tmp_path, *overrides: str):
     from privevo.config import load_config
     from privevo.layout import RunLayout
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     config = load_config(ROOT / "configs" / "tiny.yaml", [f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private",
                                                            f"private.path={tmp_path}/private-data", *overrides])
@@ -188,7 +188,7 @@ def test_public_steps_cannot_read_the_private_tier(docker_run):
 def test_a_public_container_finds_no_private_file(docker_run):
     """Start containers with the mounts of a public and of a private step and try to read the private files."""
     import local_docker
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     client, image = _docker_or_skip()
     run = Run.open(str(docker_run["runs"]), "tiny-docker")

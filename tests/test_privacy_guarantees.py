@@ -11,7 +11,7 @@ from conftest import ROOT, make_tiny_run
 from privevo import audit, privacy, steps, storage
 from privevo.config import load_config
 from privevo.errors import UserError
-from privevo.run import Run
+from privevo.run_record import Run
 
 
 def _ready_to_vote(tmp_path, run_id: str, *overrides: str) -> Run:

@@ -329,7 +329,7 @@ def test_killed_server_fails_one_line_then_resume_pays_only_for_the_rest(fault_s
                                                                          tmp_path: Path) -> None:
     """generate_initial against a server killed mid-step: retries, one line, and every received image kept."""
     from privevo import steps
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     proc, url = start_serve("--batch-size", "4")
     config = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -453,7 +453,7 @@ def test_rate_limit_spaces_requests() -> None:
 def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: Path) -> None:
     """configs/tiny.yaml with model.kind remote through kfp.local: the in-process samples, an audit that passes."""
     from privevo.population import Population
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     non_private = ["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0"]  # a vote without noise
     args = tiny_args(tmp_path / "runs", tmp_path / "private", "--run-id", "remote", *non_private,

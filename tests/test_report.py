@@ -13,7 +13,7 @@ from privevo import report, steps, storage
 from privevo.config import load_config
 from privevo.evaluation import FD_KEY
 from privevo.layout import CLASS_COUNTS_PNG, REFERENCE_GRID_PNG
-from privevo.run import Run
+from privevo.run_record import Run
 
 REQUIRED_ROW_KEYS = {"generation", FD_KEY, "precision", "recall", "class_tv", "epsilon"}
 WIDTH = 900

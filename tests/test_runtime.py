@@ -132,7 +132,7 @@ def test_dp_vote_imports_no_torch(tmp_path):
         steps.embed_synthetic(run, 1, shard)
     found = _modules_after(
         "from privevo import steps\n"
-        "from privevo.run import Run\n"
+        "from privevo.run_record import Run\n"
         f"run = Run.open({run.config.run_root!r}, 'vote')\n"
         "assert steps.dp_vote(run, 1, steps.private_reference(run))['generation'] == 1\n"
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from privevo.config import config_to_dict, load_config, parse_config
 from privevo.errors import UserError
-from privevo.run import Run
+from privevo.run_record import Run
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
