@@ -43,7 +43,7 @@ from typing import Any
 
 from privevo.config import Config
 from privevo.errors import UserError
-from privevo.run import Run
+from privevo.run_record import Run
 from privevo.step_table import MODEL_STEPS, STEP_NAMES, step
 
 #: The image's user (images/Dockerfile.cpu); containers run as it when the host user is root.

@@ -48,7 +48,7 @@ def setup(args, workdir: str, n_syn: int, repeats: int) -> None:
     """Generation 0 for ``repeats`` runs of size ``n_syn`` (computed once, then copied)."""
     from privevo import steps
     from privevo.config import load_config
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     config = load_config(args.config, overrides_for(args, workdir, n_syn))
     first = Run.create(config, f"mem-{n_syn}-0")
@@ -77,7 +77,7 @@ def measure(args, workdir: str, n_syn: int, repeat: int, step: str) -> dict:
     floor_before = vmrss_mb()
     from privevo import steps
     from privevo.config import load_config
-    from privevo.run import Run
+    from privevo.run_record import Run
 
     floor = vmrss_mb()
     config = load_config(args.config, overrides_for(args, workdir, n_syn))
