@@ -178,11 +178,30 @@ class PrivacyConfig(_Strict):
         default="discrete_gaussian",
         description="vote noise: exact discrete Gaussian on integer counts (secure, default) or continuous Gaussian",
     )
+    private_root_prefixes: list[str] = Field(
+        default=[], description="when set, private_root must lie inside one of these folders or gs:// prefixes",
+    )
+    allow_non_private: bool = Field(
+        default=False,
+        description="allow a run without a DP guarantee (noise multiplier 0, unbounded epsilon); the operator's choice "
+                    "in the compiled config, never a run parameter; every output of such a run says NOT PRIVATE",
+    )
+    max_delta: float = Field(
+        default=1e-5, gt=0, lt=1,
+        description="the largest delta a run may use (the run parameter included): a fixed public cap, not 1/N, "
+                    "because the private set's size N is itself private",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PrivacyConfig:
         if (self.epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("set exactly one of privacy.epsilon and privacy.noise_multiplier")
+        if self.noise_multiplier == 0 and not self.allow_non_private:
+            raise ValueError("noise_multiplier 0 adds no noise, so the run would not be private: only the operator "
+                             "can allow that, with privacy.allow_non_private: true in the compiled config")
+        if self.delta > self.max_delta:
+            raise ValueError(f"delta {self.delta:g} is above privacy.max_delta {self.max_delta:g}, the largest the "
+                             "operator allows")
         if self.mechanism == "discrete_gaussian" and self.k > 1 and self.sampling_rate < 1:
             raise ValueError("the discrete Gaussian with k > 1 cannot be subsampled: set sampling_rate to 1 "
                              "or mechanism to gaussian")
