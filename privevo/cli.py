@@ -70,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise UserError("--resume takes the run id and config stored in the run: drop --config and --run-id")
         run = Run.locate(args.resume, args.run_root or DEFAULT_RUN_ROOT).amend(args.overrides)
         config, run_id = run.config, run.run_id
+        Run.check_new(config, run_id, resume=True, pipeline_root=args.pipeline_root)
         if args.runner == "docker":
             _local_docker().check_ready(config, args.pipeline_root)
         print(f"resuming run {run_id} from its stored config")
@@ -80,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         if args.runner == "docker":
             _local_docker().check_ready(config, args.pipeline_root)
         run_id = args.run_id or new_run_id(config.name)
-        Run.check_new(config, run_id, resume=False)  # fail before kfp.local starts; resolve_config checks it again
+        # fail before kfp.local starts (resolve_config checks it again, without kfp.local's pipeline root)
+        Run.check_new(config, run_id, resume=False, pipeline_root=args.pipeline_root)
         run = Run(config, RunLayout(config.run_root, run_id, config.private_root))
     print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
           f"-> {run.layout.run_dir}")

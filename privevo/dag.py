@@ -72,7 +72,7 @@ def build_pipeline(config):
         epsilon: float = defaults["epsilon"], delta: float = defaults["delta"],
         noise_multiplier: float = defaults["noise_multiplier"], population_size: int = defaults["population_size"],
         private_data_uri: str = defaults["private_data_uri"], run_root: str = defaults["run_root"],
-        private_root: str = defaults["private_root"], seed: int = defaults["seed"], degrees: list = defaults["degrees"],
+        seed: int = defaults["seed"], degrees: list = defaults["degrees"],
     ):
         # kfp.local (2.17) replaces "python3" in every argument with its interpreter's path, which would break a path
         # such as .../lib/python3.11/site-packages/privevo/_shipped/...: one escaped letter keeps it (JSON reads it back).
@@ -81,7 +81,7 @@ def build_pipeline(config):
             config_json=config_json, run_id=run_id, resume=resume,
             force_new_noise=force_new_noise, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, epsilon=epsilon, delta=delta,
             noise_multiplier=noise_multiplier, population_size=population_size, private_data_uri=private_data_uri,
-            run_root=run_root, private_root=private_root, seed=seed, degrees=degrees,
+            run_root=run_root, seed=seed, degrees=degrees,
         ), "resolve-config")
         run_inputs = {"resolved": resolve.outputs["resolved"]}
         generations = config.population.generations

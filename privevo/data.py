@@ -10,12 +10,17 @@ import gzip
 import io
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from privevo import storage
 from privevo.errors import UserError
+from privevo.layout import normalised, overlaps
+
+if TYPE_CHECKING:
+    from privevo.config import DataConfig
 
 SOURCES = ("folder", "npz", "fashion_mnist")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -366,3 +371,24 @@ def load_image_set(
     if len(image_set.images) == 0:
         raise UserError(f"no images found in {path}: check path, source and the classes filter")
     return image_set
+
+def may_share_images(a: DataConfig, b: DataConfig) -> bool:
+    """Whether two data selections can hold the same image: the one rule that refuses an evaluation reference
+    overlapping the private data and decides whether the report may show real reference images.
+
+    Selections are apart when their paths do not overlap (neither is nor holds the other), or when they read the
+    same source at the same path and take different Fashion-MNIST splits, disjoint classes, or disjoint ``rows``
+    of the same class filter (``limit`` subsets a selection, so it never makes two selections meet).
+    Anything else may share images, a path inside another's folder included.
+    """
+    if not overlaps(a.path, b.path):
+        return False
+    if a.source != b.source or normalised(a.path) != normalised(b.path):
+        return True
+    if a.source == "fashion_mnist" and (a.split or "train") != (b.split or "train"):
+        return False
+    if a.classes and b.classes and not set(a.classes) & set(b.classes):
+        return False
+    same_filter = set(a.classes or ()) == set(b.classes or ())
+    return not (same_filter and a.rows is not None and b.rows is not None
+                and (a.rows[1] <= b.rows[0] or b.rows[1] <= a.rows[0]))

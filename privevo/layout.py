@@ -20,6 +20,7 @@ the report and the command line ask the layout; nobody else formats a run path.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -55,14 +56,25 @@ _GEN_DIR = re.compile(r"^gen-\d{3,}/")
 _RELEASE_NAME = re.compile(rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz)$")
 
 
-def _same_or_inside(path: str, root: str) -> bool:
-    """Whether path is root or lies under it."""
+def normalised(uri: str) -> str:
+    """One spelling of a folder, file or gs:// prefix, to compare locations: a local path absolute with symbolic
+    links, ``.`` and ``..`` resolved; a gs:// URI with ``.``, ``..``, doubled and trailing slashes removed."""
+    if storage.is_gcs(uri):
+        return storage.GCS_SCHEME + posixpath.normpath("/" + uri[len(storage.GCS_SCHEME):]).strip("/")
+    return os.path.realpath(uri)
+
+
+def same_or_inside(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it (local paths and gs:// URIs; never one inside the other)."""
     if storage.is_gcs(path) != storage.is_gcs(root):
         return False
-    if not storage.is_gcs(path):
-        path, root = os.path.abspath(path), os.path.abspath(root)
-    path, root = path.rstrip("/"), root.rstrip("/")
+    path, root = normalised(path).rstrip("/"), normalised(root).rstrip("/")
     return path == root or path.startswith(root + "/")
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two locations share anything: one is the other or lies inside it."""
+    return same_or_inside(a, b) or same_or_inside(b, a)
 
 
 def generation_name(generation: int) -> str:
@@ -97,8 +109,7 @@ class RunLayout:
         so storage errors never name its objects. An empty private root (not known yet) has nothing to check or mark."""
         if not self.run_id or "/" in self.run_id or self.run_id in (".", ".."):
             raise UserError(f"run_id {self.run_id!r} is not a plain folder name: use letters, digits, '-', '_' or '.'")
-        if self.private_root and (_same_or_inside(self.private_root, self.run_root)
-                                  or _same_or_inside(self.run_root, self.private_root)):
+        if self.private_root and overlaps(self.private_root, self.run_root):
             raise UserError(
                 f"private_root {self.private_root} overlaps run_root {self.run_root}: "
                 "keep private data in a separate folder or bucket"

@@ -5,6 +5,10 @@ time, and the values below are pipeline parameters whose defaults are the config
 they can be edited per run in the KFP UI or with ``submit --param key=value``. The first
 step of every run applies them (:func:`apply_parameters`) and validates the result with
 the config's own one-line errors.
+
+What bounds the guarantee is the operator's and is compiled in, never a run parameter:
+``privacy.allow_non_private`` (so a noise multiplier of 0 from the run form is refused unless
+the compiled config allows it) and ``privacy.max_delta`` (the cap on the ``delta`` parameter).
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ class RunParameter:
 
 RUN_PARAMETERS: tuple[RunParameter, ...] = (
     RunParameter("epsilon", "privacy.epsilon", "target epsilon, which calibrates the noise; 0 = use noise_multiplier"),
-    RunParameter("delta", "privacy.delta", "target delta"),
+    RunParameter("delta", "privacy.delta", "target delta, at most the compiled privacy.max_delta"),
     RunParameter("noise_multiplier", "privacy.noise_multiplier",
-                 "explicit noise multiplier (0 = non-private); -1 = calibrate from epsilon"),
+                 "explicit noise multiplier (0 = non-private, refused unless the compiled config has "
+                 "privacy.allow_non_private); -1 = calibrate from epsilon"),
     RunParameter("population_size", "population.size", "synthetic samples per generation"),
     RunParameter("private_data_uri", "private.path", "where the private images are (a folder, npz or gs:// prefix)"),
     RunParameter("run_root", "run_root", "where runs are written (local folder or gs:// prefix)"),
-    RunParameter("private_root", "private_root", "where the private tier of runs is written"),
     RunParameter("seed", "seed", "seed of the non-DP randomness (DP noise never uses it)"),
     RunParameter("degrees", "population.degrees", "variation degree per generation (a list of T values)"),
 )
@@ -55,7 +59,6 @@ def parameter_defaults(config: Config) -> dict[str, Any]:
         "population_size": config.population.size,
         "private_data_uri": config.private.path,
         "run_root": config.run_root,
-        "private_root": config.private_root,
         "seed": config.seed,
         "degrees": config.population.degree_schedule(),
     }

@@ -20,6 +20,7 @@ import numpy as np
 
 from privevo import storage
 from privevo.calls import calls_html
+from privevo.data import may_share_images
 from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON, REFERENCE_GRID_PNG
 from privevo.run_record import Run
 from privevo.steps import load_population
@@ -162,23 +163,10 @@ def sample_grid_png(images: np.ndarray, count: int, seed: int) -> bytes:
 
 
 def reference_may_be_private(config: Config) -> bool:
-    """Whether the evaluation reference set can share images with the private set (then no real samples are shown).
-
-    Two sets are disjoint only when they come from different files, hold disjoint classes, or
-    take disjoint ``rows`` of the same class filter.
-    """
-    reference, private = config.evaluation.reference, config.private
-    if reference is None:
-        return False
-    if (reference.source, reference.path, reference.split) != (private.source, private.path, private.split):
-        return False
-    if reference.classes and private.classes and not set(reference.classes) & set(private.classes):
-        return False
-    return not (reference.classes == private.classes and _disjoint_rows(reference, private))
-
-
-def _disjoint_rows(a: DataConfig, b: DataConfig) -> bool:
-    return a.rows is not None and b.rows is not None and (a.rows[1] <= b.rows[0] or b.rows[1] <= a.rows[0])
+    """Whether the evaluation reference set can share images with the private set (then no real samples are shown);
+    :func:`privevo.data.may_share_images` decides."""
+    reference = config.evaluation.reference
+    return reference is not None and may_share_images(reference, config.private)
 
 
 def write_report(run: Run, result: dict[str, Any]) -> str:

@@ -14,8 +14,9 @@ import numpy as np
 
 from privevo import storage
 from privevo.config import Config, config_to_dict, parse_config, set_dotted
+from privevo.data import may_share_images
 from privevo.errors import UserError
-from privevo.layout import RunLayout
+from privevo.layout import RunLayout, overlaps, same_or_inside
 from privevo.privacy import Ledger
 
 
@@ -62,8 +63,11 @@ class Run:
         return cls.create(config, run_id, started_by)
 
     @staticmethod
-    def check_new(config: Config, run_id: str, resume: bool, started_by: str | None = None) -> None:
-        """Refuse, in one line, to start run_id where a run folder exists, unless resumed or retried (see :meth:`start`)."""
+    def check_new(config: Config, run_id: str, resume: bool, started_by: str | None = None,
+                  pipeline_root: str | None = None) -> None:
+        """Refuse, in one line, to start run_id where a run folder exists, unless resumed or retried (see :meth:`start`),
+        or where the private tier or the private data could reach a released place (:func:`check_separation`)."""
+        check_separation(config, pipeline_root)
         layout = RunLayout(config.run_root, run_id, config.private_root)
         if not resume and storage.exists(layout.run_json):
             owner = storage.read_json(layout.run_json).get("started_by")
@@ -161,6 +165,30 @@ class Run:
         if unknown:
             raise UserError(f"private.classes {unknown} are not in class_names {names}")
         return [names.index(c) for c in wanted]
+
+
+def check_separation(config: Config, pipeline_root: str | None = None) -> None:
+    """Refuse, in one line, a private root outside ``privacy.private_root_prefixes`` (when set) or overlapping the
+    pipeline root (``kubernetes.pipeline_root`` and ``pipeline_root``, kfp.local's) or the evaluation reference data,
+    and a reference that may share images with the private data: each would put the private tier or private images
+    where public steps read or write (:class:`RunLayout` refuses a private root overlapping the run root). Local
+    paths and gs:// URIs; messages name only config paths."""
+    private_root, reference = config.private_root, config.evaluation.reference
+    prefixes = config.privacy.private_root_prefixes
+    if prefixes and not any(same_or_inside(private_root, prefix) for prefix in prefixes):
+        raise UserError(f"private_root {private_root} is not inside privacy.private_root_prefixes "
+                        f"({', '.join(prefixes)}): use a private root under one of them")
+    released = [("kubernetes.pipeline_root", config.kubernetes.pipeline_root),
+                ("the pipeline root", pipeline_root),
+                ("evaluation.reference.path", reference.path if reference is not None else None)]
+    for name, root in released:
+        if root and overlaps(private_root, root):
+            raise UserError(f"private_root {private_root} overlaps {name} {root}: keep the private tier in a separate "
+                            "folder or bucket")
+    if reference is not None and may_share_images(reference, config.private):
+        raise UserError(f"evaluation.reference ({reference.source} {reference.path}) may share images with private.path "
+                        f"{config.private.path}: point it at held-out data, or take disjoint classes or rows of the "
+                        "same source")
 
 
 #: What ``run --resume --set`` may change: where data and models are read from, how steps are resourced, evaluation

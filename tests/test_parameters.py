@@ -24,11 +24,11 @@ def test_defaults_leave_the_config_as_written(config):
 def test_parameters_set_their_config_keys(config):
     changed = apply_parameters(config, {"epsilon": 2.0, "delta": 1e-6, "population_size": 16, "seed": 7,
                                         "degrees": [0.5, 0.3], "private_data_uri": "/data/other",
-                                        "run_root": "gs://bucket/runs", "private_root": "gs://private/runs"})
+                                        "run_root": "gs://bucket/runs"})
     assert changed.privacy.epsilon == 2.0 and changed.privacy.delta == 1e-6
     assert changed.population.size == 16 and changed.population.degree_schedule() == [0.5, 0.3]
     assert changed.seed == 7 and changed.private.path == "/data/other"
-    assert (changed.run_root, changed.private_root) == ("gs://bucket/runs", "gs://private/runs")
+    assert (changed.run_root, changed.private_root) == ("gs://bucket/runs", config.private_root)
 
 
 def test_noise_multiplier_replaces_the_epsilon_target(config):

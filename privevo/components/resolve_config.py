@@ -5,11 +5,12 @@ from kfp.dsl import Artifact, Output
 
 def resolve_config(
     config_json: str, run_id: str, resume: bool, force_new_noise: bool, kfp_run_id: str, epsilon: float, delta: float,
-    noise_multiplier: float, population_size: int, private_data_uri: str, run_root: str, private_root: str,
-    seed: int, degrees: list, resolved: Output[Artifact],
+    noise_multiplier: float, population_size: int, private_data_uri: str, run_root: str, seed: int,
+    degrees: list, resolved: Output[Artifact],
 ):
-    """Validates the config with this run's parameters, calibrates the noise, checks the budget and writes
-    run.json; ``resolved`` (the run id and resolved config) goes to every other step. Reads no private data."""
+    """Validates the config with this run's parameters, refuses a private root or reference data that could reach a
+    released place, calibrates the noise, checks the budget and writes run.json; ``resolved`` (the run id and resolved
+    config) goes to every other step. Reads no data: the private root is compiled in, never a run parameter."""
     import json
 
     from privevo import steps
@@ -19,7 +20,7 @@ def resolve_config(
     log_setup()
     parameters = {"epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
                   "population_size": population_size, "private_data_uri": private_data_uri, "run_root": run_root,
-                  "private_root": private_root, "seed": seed, "degrees": degrees}
+                  "seed": seed, "degrees": degrees}
     run = steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"), parameters, run_id,
                             bool(resume), kfp_run_id)
     write_resolved(resolved, run, bool(force_new_noise), kfp_run_id)
