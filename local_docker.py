@@ -11,8 +11,9 @@ host path (mounted at the same path)   mode        containers
 =====================================  ==========  =======================================
 the run's folder (``run_root/RUN_ID``)  read-write  every step
 kfp.local's pipeline root               read-write  every step (task inputs and outputs)
-``model.path``, ``evaluation.classifier_path``, ``evaluation.reference.path`` (local ones)
-                                        read-only   every step
+``model.path`` (a local one)            read-only   the steps that call the model
+``evaluation.classifier_path``,         read-only   ``evaluate`` only
+``evaluation.reference.path`` (local)
 the run's private folder                read-write  only steps with ``reads_private(config)``
 (``private_root/RUN_ID``)                           in :mod:`privevo.step_table`
 ``private.path`` (the private data)     read-only   the same private steps
@@ -23,7 +24,8 @@ no network (``network_mode="none"``), no repository checkout, no kfp.local works
 non-root user. One exception: with a model behind an API (``model.kind: remote``) on a
 loopback address, the public steps that call it (:data:`MODEL_STEPS`) share the host's
 network and get its token (``token_env`` passed through, ``token_file`` mounted read-only);
-a private step never does, and a server elsewhere is refused. A step the session cannot name gets the public mounts only. Every
+a private step never does, and a server elsewhere is refused. ``resolve_config`` (like any task the session cannot
+name) gets the run's folder and the pipeline root only: no data. Every
 container is inspected once it runs and its mounts are logged (one JSON line per
 container) beside kfp.local's log, so a run shows what each step could read.
 
@@ -71,14 +73,15 @@ def _local(path: str | None) -> str | None:
     return absolute if os.path.exists(absolute) else None
 
 
-def public_inputs(config: Config, step_name: str | None = None) -> list[str]:
+def public_inputs(config: Config, step_name: str | None) -> list[str]:
     """The local public inputs a step reads: the model folder for the model steps, the classifier and the
     held-out reference set for evaluate only (in tiny and demo the reference shares its folder with the
-    private rows, so no other public step may see it); every input for ``step_name=None``."""
+    private rows, so no other step may see it); none for ``resolve_config`` or a step the session cannot name
+    (``step_name=None``), which reads no data."""
     paths = []
-    if step_name is None or step_name in MODEL_STEPS:
+    if step_name in MODEL_STEPS:
         paths.append(config.model.path)
-    if step_name is None or step_name == "evaluate":
+    if step_name == "evaluate":
         paths.append(config.evaluation.classifier_path)
         if config.evaluation.reference is not None:
             paths.append(config.evaluation.reference.path)

@@ -73,17 +73,23 @@ def test_only_private_steps_plan_the_private_tier(tmp_path):
         mounts = {m.path: m for m in local_docker.plan_mounts(config, run, str(tmp_path / "kfp"), step_name)}
         assert mounts[str(tmp_path / "runs" / "plan")].writable and mounts[str(tmp_path / "kfp")].writable
         model = str(ROOT / "models" / "tiny-unet")
-        if step_name in local_docker.MODEL_STEPS or step_name is None:
+        if step_name in local_docker.MODEL_STEPS:
             assert not mounts[model].writable
         else:
             assert model not in mounts, step_name  # only the steps that call the model see its folder
-        # the held-out reference (in tiny, the folder the demo's private rows come from): evaluate only
+        # the held-out reference (in tiny, the folder the private rows come from): evaluate only
         reference = config.evaluation.reference.path
-        assert (reference in mounts) == (step_name in ("evaluate", None)), step_name
+        assert (reference in mounts) == (step_name == "evaluate"), step_name
+        if step_name == "evaluate":
+            assert not mounts[reference].writable
         if step_name in PRIVATE_STEPS:
             assert private <= mounts.keys() and not mounts[str(tmp_path / "private-data")].writable
         else:
             assert not private & mounts.keys(), step_name
+    # resolve_config (a task that names no step of the table) gets the run's folder and the pipeline root: no data
+    resolve = local_docker.plan_mounts(config, run, str(tmp_path / "kfp"), local_docker.step_of(
+        ["sh", "-c", "...", "--function_to_execute", "resolve_config"]))
+    assert {m.path for m in resolve} == {str(tmp_path / "runs" / "plan"), str(tmp_path / "kfp")}
     against_private, run = _tiny(tmp_path, "evaluation.against_private=true")
     evaluate = {m.path for m in local_docker.plan_mounts(against_private, run, str(tmp_path / "kfp"), "evaluate")}
     assert private <= evaluate
