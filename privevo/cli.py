@@ -401,12 +401,12 @@ def cmd_budget(args: argparse.Namespace) -> None:
         epsilon = privacy.schedule_epsilon([sigma] * args.generations, args.delta, args.sampling_rate, args.mechanism,
                                            args.k)
         _print_budget(sigma, args)
-        print(f"epsilon={epsilon:.4f}")
+        print(f"epsilon={privacy.format_epsilon(epsilon)}")
     else:
         sigma = privacy.calibrate_noise_multiplier(args.epsilon, args.delta, args.generations, args.sampling_rate,
                                                    args.mechanism, args.k)
         _print_budget(sigma, args)
-        print(f"noise_multiplier={sigma:.4f}")
+        print(f"noise_multiplier={privacy.format_required_sigma(sigma)}")
 
 
 def _print_budget(sigma: float, args: argparse.Namespace) -> None:
@@ -419,9 +419,15 @@ def _print_budget(sigma: float, args: argparse.Namespace) -> None:
                                         mechanism=args.mechanism, k=args.k, status="planned")
                    for g in range(args.generations)]
         print("\n".join(privacy.format_privacy_report(privacy.privacy_report(planned, args.delta))))
-    if args.sampling_rate == 1.0 and sigma > 0:
+    if args.sampling_rate == 1.0 and sigma > 0 and args.mechanism == "gaussian":
         closed = privacy.gdp_epsilon([sigma] * args.generations, args.delta)
-        print(f"closed-form mu-GDP cross-check: mu={privacy.gdp_mu([sigma] * args.generations):.4f} epsilon={closed:.4f}")
+        print(f"closed-form mu-GDP cross-check: mu={privacy.format_epsilon(privacy.gdp_mu([sigma] * args.generations))} "
+              f"epsilon={privacy.format_epsilon(closed)}")
+    elif args.sampling_rate == 1.0 and sigma > 0:
+        votes = [privacy.PrivacyEvent(generation=1, noise_multiplier=sigma, k=args.k)] * args.generations
+        rho = privacy.zcdp_rho(votes)
+        print(f"closed-form rho-zCDP cross-check: rho={privacy.format_epsilon(rho)} (sum over votes of 1/(2 sigma^2)) "
+              f"epsilon<={privacy.format_epsilon(privacy.zcdp_epsilon(rho, args.delta))}")
 
 
 # -------------------------------------------------------------------------- main

@@ -58,6 +58,9 @@ NEIGHBOURING_RELATION = (
 
 Selection = Literal["sample", "rank"]
 
+#: What every output of a run without a DP guarantee says (see :func:`non_private_reasons`).
+NOT_PRIVATE = "NOT PRIVATE"
+
 
 # --------------------------------------------------------------------------- noise
 
@@ -190,6 +193,7 @@ class PrivacyEvent:
     k: int = 1
     status: str = "released"
     redraw_key: str = ""
+    charge_id: str = ""  # random, set when the event is made: names its charge in the data-set ledger too
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
@@ -317,6 +321,22 @@ def gdp_mu(noise_multipliers: Sequence[float]) -> float:
     return math.sqrt(sum(1.0 / s**2 for s in noise_multipliers))
 
 
+def zcdp_rho(events: Sequence[PrivacyEvent]) -> float:
+    """rho of the rho-zCDP composition of full-batch (discrete) Gaussian votes.
+
+    A discrete Gaussian of scale s on integer counts of sensitivity 1 is 1/(2 s^2)-zCDP (Canonne, Kamath and
+    Steinke 2020); a vote with k neighbours is, as the accountant counts it, k such mechanisms of scale
+    sigma*sqrt(k), so each vote adds k/(2 sigma^2 k) = 1/(2 sigma^2). mu-GDP holds for the continuous Gaussian only.
+    """
+    return sum(e.k / (2 * (e.noise_multiplier * math.sqrt(e.k)) ** 2) for e in events)
+
+
+def zcdp_epsilon(rho: float, delta: float) -> float:
+    """Epsilon at ``delta`` from rho-zCDP, ``rho + 2 sqrt(rho log(1/delta))`` (Bun and Steinke 2016): looser than the
+    accountant's, so the accountant's epsilon must not exceed it (the cross-check)."""
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+
+
 def gdp_delta(epsilon: float, mu: float) -> float:
     """delta(eps) of mu-GDP: Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
     from scipy import stats  # imported where used: steps without a vote never load scipy
@@ -383,12 +403,28 @@ def validate_schedule_args(generations: int, delta: float, sampling_rate: float 
 # ------------------------------------------------------------------ privacy report
 
 
-def privacy_report(events: Sequence[PrivacyEvent], delta: float) -> dict[str, Any]:
-    """What a data owner hands to a reviewer: every event, epsilon per generation and over a grid of deltas, mu."""
+def non_private_reasons(privacy: PrivacyConfig | None, events: Sequence[PrivacyEvent] = ()) -> list[str]:
+    """Why a run (its privacy config and the events it charged) has no DP guarantee; empty when it has one.
+
+    Only the operator makes such a run (``privacy.allow_non_private`` in the compiled config), and every output of
+    it says NOT PRIVATE with these reasons.
+    """
+    reasons = []
+    if (privacy is not None and privacy.noise_multiplier == 0) or any(e.noise_multiplier == 0 for e in events):
+        reasons.append("noise multiplier 0: votes are released without noise, so epsilon is infinite")
+    return reasons
+
+
+def privacy_report(events: Sequence[PrivacyEvent], delta: float, privacy: PrivacyConfig | None = None) -> dict[str, Any]:
+    """What a data owner hands to a reviewer: whether the run is private at all, every event, epsilon per generation
+    and over a grid of deltas, and the composition's rho-zCDP (discrete Gaussian) or mu-GDP (continuous)."""
     generations = sorted({e.generation for e in events})
-    full_batch = bool(events) and all(e.sampling_rate == 1 for e in events)
+    noisy_full_batch = bool(events) and all(e.sampling_rate == 1 and e.noise_multiplier > 0 for e in events)
     mechanisms = sorted({e.mechanism for e in events})
+    reasons = non_private_reasons(privacy, events)
     return {
+        "private": not reasons,
+        "non_private_reasons": reasons,
         "neighbouring_relation": NEIGHBOURING_RELATION,
         "sensitivity": "L2 sensitivity 1 per vote: each private image gives weight 1/sqrt(k) to each of its k nearest "
                        "synthetic samples (per class when conditional: disjoint histograms compose in parallel)",
@@ -405,30 +441,61 @@ def privacy_report(events: Sequence[PrivacyEvent], delta: float) -> dict[str, An
         ],
         "epsilon_at_delta": [{"delta": d, "epsilon": compute_epsilon(events, d)} for d in DELTA_GRID],
         "mu_gdp": (gdp_mu([e.noise_multiplier for e in events])
-                   if full_batch and all(e.noise_multiplier > 0 for e in events) else None),
+                   if noisy_full_batch and mechanisms == ["gaussian"] else None),
+        "rho_zcdp": zcdp_rho(events) if noisy_full_batch and mechanisms != ["gaussian"] else None,
     }
 
 
 def format_privacy_report(report: dict[str, Any]) -> list[str]:
-    """The privacy report as text lines (audit, budget --report)."""
-    lines = [f"privacy report: epsilon = {report['epsilon']:.4f} at delta = {report['delta']:g} "
-             f"(upper bound; {report['accountant']})",
-             f"  neighbouring datasets: {report['neighbouring_relation']}",
-             f"  sensitivity: {report['sensitivity']}"]
+    """The privacy report as text lines (audit, budget --report); epsilons rounded up, sigmas down."""
+    lines = [f"{NOT_PRIVATE}: {'; '.join(report['non_private_reasons'])}"] if not report.get("private", True) else []
+    lines += [f"privacy report: epsilon = {format_epsilon(report['epsilon'])} at delta = {report['delta']:g} "
+              f"(upper bound; {report['accountant']})",
+              f"  neighbouring datasets: {report['neighbouring_relation']}",
+              f"  sensitivity: {report['sensitivity']}"]
     for event in report["events"]:
         where = ""
         if event["release_uri"]:
             sha = event["release_sha256"][:16] + "…" if event["release_sha256"] else "(pending)"
             where = f" {event['release_uri']} sha256={sha}"
-        lines.append(f"  event gen {event['generation']}: {event['mechanism']} sigma={event['noise_multiplier']:.4g} "
+        lines.append(f"  event gen {event['generation']}: {event['mechanism']} sigma={format_sigma(event['noise_multiplier'])} "
                      f"q={event['sampling_rate']:g} k={event['k']} {event['reason']} {event['status']}{where}")
     for row in report["epsilon_by_generation"]:
-        lines.append(f"  after generation {row['generation']}: epsilon = {row['epsilon']:.4f}")
-    lines.append("  epsilon at delta: " + ", ".join(f"{r['delta']:g} -> {r['epsilon']:.4f}"
+        lines.append(f"  after generation {row['generation']}: epsilon = {format_epsilon(row['epsilon'])}")
+    lines.append("  epsilon at delta: " + ", ".join(f"{r['delta']:g} -> {format_epsilon(r['epsilon'])}"
                                                     for r in report["epsilon_at_delta"]))
+    if report.get("rho_zcdp") is not None:
+        lines.append(f"  rho-zCDP: rho = {format_epsilon(report['rho_zcdp'])} "
+                     "(the discrete Gaussian's summary: sum over votes of 1/(2 sigma^2); mu-GDP does not hold for it)")
     if report["mu_gdp"] is not None:
-        lines.append(f"  mu-GDP: mu = {report['mu_gdp']:.4f} (continuous-Gaussian composition; a cross-check)")
+        lines.append(f"  mu-GDP: mu = {format_epsilon(report['mu_gdp'])} (continuous-Gaussian composition; a cross-check)")
     return lines
+
+
+def _rounded(value: float, digits: int, up: bool) -> str:
+    """``value`` at ``digits`` decimals, rounded up or down; a value within float error of a step stays on it."""
+    if not math.isfinite(value):
+        return str(value)
+    scaled = value * 10**digits
+    nearest = round(scaled)
+    if abs(scaled - nearest) <= 1e-9 * max(1.0, abs(scaled)):  # 1.76 * 1e4 = 17600.000000000004 is still 1.7600
+        scaled = nearest
+    return f"{(math.ceil(scaled) if up else math.floor(scaled)) / 10**digits:.{digits}f}"
+
+
+def format_epsilon(epsilon: float, digits: int = 4) -> str:
+    """A privacy loss (epsilon, rho, mu) for display, rounded up: what is shown is never below the bound."""
+    return _rounded(epsilon, digits, up=True)
+
+
+def format_sigma(sigma: float, digits: int = 4) -> str:
+    """A noise multiplier for display, rounded down: what is shown never claims more noise than was added."""
+    return _rounded(sigma, digits, up=False)
+
+
+def format_required_sigma(sigma: float, digits: int = 4) -> str:
+    """A noise multiplier that must be met (calibration's answer), rounded up: the value shown still meets the target."""
+    return _rounded(sigma, digits, up=True)
 
 
 # ------------------------------------------------------------------ budget
@@ -476,7 +543,7 @@ def check_budget(spent: Sequence[PrivacyEvent], planned: Sequence[PrivacyEvent],
         return
     after = compute_epsilon([*spent, *planned], privacy.delta)
     if after > budget:
-        raise UserError(f"{what} would spend epsilon={after:.4g} in total, over the budget {budget:g}: "
+        raise UserError(f"{what} would spend epsilon={format_epsilon(after)} in total, over the budget {budget:g}: "
                         "nothing was released; raise the noise or the budget, or run fewer votes")
 
 
@@ -486,7 +553,147 @@ def check_planned_budget(config: Config) -> None:
     sigma = noise_multiplier_for(config)
     planned = _planned_events([sigma] * config.population.generations, privacy.sampling_rate, privacy.mechanism,
                               privacy.k)
-    check_budget([], planned, privacy, f"the planned {len(planned)} votes at noise multiplier {sigma:.4g}")
+    check_budget([], planned, privacy, f"the planned {len(planned)} votes at noise multiplier {format_sigma(sigma)}")
+
+
+# ------------------------------------------------------------------ data-set budget
+
+
+@dataclass(frozen=True)
+class DatasetCharge:
+    """One run's event in a data-set ledger: which run (its id and folder) paid what on the data set."""
+
+    run_id: str
+    run: str
+    event: PrivacyEvent
+
+    def matches(self, run_id: str, event: PrivacyEvent) -> bool:
+        """Whether this charge pays for ``event`` of run ``run_id`` (a retried or resumed vote is charged once)."""
+        return (self.run_id == run_id and self.event.release_uri == event.release_uri
+                and self.event.charge_id == event.charge_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "run": self.run, **asdict(self.event)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetCharge:
+        fields = dict(data)
+        return cls(fields.pop("run_id"), fields.pop("run"), PrivacyEvent(**fields))
+
+
+@dataclass
+class DatasetLedger:
+    """Every run's privacy events on one private data set (PRIVATE tier, written only by the vote): its lifetime spend.
+
+    Kept at ``layout.dataset_ledger``, keyed by the data set as the config declares it; ``budget`` and ``delta`` are
+    those of the last charge's config. The run's released ledger.json is a copy of that run's part of it.
+    """
+
+    dataset: dict[str, Any]
+    budget: float | None
+    delta: float
+    charges: list[DatasetCharge] = field(default_factory=list)
+
+    @property
+    def events(self) -> list[PrivacyEvent]:
+        return [c.event for c in self.charges]
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """The data set's spend over all runs at ``delta`` (default: the ledger's)."""
+        return compute_epsilon(self.events, self.delta if delta is None else delta)
+
+    def runs(self) -> list[str]:
+        """The run ids that charged the data set, in the order of their first charge."""
+        return list(dict.fromkeys(c.run_id for c in self.charges))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "budget": self.budget, "delta": self.delta,
+                "charges": [c.to_dict() for c in self.charges]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetLedger:
+        return cls(dict(data["dataset"]), data["budget"], float(data["delta"]),
+                   [DatasetCharge.from_dict(c) for c in data["charges"]])
+
+
+def dataset_delta(privacy: PrivacyConfig) -> float:
+    """The delta of the data-set budget: ``privacy.dataset_delta``, else the run's delta."""
+    return privacy.dataset_delta if privacy.dataset_delta is not None else privacy.delta
+
+
+def dataset_ledger_uri(config: Config) -> str:
+    """Where the data-set ledger of the config's private data set lies (PRIVATE tier)."""
+    from privevo.layout import dataset_declaration, dataset_ledger
+
+    return dataset_ledger(config.private_root, dataset_declaration(config.private))
+
+
+def load_dataset_ledger(config: Config) -> DatasetLedger:
+    """The data-set ledger of the config's private data set; an empty one before its first charge."""
+    uri = dataset_ledger_uri(config)
+    return DatasetLedger.from_dict(storage.read_json(uri)) if storage.exists(uri) else _empty_dataset_ledger(config)
+
+
+def _empty_dataset_ledger(config: Config) -> DatasetLedger:
+    from privevo.layout import dataset_declaration
+
+    return DatasetLedger(dataset_declaration(config.private), config.privacy.dataset_budget,
+                         dataset_delta(config.privacy))
+
+
+def check_dataset_budget(spent: Sequence[PrivacyEvent], planned: Sequence[PrivacyEvent], privacy: PrivacyConfig,
+                         what: str) -> None:
+    """The data-set budget rule: refuse ``planned`` when, composed with every run's ``spent`` events on the data set,
+    the accountant's epsilon at the data-set delta exceeds ``privacy.dataset_budget`` (no budget: nothing refused)."""
+    budget = privacy.dataset_budget
+    if budget is None:
+        return
+    delta = dataset_delta(privacy)
+    after = compute_epsilon([*spent, *planned], delta)
+    if after > budget:
+        raise UserError(f"the private data set has spent epsilon {format_epsilon(compute_epsilon(spent, delta))} of "
+                        f"its budget {budget:g} (per data set, all runs, at delta {delta:g}); {what} would bring it to "
+                        f"{format_epsilon(after)}: nothing was released; raise privacy.dataset_budget or the noise")
+
+
+def check_dataset_plan(config: Config, run_id: str) -> None:
+    """Refuse, before the first vote, a run whose planned votes not yet charged would exceed the data set's remaining
+    budget.
+
+    Best effort: only a local private root is read here. On a cluster the step that starts a run has no access to the
+    private tier, so a gs:// one is left to the vote, whose charge is the authoritative check (:func:`release_vote`).
+    """
+    if config.privacy.dataset_budget is None or storage.is_gcs(config.private_root):
+        return
+    ledger = load_dataset_ledger(config)
+    charged = {c.event.generation for c in ledger.charges if c.run_id == run_id and c.event.reason == "vote"}
+    sigma = noise_multiplier_for(config)
+    privacy = config.privacy
+    planned = [e for e in _planned_events([sigma] * config.population.generations, privacy.sampling_rate,
+                                          privacy.mechanism, privacy.k) if e.generation not in charged]
+    if planned:
+        check_dataset_budget(ledger.events, planned, privacy, f"this run's {len(planned)} planned votes")
+
+
+def _charge_dataset(layout: RunLayout, config: Config, event: PrivacyEvent, check: bool) -> None:
+    """Record ``event`` of the run in the data-set ledger once (atomically: a lock locally, a generation precondition
+    on gs://), refusing it over the data-set budget when ``check`` (a release not drawn yet)."""
+    uri = dataset_ledger_uri(config)
+    run_id = layout.run_id
+
+    def charge(current: dict[str, Any] | None) -> dict[str, Any]:
+        ledger = DatasetLedger.from_dict(current) if current else _empty_dataset_ledger(config)
+        if any(c.matches(run_id, event) for c in ledger.charges):
+            return ledger.to_dict()
+        if check:
+            check_dataset_budget(ledger.events, [event], config.privacy, f"vote {event.generation}")
+        ledger.budget, ledger.delta = config.privacy.dataset_budget, dataset_delta(config.privacy)
+        ledger.charges.append(DatasetCharge(run_id, layout.run_dir, event))
+        return ledger.to_dict()
+
+    if any(c.matches(run_id, event) for c in load_dataset_ledger(config).charges):
+        return  # a reused release already charged: nothing to write
+    storage.update_json(uri, charge)
 
 
 # ------------------------------------------------------------------ releases
@@ -514,7 +721,11 @@ def release_vote(
     Charge before release: a *pending* ledger event names the release before its file is
     created, and is completed with the file's sha256 after. Whatever moment a crash hits,
     every release on disk is paid for by exactly one event; a pending event whose file is
-    missing is completed by the next attempt without a second charge. ``clean_histogram``
+    missing is completed by the next attempt without a second charge. The data-set ledger
+    (every run on the private data set, private tier) is charged with the same event
+    just before the run's ledger, atomically and against ``privacy.dataset_budget``, and
+    once per event: a crash between the two charges the data set again on the retry (an
+    over-count, never an under-count). ``clean_histogram``
     runs only when a new release is drawn, and its result never leaves this function.
 
     ``force_new_noise`` draws again beside the first release and charges again, once per
@@ -539,10 +750,12 @@ def release_vote(
     if event_in_force is not None:
         uri = layout.absolute(event_in_force.release_uri)
         if storage.exists(uri):
+            _charge_dataset(layout, config, event_in_force, check=False)  # released: recorded, whatever the budget
             return _reuse(layout, event_in_force, uri)
         if event_in_force.status == "released":
             raise UserError(f"{event_in_force.release_uri} is missing although the ledger paid for it: restore it, "
                             "or draw again with --force-new-noise (charged again)")
+        _charge_dataset(layout, config, event_in_force, check=True)  # charged there already, unless made before it
         logger.info("generation %d: the release was paid for but never written (a crash): writing it now", generation)
         charged: Mechanism = "gaussian" if event_in_force.mechanism == "gaussian" else "discrete_gaussian"
         noisy = add_noise(clean_histogram(), event_in_force.noise_multiplier, event_in_force.k,
@@ -553,8 +766,10 @@ def release_vote(
     uri = layout.redraw(generation, key) if ours else layout.release(generation)
     event = _new_event(config, generation, sigma, uri, layout, reason, key)
     check_budget(ledger.events, [event], privacy, f"vote {generation}")  # fail fast, before any work
+    check_dataset_budget(load_dataset_ledger(config).events, [event], privacy, f"vote {generation}")
     clean = clean_histogram()
-    event = _append_event(layout, privacy.delta, event, budget=privacy)  # the charge is durable ...
+    _charge_dataset(layout, config, event, check=True)  # the data set's charge first: a crash after it over-counts
+    event = _append_event(layout, privacy.delta, event, budget=privacy)  # the run's charge is durable ...
     noisy = add_noise(clean, sigma, privacy.k, privacy.mechanism)
     del clean
     return _write_release(layout, event, noisy)  # ... before the release exists
@@ -566,7 +781,7 @@ def _new_event(config: Config, generation: int, sigma: float, uri: str, layout: 
     return PrivacyEvent(
         generation=generation, noise_multiplier=sigma, sampling_rate=privacy.sampling_rate,
         release_uri=layout.relative(uri), reason=reason, created_at=_utc_now(), mechanism=privacy.mechanism,
-        k=privacy.k, status="pending", redraw_key=redraw_key,
+        k=privacy.k, status="pending", redraw_key=redraw_key, charge_id=secrets.token_hex(8),
     )
 
 
