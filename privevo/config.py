@@ -170,6 +170,14 @@ class PrivacyConfig(_Strict):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     noise_multiplier: float | None = Field(default=None, ge=0, description="explicit sigma; 0 = non-private")
     epsilon_budget: float | None = Field(default=None, gt=0, description="refuse votes that would exceed it")
+    dataset_budget: float | None = Field(
+        default=None, gt=0,
+        description="epsilon the private data set may spend over its whole life, across all runs and schedules "
+                    "(its data-set ledger in the private tier); compiled in, not a run parameter; None needs "
+                    "allow_non_private",
+    )
+    dataset_delta: float | None = Field(default=None, gt=0, lt=1,
+                                        description="delta of dataset_budget; None: the run's privacy.delta")
     threshold: float = Field(default=0.0, ge=0)
     k: int = Field(default=1, ge=1)
     selection: Literal["sample", "rank"] = "sample"
@@ -177,6 +185,13 @@ class PrivacyConfig(_Strict):
     mechanism: Literal["discrete_gaussian", "gaussian"] = Field(
         default="discrete_gaussian",
         description="vote noise: exact discrete Gaussian on integer counts (secure, default) or continuous Gaussian",
+    )
+    max_private_rows: int | None = Field(
+        default=None, ge=1,
+        description="public bound on the selected private set's rows: embed_private and every vote do the work of "
+                    "exactly this many rows (blank padding rows that vote nothing), so their time, and every released "
+                    "timestamp after them, does not depend on the private set's size while it is at most this; "
+                    "None: no padding (the private steps' time grows with the private set)",
     )
     private_root_prefixes: list[str] = Field(
         default=[], description="when set, private_root must lie inside one of these folders or gs:// prefixes",

@@ -13,19 +13,26 @@ the report and the command line ask the layout; nobody else formats a run path.
 <run_root>/<run_id>/report/index.html, samples-gen-NNN.png, samples-reference.png, curves.png,
     class-counts.png
 <private_root>/<run_id>/private_embeddings.npz, private_embeddings.sha256,
-    private_errors.json, non_dp_metrics.json             (PRIVATE tier)
+    private_errors.json, non_dp_metrics.json, data_quality.json, private_timings.json   (PRIVATE tier)
+<private_root>/datasets/<dataset_id>/ledger.json       (PRIVATE tier: every run's charges on one private data set)
 ```
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from privevo import storage
 from privevo.errors import UserError
+
+if TYPE_CHECKING:
+    from privevo.config import DataConfig
 
 RUN_JSON = "run.json"
 LEDGER_JSON = "ledger.json"
@@ -51,6 +58,9 @@ PRIVATE_EMBEDDINGS_FILE = "private_embeddings.npz"
 PRIVATE_DIGEST_FILE = "private_embeddings.sha256"
 PRIVATE_LOG_FILE = "private_errors.json"
 NON_DP_METRICS_FILE = "non_dp_metrics.json"
+DATA_QUALITY_FILE = "data_quality.json"
+PRIVATE_TIMINGS_FILE = "private_timings.json"
+DATASETS_DIR = "datasets"
 
 _GEN_DIR = re.compile(r"^gen-\d{3,}/")
 _RELEASE_NAME = re.compile(rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz)$")
@@ -75,6 +85,30 @@ def same_or_inside(path: str, root: str) -> bool:
 def overlaps(a: str, b: str) -> bool:
     """Whether two locations share anything: one is the other or lies inside it."""
     return same_or_inside(a, b) or same_or_inside(b, a)
+
+
+def dataset_declaration(private: DataConfig) -> dict[str, Any]:
+    """The private data set as the operator declares it in the config (source, normalised path, split, classes,
+    rows, limit): public config, never private data. It names the data set whose lifetime budget a run spends."""
+    return {"source": private.source, "path": normalised(private.path), "split": private.split,
+            "classes": sorted(private.classes) if private.classes is not None else None,
+            "rows": list(private.rows) if private.rows is not None else None, "limit": private.limit}
+
+
+def dataset_id(declaration: dict[str, Any]) -> str:
+    """A short hex digest of a data-set declaration's canonical JSON: the folder of its data-set ledger."""
+    canonical = json.dumps(declaration, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def datasets_dir(private_root: str) -> str:
+    """Folder of the data-set ledgers under a private root (PRIVATE tier)."""
+    return storage.join(private_root, DATASETS_DIR)
+
+
+def dataset_ledger(private_root: str, declaration: dict[str, Any]) -> str:
+    """The data-set ledger of one declared private data set: every run's privacy charges on it (PRIVATE tier)."""
+    return storage.join(datasets_dir(private_root), dataset_id(declaration), LEDGER_JSON)
 
 
 def generation_name(generation: int) -> str:
@@ -188,6 +222,16 @@ class RunLayout:
     def non_dp_metrics(self) -> str:
         """Metrics against the private set itself (``evaluation.against_private``; PRIVATE tier, never released)."""
         return storage.join(self.private_dir, NON_DP_METRICS_FILE)
+
+    @property
+    def data_quality(self) -> str:
+        """What loading the private set found: records read, skipped and why, classes (PRIVATE tier, never released)."""
+        return storage.join(self.private_dir, DATA_QUALITY_FILE)
+
+    @property
+    def private_timings(self) -> str:
+        """How long each step over the private set took (PRIVATE tier: the time grows with the private set's size)."""
+        return storage.join(self.private_dir, PRIVATE_TIMINGS_FILE)
 
     # ------------------------------------------------------------- per generation
 

@@ -17,7 +17,7 @@ from privevo.config import Config, config_to_dict, parse_config, set_dotted
 from privevo.data import may_share_images
 from privevo.errors import UserError
 from privevo.layout import RunLayout, overlaps, same_or_inside
-from privevo.privacy import Ledger
+from privevo.privacy import Ledger, check_dataset_plan
 
 
 def utc_now() -> str:
@@ -66,7 +66,8 @@ class Run:
     def check_new(config: Config, run_id: str, resume: bool, started_by: str | None = None,
                   pipeline_root: str | None = None) -> None:
         """Refuse, in one line, to start run_id where a run folder exists, unless resumed or retried (see :meth:`start`),
-        or where the private tier or the private data could reach a released place (:func:`check_separation`)."""
+        or where the private tier or the private data could reach a released place (:func:`check_separation`), or whose
+        planned votes would exceed the private data set's remaining budget (``privacy.check_dataset_plan``)."""
         check_separation(config, pipeline_root)
         layout = RunLayout(config.run_root, run_id, config.private_root)
         if not resume and storage.exists(layout.run_json):
@@ -75,6 +76,7 @@ class Run:
                 raise UserError(f"run {run_id} already exists under {config.run_root}: continue it with "
                                 f"`python pipeline.py run --resume {run_id} --run-root {config.run_root}` "
                                 "(resume=True in a pipeline run) or choose a new run id")
+        check_dataset_plan(config, run_id)  # the data set's remaining budget (best effort; the vote's charge decides)
 
     @classmethod
     def open(cls, run_root: str, run_id: str) -> Run:
