@@ -6,7 +6,9 @@ every hash matches its manifest, that every release is paid for by exactly one
 ledger event (and every event by an existing, unchanged release), that epsilon
 recomputed from the ledger matches what the run reported, and that nothing in the
 released tier carries private-tier data (private embeddings, private images, clean
-counts). The first failure is named.
+counts). A run without a DP guarantee (noise multiplier 0, which only the operator can
+allow) fails the audit unless the auditor accepts it with ``allow_non_private``. The first
+failure is named.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class AuditReport:
     epsilon: float = 0.0
     delta: float = 0.0
     privacy: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] | None = None  # the private data set's spend (privacy.dataset_summary), when readable
 
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -58,14 +61,21 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "ok": self.ok, "epsilon": self.epsilon, "delta": self.delta,
-                "privacy": self.privacy, "first_failure": self.first_failure, "generations": self.generations,
-                "checks": self.checks}
+                "privacy": self.privacy, "dataset": self.dataset, "first_failure": self.first_failure,
+                "generations": self.generations, "checks": self.checks}
 
 
-def audit_run(run: Run) -> AuditReport:
-    """Audit a run (released tier, plus the private tier where readable for the leak checks)."""
+def audit_run(run: Run, allow_non_private: bool = False) -> AuditReport:
+    """Audit a run (released tier, plus the private tier where readable for the leak checks); a run without a DP
+    guarantee fails unless ``allow_non_private``."""
     report = AuditReport(run.run_id, delta=run.config.privacy.delta)
     ledger = run.ledger()
+    reasons = privacy.non_private_reasons(run.config.privacy, ledger.events)
+    if reasons and allow_non_private:
+        report.skip("run is private", f"{privacy.NOT_PRIVATE}: {'; '.join(reasons)} (accepted by --allow-non-private)")
+    else:
+        report.check("run is private", not reasons, f"the run is {privacy.NOT_PRIVATE}: {'; '.join(reasons)} "
+                                                    "(audit it with --allow-non-private to check the rest)")
     last = last_complete_generation(run)
     run_dir = run.layout.run_dir
     for generation in range(max(last, 0) + 1):
@@ -101,9 +111,10 @@ def audit_run(run: Run) -> AuditReport:
 
     # Epsilon recomputed from the ledger (per mechanism, upper bound) matches what the run reported.
     report.epsilon = ledger.epsilon()
-    report.privacy = privacy.privacy_report(ledger.events, ledger.delta)
+    report.privacy = privacy.privacy_report(ledger.events, ledger.delta, run.config.privacy)
     _check_reported_epsilon(run, ledger, report)
-    _check_no_private_data(run, ledger, report)
+    _check_no_private_data(run, ledger, report, allow_non_private)
+    _check_dataset_ledger(run, ledger, report)
     return report
 
 
@@ -148,13 +159,50 @@ def _check_reported_epsilon(run: Run, ledger, report: AuditReport) -> None:
             return
 
 
+def _check_dataset_ledger(run: Run, ledger: privacy.Ledger, report: AuditReport) -> None:
+    """The released ledger.json is a copy of the run's part of the private data-set ledger: every event is charged
+    there, and no charge of a release is missing from it (deleting released events resets nothing). Keeps the data
+    set's spend, per run and in total, for the report; skipped where the private tier cannot be read."""
+    try:
+        uri = privacy.dataset_ledger_uri(run.config)
+        if not storage.exists(uri) and not storage.list_files(run.layout.private_dir):
+            raise FileNotFoundError("no private tier here")
+        dataset = privacy.load_dataset_ledger(run.config)
+    except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
+        report.skip("ledger.json copies the data-set ledger",
+                    f"private tier not readable ({type(error).__name__}): the data set's spend is not shown")
+        return
+    report.dataset = privacy.dataset_summary(dataset)
+    ours = [c for c in dataset.charges if c.run_id == run.run_id]
+    missing = [e for e in ledger.events if not any(c.matches(run.run_id, e) for c in ours)]
+    if not report.check("ledger.json copies the data-set ledger", not missing,
+                        f"ledger.json: the event for {missing[0].release_uri} is not in the private data set's "
+                        "ledger (never charged to the data set)" if missing else ""):
+        return
+    named = {e.release_uri for e in ledger.events}
+    dropped = [c for c in ours if not any(c.matches(run.run_id, e) for e in ledger.events)]
+    deleted = [c for c in dropped if c.event.release_uri not in named
+               and storage.exists(run.layout.absolute(c.event.release_uri))]
+    if not report.check("data-set charges in ledger.json", not deleted,
+                        f"ledger.json lacks the event that pays for {deleted[0].event.release_uri}, which the private "
+                        "data set's ledger holds (deleted from the released copy: the data set's spend still counts it)"
+                        if deleted else ""):
+        return
+    if dropped:
+        report.skip("data-set charges in ledger.json",
+                    f"{len(dropped)} charge(s) of this run on the data set are not in ledger.json and pay for no "
+                    "release of it (a vote stopped between the two charges, or events and releases deleted): "
+                    "counted in the data set's spend")
+
+
 def _row_hashes(array: np.ndarray) -> set[str]:
     rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
     return {hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in rows}
 
 
-def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport) -> None:
-    """No released file holds a private embedding row, a private image, a hash of a private-tier file, or clean counts."""
+def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport, allow_non_private: bool) -> None:
+    """No released file holds a private embedding row, a private image, a hash of a private-tier file, or clean counts
+    (a vote released without noise holds its clean counts: only ``allow_non_private`` accepts it)."""
     run_dir = run.layout.run_dir
     released = storage.list_files(run_dir)
     tier = run.layout.private_dir.rstrip("/") + "/"
@@ -168,13 +216,17 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
         for uri in storage.list_files(run.layout.private_dir):
             data = storage.read_bytes(uri)
             private_hashes |= {hashlib.sha256(data).hexdigest().encode(), hashlib.md5(data).hexdigest().encode()}
-        embeddings = storage.read_npz(run.layout.private_embeddings)["embeddings"].astype(np.float32)
-        private_rows |= _row_hashes(embeddings)
+        stored = storage.read_npz(run.layout.private_embeddings)
+        embeddings = stored["embeddings"].astype(np.float32)
+        private_rows |= _row_hashes(embeddings[stored["real"]] if "real" in stored else embeddings)  # not the padding
         private_rows |= _row_hashes(load_private_set(run, "audit").images)
     except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
         report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")
         private_rows, private_hashes = set(), set()
-    discrete_releases = {e.release_uri for e in ledger.events if e.mechanism == "discrete_gaussian"}
+    # integer counts plus integer noise are whole numbers by design; counts without noise pass only when allowed
+    whole_by_design = {e.release_uri for e in ledger.events
+                       if (e.mechanism == "discrete_gaussian" and e.noise_multiplier > 0)
+                       or (allow_non_private and e.noise_multiplier == 0)}
     population_size = run.config.population.size
     for uri in released:
         name = run.layout.relative(uri)
@@ -199,7 +251,7 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
             if private_rows and not report.check("no private data in released files", not (candidates & private_rows),
                                                  f"{name}[{key}] contains a private image or private embedding"):
                 return
-            if name in discrete_releases:  # integer counts plus integer noise: whole numbers by design
+            if name in whole_by_design:
                 continue
             looks_clean = (array.ndim == 1 and len(array) == population_size and array.dtype.kind == "f"
                            and np.all(array >= 0) and np.all(array == np.round(array)))
@@ -212,18 +264,22 @@ def format_report(report: AuditReport) -> str:
     """Human-readable audit: per generation, then the verdict."""
     lines = [f"audit of run {report.run_id}"]
     for g in report.generations:
-        lines.append(f"generation {g['generation']}: epsilon after = {g['epsilon']:.4f}")
+        lines.append(f"generation {g['generation']}: epsilon after = {privacy.format_epsilon(g['epsilon'])}")
         for step in g["steps"]:
             params = " ".join(f"{k}={v}" for k, v in sorted(step["params"].items()))
             lines.append(f"  step {step['step']}: {params}")
         for release in g["releases"]:
             lines.append(f"  DP release {release['uri']} sha256={release['sha256'][:16] or '(pending)'}… "
-                         f"sigma={release['noise_multiplier']:.4g} {release['mechanism']} ({release['reason']})")
+                         f"sigma={privacy.format_sigma(release['noise_multiplier'])} {release['mechanism']} "
+                         f"({release['reason']})")
         for name, entry in sorted(g["files"].items()):
             lines.append(f"  file {name} sha256={entry['sha256'][:16]}… size={entry['size']}")
-    lines.append(f"epsilon (recomputed from the ledger, upper bound) = {report.epsilon:.4f} at delta = {report.delta:g}")
+    lines.append(f"epsilon (recomputed from the ledger, upper bound) = {privacy.format_epsilon(report.epsilon)} "
+                 f"at delta = {report.delta:g}")
     if report.privacy:
         lines.extend(privacy.format_privacy_report(report.privacy))
+    if report.dataset is not None:
+        lines.extend(privacy.format_dataset_summary(report.dataset))
     for check in report.checks:
         if check["ok"] is None:
             lines.append(f"note: {check['check']}: {check['detail']}")

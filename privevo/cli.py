@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
     resume_command = f"python pipeline.py run --resume {run_id}" + (
         f" --run-root {config.run_root}" if config.run_root != DEFAULT_RUN_ROOT else "")
-    with open(log_path, "a") as log, _TaskProgress(log, sys.stdout) as progress, session:
+    with open(log_path, "a") as log, _TaskProgress(log, sys.stdout, _private_tasks(config)) as progress, session:
         try:
             with (_stop_on_interrupt(f"interrupted: continue run {run_id} with `{resume_command}`", log),
                   contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress)):
@@ -200,37 +200,54 @@ def _local_docker():
 
 
 def _print_summary(run, seconds: float) -> None:
-    from privevo import storage
+    from privevo import privacy, storage
     from privevo.report import format_value
     from privevo.steps import last_complete_generation
 
     metrics = storage.read_json(run.layout.metrics_json) if storage.exists(run.layout.metrics_json) else None
+    ledger = run.ledger()
+    reasons = privacy.non_private_reasons(run.config.privacy, ledger.events)
+    if reasons:
+        print(f"{privacy.NOT_PRIVATE}: {'; '.join(reasons)} (allowed by privacy.allow_non_private)")
     print(f"run path: {run.layout.run_dir}")
     print(f"report: {run.layout.report_index}")
     print(f"wall time: {seconds:.1f} s")
-    epsilon = run.ledger().epsilon()
-    print(f"epsilon spent: {epsilon:.4f} at delta={run.config.privacy.delta:g} over {len(run.ledger().events)} votes")
+    print(f"data quality (private): {run.layout.data_quality}")
+    print(f"epsilon spent: {privacy.format_epsilon(ledger.epsilon())} at delta={run.config.privacy.delta:g} "
+          f"over {len(ledger.events)} votes")
     if metrics:
         for row in (metrics["generations"][0], metrics["final"]):
             label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"
             shown = {k: v for k, v in row.items() if k not in ("generation", "non_dp", "per_class_accuracy")}
-            print(f"{label}: " + " ".join(f"{k}={format_value(v)}" for k, v in shown.items()))
+            print(f"{label}: " + " ".join(f"{k}={format_value(v, k)}" for k, v in shown.items()))
     last = last_complete_generation(run)
     if last >= 0:
         print(f"synthetic data: {run.layout.population(last)}")
         print(f"export it: python pipeline.py export {run.layout.run_dir} --to DIR")
 
 
+def _private_tasks(config) -> tuple[str, ...]:
+    """kfp.local's names of the tasks that read the private set (dp_vote's are dp-vote, dp-vote-2, ...)."""
+    from privevo.step_table import STEPS
+
+    return tuple(spec.name.replace("_", "-") for spec in STEPS if spec.reads_private(config))
+
+
 class _TaskProgress(io.TextIOBase):
-    """Sends kfp.local's verbose output to a log file and prints one line per finished task."""
+    """Sends kfp.local's verbose output to a log file and prints one line per finished task.
+
+    The log file is in the released tier and the lines say when each task ran: their time stamps are left out, and
+    the tasks that read the private set are printed without their time (both grow with the private set's size)."""
 
     _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+    _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:[+-]\d{2}:\d{2}|Z)? ?"
+                       r"|\b\d{2}:\d{2}:\d{2}\.\d{3}\b(?: - )?")
     _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
     _STARTED = re.compile(r"Executing task '([^']+)'")
     _ERROR = re.compile(r"(?:UserError|Error|Exception): (.+)$")
 
-    def __init__(self, log, terminal) -> None:
-        self.log, self.terminal = log, terminal
+    def __init__(self, log, terminal, private_tasks: tuple[str, ...] = ()) -> None:
+        self.log, self.terminal, self.private_tasks = log, terminal, private_tasks
         self.buffer, self.done, self.last_error = "", 0, ""
         self.started: dict[str, float] = {}
 
@@ -238,12 +255,15 @@ class _TaskProgress(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        self.log.write(text)
         self.buffer += text
         *lines, self.buffer = self.buffer.split("\n")
         for line in lines:
+            self.log.write(self._TIME.sub("", line) + "\n")
             self._scan(self._ANSI.sub("", line))
         return len(text)
+
+    def _private(self, task: str) -> bool:
+        return any(task == name or task.startswith(f"{name}-") for name in self.private_tasks)
 
     def _scan(self, line: str) -> None:
         if match := self._STARTED.search(line):
@@ -253,7 +273,8 @@ class _TaskProgress(io.TextIOBase):
             if status == "SUCCESS":
                 self.done += 1
                 seconds = time.time() - self.started.get(name, time.time())
-                print(f"[{self.done:3d}] {name:<36} done in {seconds:6.1f} s", file=self.terminal, flush=True)
+                took = "" if self._private(name) else f" in {seconds:6.1f} s"
+                print(f"[{self.done:3d}] {name:<36} done{took}", file=self.terminal, flush=True)
         elif (match := self._ERROR.search(line.strip())) and not (
                 "raise_on_error" in line or "Inner task failed" in line):
             self.last_error = match.group(1).strip()
@@ -267,6 +288,8 @@ class _TaskProgress(io.TextIOBase):
         return self
 
     def __exit__(self, *exc) -> None:
+        self.log.write(self._TIME.sub("", self.buffer))
+        self.buffer = ""
         self.flush()
 
 
@@ -334,7 +357,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from privevo import audit
     from privevo.run_record import Run
 
-    report = audit.audit_run(Run.locate(args.run, args.run_root))
+    report = audit.audit_run(Run.locate(args.run, args.run_root), allow_non_private=args.allow_non_private)
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True) if args.json else audit.format_report(report))
     return 0 if report.ok else 1
 
@@ -386,9 +409,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_budget(args: argparse.Namespace) -> None:
-    """Epsilon from a noise multiplier, or the noise multiplier for a target epsilon."""
+    """Epsilon from a noise multiplier, or the noise multiplier for a target epsilon; or, with --dataset, what a
+    private data set has spent (per run and in total) and what is left of its budget."""
     from privevo import privacy
 
+    if args.dataset is not None:
+        _print_dataset_budget(args.dataset, args.private_root)
+        return
+    if args.generations is None:
+        raise UserError("give --generations T (or --dataset URI for a data set's spend)")
     privacy.validate_schedule_args(args.generations, args.delta, args.sampling_rate)
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}")
@@ -407,6 +436,17 @@ def cmd_budget(args: argparse.Namespace) -> None:
                                                    args.mechanism, args.k)
         _print_budget(sigma, args)
         print(f"noise_multiplier={privacy.format_required_sigma(sigma)}")
+
+
+def _print_dataset_budget(dataset: str, private_root: str) -> None:
+    """The spend of every data-set ledger under ``private_root`` that declares the private path ``dataset``."""
+    from privevo import privacy
+
+    ledgers = privacy.dataset_ledgers(private_root, dataset)
+    if not ledgers:
+        print(f"private data set {dataset}: nothing spent under {private_root} (no vote has charged it)")
+    for ledger in ledgers:
+        print("\n".join(privacy.format_dataset_summary(privacy.dataset_summary(ledger))))
 
 
 def _print_budget(sigma: float, args: argparse.Namespace) -> None:
@@ -442,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = commands.add_parser("budget", help="privacy accounting: epsilon <-> noise multiplier")
     budget.add_argument("--noise-multiplier", type=float, help="per-vote sigma (noise std / sensitivity)")
     budget.add_argument("--epsilon", type=float, help="target epsilon: prints the noise multiplier that spends it")
-    budget.add_argument("--generations", type=int, required=True, help="T: number of votes")
+    budget.add_argument("--generations", type=int, help="T: number of votes")
     budget.add_argument("--delta", type=float, default=1e-5)
     budget.add_argument("--sampling-rate", type=float, default=1.0, help="Poisson subsampling rate of the private set")
     budget.add_argument("--mechanism", choices=("discrete_gaussian", "gaussian"), default="discrete_gaussian",
@@ -450,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--k", type=int, default=1, help="neighbours per private image (privacy.k)")
     budget.add_argument("--report", action="store_true",
                         help="print the privacy report of the schedule (events, epsilon per generation and per delta, mu)")
+    budget.add_argument("--dataset", metavar="URI",
+                        help="instead: what the private data set at URI (private.path) has spent, per run and in total, "
+                             "and its remaining budget (per data set, all runs)")
+    budget.add_argument("--private-root", default="runs-private",
+                        help="with --dataset: the private root holding its data-set ledgers")
     budget.set_defaults(func=cmd_budget)
 
     def with_config(sub: argparse.ArgumentParser, required: bool = True) -> None:
@@ -527,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
     aud.add_argument("--run-root", default="runs")
     aud.add_argument("--json", action="store_true", help="machine-readable output")
+    aud.add_argument("--allow-non-private", action="store_true",
+                     help="accept a run without a DP guarantee (noise multiplier 0, allowed by the operator's "
+                          "privacy.allow_non_private): check the rest instead of failing")
     aud.set_defaults(func=cmd_audit)
 
     rep = commands.add_parser("report", help="regenerate the HTML report of a run")

@@ -5,6 +5,7 @@ Imports kfp (the ``kfp`` extra) when a command runs.
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -104,6 +105,7 @@ def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, A
         config = load_checked_config(args)
         with _compiled(config) as (package, spec):
             params = _run_parameters(spec, args.params)
+            _check_with_parameters(config, params)
             with _client(args) as client:
                 yield client, spec, params, {
                     "pipeline_package_path": package,
@@ -168,6 +170,15 @@ def _run_parameters(spec: dict, assignments: list[str]) -> dict[str, Any]:
     return values
 
 
+def _check_with_parameters(config, params: dict[str, Any]) -> None:
+    """Refuse here, before connecting, what resolve_config would refuse: the config with these run parameters (a
+    noise multiplier of 0 the config does not allow, a delta over its cap, an impossible epsilon)."""
+    from privevo.parameters import PARAMETER_NAMES, apply_parameters
+    from privevo.privacy import check_planned_budget
+
+    check_planned_budget(apply_parameters(config, {k: v for k, v in params.items() if k in PARAMETER_NAMES}))
+
+
 def upload(args: argparse.Namespace) -> None:
     """Register the config's pipeline on Kubeflow Pipelines (by its name, private-evolution-<config name>) if it is new,
     and a new version of it; prints both ids, which submit and schedule take."""
@@ -207,6 +218,7 @@ def schedule(args: argparse.Namespace) -> None:
     """Create a recurring run (cron) on Kubeflow Pipelines, of --config compiled here or of an uploaded pipeline
     version; run_id stays empty, so every scheduled run writes a folder of its own, named by its KFP run id."""
     with _template(args) as (client, spec, params, request):
+        _check_dataset_budget(spec)
         if params.get("run_id") or params.get("resume"):
             raise UserError("a schedule starts a new run folder each time (the KFP run's own id): drop --param run_id/resume")
         experiment = client.create_experiment(args.experiment, namespace=args.namespace)
@@ -216,3 +228,18 @@ def schedule(args: argparse.Namespace) -> None:
         job = client.create_recurring_run(experiment_id=experiment.experiment_id, job_name=name, cron_expression=args.cron,
                                           no_catchup=True, params=params, **request)
     print(f"scheduled {name} with cron {args.cron!r}: recurring run id {job.recurring_run_id}")
+
+
+def _check_dataset_budget(spec: dict) -> None:
+    """Refuse to schedule a pipeline whose compiled config has no ``privacy.dataset_budget``: every scheduled run
+    spends on the same private data, and only the data-set budget bounds what they spend together."""
+    try:
+        task = spec["root"]["dag"]["tasks"]["resolve-config"]
+        budget = json.loads(task["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"])["privacy"].get(
+            "dataset_budget")
+    except (KeyError, TypeError, ValueError):
+        budget = None
+    if budget is None:
+        raise UserError("a schedule runs again and again on the same private data, but this pipeline's compiled config "
+                        "has no privacy.dataset_budget: set one (epsilon for the data set's whole life) and compile or "
+                        "upload it again")

@@ -22,6 +22,7 @@ import io
 import logging
 import math
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -412,6 +413,8 @@ def non_private_reasons(privacy: PrivacyConfig | None, events: Sequence[PrivacyE
     reasons = []
     if (privacy is not None and privacy.noise_multiplier == 0) or any(e.noise_multiplier == 0 for e in events):
         reasons.append("noise multiplier 0: votes are released without noise, so epsilon is infinite")
+    if privacy is not None and privacy.dataset_budget is None:
+        reasons.append("no privacy.dataset_budget: the private data set's epsilon over all its runs is unbounded")
     return reasons
 
 
@@ -548,12 +551,18 @@ def check_budget(spent: Sequence[PrivacyEvent], planned: Sequence[PrivacyEvent],
 
 
 def check_planned_budget(config: Config) -> None:
-    """Refuse a config whose planned votes alone already exceed its budget."""
+    """Refuse a config whose planned votes alone already exceed its budget or its data set's, and one without a
+    data-set budget unless the operator allows a run without a DP guarantee (``privacy.allow_non_private``)."""
     privacy = config.privacy
+    if privacy.dataset_budget is None and not privacy.allow_non_private:
+        raise UserError("privacy.dataset_budget is not set: give the epsilon the private data set may spend over its "
+                        "whole life, across all runs (or privacy.allow_non_private: true for a run without that bound)")
     sigma = noise_multiplier_for(config)
     planned = _planned_events([sigma] * config.population.generations, privacy.sampling_rate, privacy.mechanism,
                               privacy.k)
-    check_budget([], planned, privacy, f"the planned {len(planned)} votes at noise multiplier {format_sigma(sigma)}")
+    what = f"the planned {len(planned)} votes at noise multiplier {format_sigma(sigma)}"
+    check_budget([], planned, privacy, what)
+    check_dataset_budget([], planned, privacy, what)
 
 
 # ------------------------------------------------------------------ data-set budget
@@ -614,6 +623,44 @@ class DatasetLedger:
     def from_dict(cls, data: dict[str, Any]) -> DatasetLedger:
         return cls(dict(data["dataset"]), data["budget"], float(data["delta"]),
                    [DatasetCharge.from_dict(c) for c in data["charges"]])
+
+
+def dataset_summary(ledger: DatasetLedger) -> dict[str, Any]:
+    """What a data set has spent, per run and in total (at the ledger's delta), and what is left of its budget."""
+    spent = ledger.epsilon()
+    runs = []
+    for run_id in ledger.runs():
+        events = [c.event for c in ledger.charges if c.run_id == run_id]
+        runs.append({"run_id": run_id, "events": len(events), "epsilon": compute_epsilon(events, ledger.delta)})
+    return {"dataset": ledger.dataset, "delta": ledger.delta, "budget": ledger.budget, "epsilon": spent,
+            "remaining": None if ledger.budget is None else max(ledger.budget - spent, 0.0), "runs": runs}
+
+
+def format_dataset_summary(summary: dict[str, Any]) -> list[str]:
+    """A data set's spend as text lines (audit, budget --dataset): total and remaining, then per run."""
+    declared = " ".join(f"{key}={value}" for key, value in sorted(summary["dataset"].items())
+                        if value is not None and key not in ("source", "path"))
+    dataset = summary["dataset"]
+    budget = ("no data-set budget (privacy.allow_non_private)" if summary["budget"] is None else
+              f"budget {summary['budget']:g}, remaining {_rounded(summary['remaining'], 4, up=False)}")
+    lines = [f"private data set {dataset['source']} {dataset['path']} {declared}".rstrip(),
+             f"  per data set, all runs: epsilon spent {format_epsilon(summary['epsilon'])} at delta "
+             f"{summary['delta']:g}; {budget}"]
+    lines += [f"  run {row['run_id']}: epsilon {format_epsilon(row['epsilon'])} per run ({row['events']} events)"
+              for row in summary["runs"]]
+    return lines
+
+
+def dataset_ledgers(private_root: str, path: str) -> list[DatasetLedger]:
+    """The data-set ledgers under ``private_root`` whose declared private path is ``path`` (one per declared row
+    selection of it: classes, rows, limit)."""
+    from privevo.layout import LEDGER_JSON, datasets_dir, normalised
+
+    storage.mark_private(private_root)
+    wanted = normalised(path)
+    ledgers = [DatasetLedger.from_dict(storage.read_json(uri)) for uri in storage.list_files(datasets_dir(private_root))
+               if uri.rsplit("/", 1)[-1] == LEDGER_JSON]
+    return [ledger for ledger in ledgers if ledger.dataset["path"] == wanted]
 
 
 def dataset_delta(privacy: PrivacyConfig) -> float:
@@ -688,7 +735,7 @@ def _charge_dataset(layout: RunLayout, config: Config, event: PrivacyEvent, chec
         if check:
             check_dataset_budget(ledger.events, [event], config.privacy, f"vote {event.generation}")
         ledger.budget, ledger.delta = config.privacy.dataset_budget, dataset_delta(config.privacy)
-        ledger.charges.append(DatasetCharge(run_id, layout.run_dir, event))
+        ledger.charges.append(DatasetCharge(run_id, layout.run_dir, replace(event, status="charged", release_sha256="")))
         return ledger.to_dict()
 
     if any(c.matches(run_id, event) for c in load_dataset_ledger(config).charges):
@@ -715,6 +762,7 @@ def release_vote(
     clean_histogram: Callable[[], np.ndarray],
     force_new_noise: bool = False,
     redraw_key: str | None = None,
+    created_at: float | None = None,
 ) -> Release:
     """The generation's DP release: reused when it exists, else charged, then noised and written once.
 
@@ -730,14 +778,17 @@ def release_vote(
 
     ``force_new_noise`` draws again beside the first release and charges again, once per
     ``redraw_key`` (a KFP run id: a retried task reuses its redraw; None: a new key).
+    ``created_at`` (seconds since the epoch, default now) stamps a new event: a time taken before the private work
+    began, so that the ledger tells nothing of how long that work took.
     """
     privacy = config.privacy
     sigma = noise_multiplier_for(config, layout)
+    stamp = _utc_iso(time.time() if created_at is None else created_at)
     ledger = Ledger.load(layout.ledger_json, privacy.delta)
     ours = [e for e in ledger.events if e.generation == generation]
     if not ours and storage.exists(layout.release(generation)):
         # A release without an event (written before charge-before-release, with continuous noise): charge it now.
-        legacy = replace(_new_event(config, generation, sigma, layout.release(generation), layout, "vote", ""),
+        legacy = replace(_new_event(config, generation, sigma, layout.release(generation), layout, "vote", "", stamp),
                          mechanism="gaussian")
         event = _append_event(layout, privacy.delta, legacy, budget=None)
         ours = [event]
@@ -764,7 +815,7 @@ def release_vote(
 
     reason = "force-new-noise" if ours else "vote"
     uri = layout.redraw(generation, key) if ours else layout.release(generation)
-    event = _new_event(config, generation, sigma, uri, layout, reason, key)
+    event = _new_event(config, generation, sigma, uri, layout, reason, key, stamp)
     check_budget(ledger.events, [event], privacy, f"vote {generation}")  # fail fast, before any work
     check_dataset_budget(load_dataset_ledger(config).events, [event], privacy, f"vote {generation}")
     clean = clean_histogram()
@@ -776,11 +827,11 @@ def release_vote(
 
 
 def _new_event(config: Config, generation: int, sigma: float, uri: str, layout: RunLayout, reason: str,
-               redraw_key: str) -> PrivacyEvent:
+               redraw_key: str, created_at: str) -> PrivacyEvent:
     privacy = config.privacy
     return PrivacyEvent(
         generation=generation, noise_multiplier=sigma, sampling_rate=privacy.sampling_rate,
-        release_uri=layout.relative(uri), reason=reason, created_at=_utc_now(), mechanism=privacy.mechanism,
+        release_uri=layout.relative(uri), reason=reason, created_at=created_at, mechanism=privacy.mechanism,
         k=privacy.k, status="pending", redraw_key=redraw_key, charge_id=secrets.token_hex(8),
     )
 
@@ -840,8 +891,9 @@ def _complete_event(layout: RunLayout, event: PrivacyEvent, sha256: str) -> None
     storage.update_json(layout.ledger_json, complete)
 
 
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+def _utc_iso(seconds: float) -> str:
+    """A time (seconds since the epoch) as ISO 8601 UTC, to the second."""
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).isoformat(timespec="seconds")
 
 
 def _fresh_tag() -> str:

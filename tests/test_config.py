@@ -14,7 +14,7 @@ BASE = {
     "private": {"source": "npz", "path": "x.npz"},
     "model": {"path": "m"},
     "population": {"size": 10, "generations": 2, "degrees": 0.5},
-    "privacy": {"epsilon": 4.0},
+    "privacy": {"epsilon": 4.0, "dataset_budget": 100.0},
 }
 
 
