@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +51,41 @@ class ImageSet:
     labels: np.ndarray | None
     class_names: list[str] | None
     source: str
+
+
+@dataclass
+class DataQuality:
+    """What loading a private set found: kept for the private tier only (it describes the private set).
+
+    Handed to :func:`load_image_set`, it turns problems of single records (a corrupt or
+    unreadable image, a label outside class_names, a configured class with no images, an
+    empty selection) into skips counted here instead of errors, so that whether a run fails
+    never depends on one private record. Problems of the whole set's form (a missing path,
+    an array of the wrong dtype or channel count) stay errors: they are configuration.
+    """
+
+    records_read: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    missing_classes: list[str] = field(default_factory=list)
+    classes: dict[str, int] = field(default_factory=dict)
+    records_kept: int = 0
+
+    def skip(self, record: str, reason: str) -> None:
+        """Count one record left out, and why."""
+        self.skipped.append({"record": record, "reason": reason})
+
+    def found(self, image_set: ImageSet) -> None:
+        """Note what the loaded set holds: its size and the images per class."""
+        self.records_kept = len(image_set.images)
+        if image_set.labels is not None and image_set.class_names is not None:
+            names, counts = np.unique(image_set.labels, return_counts=True)
+            self.classes = {image_set.class_names[int(i)]: int(c) for i, c in zip(names, counts, strict=True)}
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready data."""
+        return {"records_read": self.records_read, "records_kept": self.records_kept,
+                "records_skipped": len(self.skipped), "skipped": self.skipped,
+                "classes": self.classes, "missing_classes": self.missing_classes}
 
 
 # ---------------------------------------------------------------------------- array helpers
@@ -142,10 +177,15 @@ def _decode_image(data: bytes, name: str, channels: int) -> np.ndarray:
     return array
 
 
-def _folder_labels(relative_names: list[str], path: str) -> list[str] | None:
-    """Class of each file: its top-level subfolder, else the file-name prefix before '_', else None (unlabelled)."""
+def _folder_labels(relative_names: list[str], path: str, quality: DataQuality | None = None) -> list[str] | None:
+    """Class of each file: its top-level subfolder, else the file-name prefix before '_', else None (unlabelled).
+
+    With ``quality`` a loose image beside class subfolders gets no class (skipped by :func:`_index_labels`)."""
     in_subfolder = ["/" in name for name in relative_names]
     if any(in_subfolder):
+        if quality is not None:
+            return [name.split("/", 1)[0] if inside else "" for name, inside in zip(relative_names, in_subfolder,
+                                                                                    strict=True)]
         if not all(in_subfolder):
             loose = relative_names[in_subfolder.index(False)]
             raise UserError(
@@ -156,48 +196,66 @@ def _folder_labels(relative_names: list[str], path: str) -> list[str] | None:
     return prefixes if all(prefixes) else None
 
 
-def _index_labels(names: list[str], class_names: list[str] | None, files: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Map label names to indices into class_names (inferred as the sorted names when not configured)."""
+def _index_labels(names: list[str], class_names: list[str] | None, files: list[str],
+                  quality: DataQuality | None = None) -> tuple[np.ndarray, list[str]]:
+    """Map label names to indices into class_names (inferred as the sorted names when not configured);
+    with ``quality`` a label outside class_names is a skipped record (label -1) instead of an error."""
     if class_names is None:
-        class_names = sorted(set(names))
+        class_names = sorted(set(names) - {""})
     index = {name: i for i, name in enumerate(class_names)}
     for name, file in zip(names, files, strict=True):
         if name not in index:
-            raise UserError(f"label {name!r} of {file} is not in class_names: add it to class_names or remove the file")
-    return np.array([index[name] for name in names], dtype=np.int64), list(class_names)
+            message = f"label {name!r} of {file} is not in class_names: add it to class_names or remove the file"
+            if quality is None:
+                raise UserError(message)
+            quality.skip(file, message)
+    return np.array([index.get(name, -1) for name in names], dtype=np.int64), list(class_names)
 
 
-def load_image_folder(path: str, image_size: int, channels: int, class_names: list[str] | None = None) -> ImageSet:
+def load_image_folder(path: str, image_size: int, channels: int, class_names: list[str] | None = None,
+                      quality: DataQuality | None = None) -> ImageSet:
     """Load every .png/.jpg/.jpeg under a folder (local or gs://), labelled by subfolder or file-name prefix.
 
     Classes come from the top-level subfolder (cat/001.png), else from the file-name prefix
     before the first '_' when every file has one (cat_001.png), else the set is unlabelled.
     Palette images become RGB (any palette transparency is dropped), 1-bit and 16-bit grayscale
     become 8-bit grayscale, images with transparency are rejected. Images of another size are resized (shorter side) and
-    centre-cropped to image_size.
+    centre-cropped to image_size. With ``quality`` (a private set) a file that fails is skipped and counted there.
     """
     _check_image_size(image_size)
     _check_channels_setting(channels)
     files = [uri for uri in storage.list_files(path) if uri.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
+    if not files and quality is None:
         raise UserError(f"no images found in {path}: put .png/.jpg/.jpeg files there (optionally in class subfolders)")
     images = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
+    good = np.ones(len(files), bool)
     for i, (uri, data) in enumerate(zip(files, storage.read_many(files), strict=True)):  # in parallel on gs://
-        images[i] = _resize_one(_decode_image(data, uri, channels), image_size)
-    names = _folder_labels([storage.relative_to(uri, path) for uri in files], path)
+        try:
+            images[i] = _resize_one(_decode_image(data, uri, channels), image_size)
+        except UserError as error:
+            if quality is None:
+                raise
+            quality.skip(uri, str(error))
+            good[i] = False
+    if quality is not None:
+        quality.records_read = len(files)
+    names = _folder_labels([storage.relative_to(uri, path) for uri in files], path, quality)
     if names is None:
-        return ImageSet(images, None, None, path)
-    labels, class_names = _index_labels(names, class_names, files)
-    return ImageSet(images, labels, class_names, path)
+        return ImageSet(images[good], None, None, path)
+    labels, class_names = _index_labels(names, class_names, files, quality)
+    good &= labels >= 0
+    return ImageSet(images[good], labels[good], class_names, path)
 
 
 # ---------------------------------------------------------------------------- npz files
 
 
 def _check_labels(
-    labels: np.ndarray, count: int, class_names: list[str] | None, path: str
+    labels: np.ndarray, count: int, class_names: list[str] | None, path: str, quality: DataQuality | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """Validate integer labels against the images and class_names; infer names '0'..'K-1' when none are configured."""
+    """Validate integer labels against the images and class_names; infer names '0'..'K-1' when none are configured.
+
+    With ``quality`` a label outside 0..K-1 is a skipped row (label -1) instead of an error."""
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"labels in {path} are {labels.dtype}: store class indices as integers")
     if labels.ndim != 1 or len(labels) != count:
@@ -205,6 +263,13 @@ def _check_labels(
             f"labels in {path} have shape {labels.shape} but there are {count} images: store one label per image"
         )
     labels = labels.astype(np.int64)
+    if quality is not None:
+        bad = labels < 0 if class_names is None else (labels < 0) | (labels >= len(class_names))
+        for row in np.flatnonzero(bad):
+            quality.skip(f"{path} row {row}", f"label {labels[row]} is not a class index of class_names")
+        labels = np.where(bad, -1, labels)
+        names = class_names if class_names is not None else [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
+        return labels, list(names)
     if count == 0:
         return labels, list(class_names or [])
     low, high = int(labels.min()), int(labels.max())
@@ -220,8 +285,10 @@ def _check_labels(
     return labels, list(class_names)
 
 
-def load_npz(path: str, image_size: int, channels: int, class_names: list[str] | None = None) -> ImageSet:
-    """Load an .npz with uint8 'images' (NHWC, or NHW grayscale) and optional integer 'labels'."""
+def load_npz(path: str, image_size: int, channels: int, class_names: list[str] | None = None,
+             quality: DataQuality | None = None) -> ImageSet:
+    """Load an .npz with uint8 'images' (NHWC, or NHW grayscale) and optional integer 'labels' (with ``quality``,
+    rows whose label is not a class are skipped and counted there)."""
     _check_image_size(image_size)
     _check_channels_setting(channels)
     arrays = storage.read_npz(path)
@@ -248,8 +315,12 @@ def load_npz(path: str, image_size: int, channels: int, class_names: list[str] |
             f"set channels to {images.shape[3]} or convert the images"
         )
     labels = None
+    if quality is not None:
+        quality.records_read = len(images)
     if "labels" in arrays:
-        labels, class_names = _check_labels(arrays["labels"], len(images), class_names, path)
+        labels, class_names = _check_labels(arrays["labels"], len(images), class_names, path, quality)
+        if quality is not None and (labels < 0).any():
+            images, labels = images[labels >= 0], labels[labels >= 0]
     else:
         class_names = None
     return ImageSet(resize_center_crop(images, image_size), labels, class_names, path)
@@ -305,15 +376,19 @@ def load_fashion_mnist(directory: str, split: str, image_size: int, channels: in
 # ---------------------------------------------------------------------------- entry point
 
 
-def _filter_classes(image_set: ImageSet, classes: list[str], path: str) -> ImageSet:
-    """Keep the images of the named classes; labels stay indices into the full class_names."""
+def _filter_classes(image_set: ImageSet, classes: list[str], path: str, quality: DataQuality | None = None) -> ImageSet:
+    """Keep the images of the named classes; labels stay indices into the full class_names.
+
+    With ``quality`` a named class without images is noted there instead of refused."""
     if image_set.labels is None or image_set.class_names is None:
         raise UserError(f"classes is set but the images in {path} have no labels: remove classes or label the images")
     present = [image_set.class_names[i] for i in np.unique(image_set.labels)]
     missing = [c for c in classes if c not in present]
-    if missing:
+    if missing and quality is None:
         raise UserError(f"class {missing[0]!r} not found in {path}: choose from {', '.join(present)}")
-    keep = np.isin(image_set.labels, [image_set.class_names.index(c) for c in classes])
+    if quality is not None:
+        quality.missing_classes = missing
+    keep = np.isin(image_set.labels, [image_set.class_names.index(c) for c in classes if c in present])
     return ImageSet(image_set.images[keep], image_set.labels[keep], image_set.class_names, image_set.source)
 
 
@@ -339,20 +414,23 @@ def load_image_set(
     seed: int = 0,
     class_names: list[str] | None = None,
     rows: tuple[int, int] | None = None,
+    quality: DataQuality | None = None,
 ) -> ImageSet:
     """Load an image set from a folder, an .npz or Fashion-MNIST, then filter by class and take a seeded subset.
 
     ``rows`` keeps rows [start, stop) after the class filter, in file order: two configs
     with disjoint rows (a private set and a held-out evaluation set) never share an image.
+    With ``quality`` (a private set) problems of single records, a class without images and
+    an empty selection are counted there, not refused (:class:`DataQuality`).
     """
     if source not in SOURCES:
         raise UserError(f"source is {source!r}: use one of {', '.join(SOURCES)}")
     if split is not None and source != "fashion_mnist":
         raise UserError(f"split is only used with source fashion_mnist: remove split or point path at the {split} data")
     if source == "folder":
-        image_set = load_image_folder(path, image_size, channels, class_names)
+        image_set = load_image_folder(path, image_size, channels, class_names, quality)
     elif source == "npz":
-        image_set = load_npz(path, image_size, channels, class_names)
+        image_set = load_npz(path, image_size, channels, class_names, quality)
     else:
         if class_names is not None and list(class_names) != FASHION_MNIST_CLASSES:
             raise UserError(
@@ -360,17 +438,22 @@ def load_image_set(
                 + ", ".join(FASHION_MNIST_CLASSES)
             )
         image_set = load_fashion_mnist(path, split or "train", image_size, channels)
+        if quality is not None:
+            quality.records_read = len(image_set.images)
     if classes:
-        image_set = _filter_classes(image_set, classes, path)
+        image_set = _filter_classes(image_set, classes, path, quality)
     if rows is not None:
         start, stop = rows
         labels = None if image_set.labels is None else image_set.labels[start:stop]
         image_set = ImageSet(image_set.images[start:stop], labels, image_set.class_names, image_set.source)
     if limit is not None:
         image_set = _subset(image_set, limit, seed)
-    if len(image_set.images) == 0:
+    if quality is not None:
+        quality.found(image_set)
+    elif len(image_set.images) == 0:
         raise UserError(f"no images found in {path}: check path, source and the classes filter")
     return image_set
+
 
 def may_share_images(a: DataConfig, b: DataConfig) -> bool:
     """Whether two data selections can hold the same image: the one rule that refuses an evaluation reference

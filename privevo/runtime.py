@@ -143,6 +143,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+#: How a step over the private set logs: no time stamp (the gaps between its lines grow with the private set's size).
+UNTIMED_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def untimed_logging() -> None:
+    """From now on this process logs without time stamps: called by the steps that read the private set, whose log
+    goes to the released tier (a pod's log, kfp.local's log file)."""
+    import logging
+
+    loggers = [logging.getLogger(), *(one for one in list(logging.root.manager.loggerDict.values())
+                                      if isinstance(one, logging.Logger))]
+    for handler in {handler for one in loggers for handler in one.handlers}:
+        handler.setFormatter(logging.Formatter(UNTIMED_LOG_FORMAT))
+
+
 #: Without a terminal (a pod's log), long work logs one line every this many seconds.
 PROGRESS_LOG_SECONDS = 30.0
 

@@ -63,13 +63,45 @@ def verify_references(references: list[dict[str, Any]]) -> None:
 
 
 def _record_step(run: Run, generation: int, step: str, params: dict[str, Any], started: float,
-                 shard: int | None = None) -> None:
-    """Write the step's parameters and timing beside its outputs (for the audit) and its part of the manifest."""
+                 shard: int | None = None, private: bool = False) -> None:
+    """Write the step's parameters and timing beside its outputs (for the audit) and its part of the manifest.
+
+    A ``private`` step (one that reads the private set) has no timing in its released record: its time grows with
+    the private set, so it goes to the private tier (:func:`_record_private_timing`)."""
     name = step_name(step, shard)
-    record = {"step": name, "generation": generation, "params": params, "seconds": round(time.time() - started, 3),
-              "finished_at": utc_now()}
+    record: dict[str, Any] = {"step": name, "generation": generation, "params": params}
+    if private:
+        _record_private_timing(run, name, generation, started)
+    else:
+        record.update(seconds=round(time.time() - started, 3), finished_at=utc_now())
     storage.write_json(run.layout.step_record(generation, step, shard), record)
     record_manifest(run, generation, name)
+
+
+def _record_private_timing(run: Run, step: str, generation: int | None, started: float) -> None:
+    """Append how long a step over the private set took to the private tier's timings (never released)."""
+    entry = {"step": step, "generation": generation, "seconds": round(time.time() - started, 3),
+             "finished_at": utc_now()}
+    storage.update_json(run.layout.private_timings, lambda current: [*(current or []), entry])
+
+
+def _public_inputs_time(run: Run, generation: int) -> float:
+    """When the vote's public inputs (the previous population's shards, their embeddings) were last written: the time
+    its released files and ledger event carry, which says nothing of the private work (on gs://, where an object's
+    time is not read here, the time the vote began)."""
+    uris = [uri for shard in range(run.config.population.num_shards)
+            for uri in (run.layout.shard(generation - 1, shard), run.layout.synthetic_embeddings(generation, shard))]
+    if any(storage.is_gcs(uri) for uri in uris):
+        return time.time()
+    return max((os.path.getmtime(uri) for uri in uris if os.path.exists(uri)), default=time.time())
+
+
+def _stamp_released(uris: list[str], when: float) -> None:
+    """Give the released files a step over the private set wrote the modification time ``when``, taken before the
+    private work began, so that no released timestamp falls during or after it (local files: an object store's
+    times cannot be set, there the padding of ``privacy.max_private_rows`` is what bounds them)."""
+    for uri in uris:
+        storage.set_modified(uri, when)
 
 
 def record_manifest(run: Run, generation: int, writer: str) -> None:
@@ -128,36 +160,73 @@ def embed_private(run: Run) -> dict[str, Any]:
     Nothing about the private data (not even its size, nor a hash of it) is logged,
     returned or put in an error: problems are told in the private tier's log.
     """
+    runtime.untimed_logging()
     uri = run.layout.private_embeddings
     if storage.exists(uri):
         logger.info("private embeddings already exist for run %s: reusing them", run.run_id)
         if not storage.exists(run.layout.private_embeddings_digest):  # a crash between the two writes
             storage.write_bytes(run.layout.private_embeddings_digest, storage.sha256_uri(uri).encode())
         return {"uri": uri}
+    from privevo.data import DataQuality
+
+    started = time.time()
     config = run.config
-    images = load_private_set(run, "embed_private")
+    quality = DataQuality()
+    images = load_private_set(run, "embed_private", quality)
     with private_failures(run, "embed_private", "the private images failed a check before embedding"):
         if config.population.conditional and images.labels is None:
             raise UserError("population.conditional needs labelled private data, but the private set has no labels")
+    pixels, real = _padded(images.images, config.privacy.max_private_rows)
     embedding = load_embedding(config)
     with private_failures(run, "embed_private", "embedding the private images failed"):
-        embeddings = embedding.embed(images.images, config.embedding.batch_size, progress=False)
-    with private_failures(run, "embed_private", "the private embeddings failed a check"):
-        if not np.all(np.isfinite(embeddings)):
-            raise UserError("private embeddings contain NaN or infinite values: check the embedding and the images")
-    labels = images.labels if images.labels is not None else np.full(len(embeddings), -1, np.int64)
+        embeddings = embedding.embed(pixels, config.embedding.batch_size, progress=False)
+    finite = np.isfinite(embeddings).all(axis=1)
+    for row in np.flatnonzero(real & ~finite):  # a record the embedding cannot read: left out, like a corrupt file
+        quality.skip(f"row {row} of the selected set", "its embedding has NaN or infinite values")
+    real &= finite
+    embeddings[~finite] = 0.0
+    labels = np.full(len(embeddings), -1, np.int64)
+    if images.labels is not None:
+        labels[: len(images.labels)] = images.labels
     try:
-        sha = storage.write_npz(uri, {"embeddings": embeddings, "labels": labels}, exclusive=True)
+        sha = storage.write_npz(uri, {"embeddings": embeddings, "labels": labels, "real": real}, exclusive=True)
     except storage.AlreadyExists:
         sha = storage.sha256_uri(uri)
     storage.write_bytes(run.layout.private_embeddings_digest, sha.encode())  # integrity, kept in the private tier
+    storage.write_json(run.layout.data_quality, {**quality.to_dict(), "records_voting": int(real.sum()),
+                                                 "max_private_rows": config.privacy.max_private_rows,
+                                                 "within_max_private_rows": _within_bound(len(real), config)})
+    _record_private_timing(run, "embed_private", None, started)
     logger.info("embedded the private set with %s into the private tier", config.embedding.name)
     return {"uri": uri}
 
 
-def load_private_set(run: Run, step: str) -> Any:
-    """The private images (PRIVATE: never log, return or release them); problems go to the private tier's log."""
-    from privevo.data import load_image_set
+def _padded(images: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The private images padded with blank rows to ``rows`` (``privacy.max_private_rows``), and which rows are real.
+
+    The blank rows are embedded and searched like real ones and vote nothing: the private steps' work is that of
+    ``rows`` rows whatever the private set's size up to it. A larger set is not cut (that would change the
+    selected set): it is used whole, and its data-quality report says the bound did not hold. An empty set gets one
+    blank row, so that it runs like any other, with zero counts."""
+    real = np.ones(max(len(images), rows or 0, 1), bool)
+    if len(real) == len(images):
+        return images, real
+    real[len(images):] = False
+    return np.concatenate([images, np.zeros((len(real) - len(images), *images.shape[1:]), images.dtype)]), real
+
+
+def _within_bound(rows: int, config: Config) -> bool | None:
+    """Whether the private steps worked on exactly ``privacy.max_private_rows`` rows (None: no bound configured)."""
+    bound = config.privacy.max_private_rows
+    return None if bound is None else rows == bound
+
+
+def load_private_set(run: Run, step: str, quality: Any = None) -> Any:
+    """The private images (PRIVATE: never log, return or release them); problems go to the private tier's log.
+
+    Problems of single records are skipped, never refused (counted in ``quality``, a ``privevo.data.DataQuality``, when
+    given): whether a step fails depends on the config and the set's form, not on one private record."""
+    from privevo.data import DataQuality, load_image_set
 
     config, p = run.config, run.config.private
     storage.mark_private(p.path)  # its file names may describe the private set: storage errors name only the tier
@@ -167,6 +236,7 @@ def load_private_set(run: Run, step: str) -> Any:
         return load_image_set(
             p.source, p.path, config.image_size, config.channels, split=p.split, classes=p.classes,
             limit=p.limit, seed=run.seed("private-subset"), class_names=config.class_names, rows=p.rows,
+            quality=quality if quality is not None else DataQuality(),
         )
 
 
@@ -199,14 +269,16 @@ def private_reference(run: Run) -> dict[str, Any]:
     return {"uri": uri}
 
 
-def _read_private(run: Run, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The private embeddings and labels, checked against the digest embed_private kept in the private tier."""
+def _read_private(run: Run, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The private embeddings, labels and which rows are real (not padding), checked against the digest embed_private
+    kept in the private tier."""
     data = storage.read_bytes(reference["uri"])
     digest = run.layout.private_embeddings_digest
     if not storage.exists(digest) or storage.sha256_bytes(data) != storage.read_bytes(digest).decode().strip():
         raise UserError(f"{reference['uri']} changed since it was embedded: rerun embed_private in a new run")
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return npz["embeddings"], npz["labels"]
+        real = npz["real"] if "real" in npz.files else np.ones(len(npz["labels"]), bool)  # embedded before padding
+        return npz["embeddings"], npz["labels"], real
 
 
 # ------------------------------------------------------------- generate_initial
@@ -413,18 +485,19 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     def clean_histogram() -> np.ndarray:
         """The clean vote (runs only when a new release is drawn; never leaves privacy.release_vote)."""
         synthetic = _read_synthetic_embeddings(run, generation, len(previous))
-        private_embeddings, private_labels = _read_private(run, private_ref)
+        private_embeddings, private_labels, real = _read_private(run, private_ref)
         with private_failures(run, "dp_vote", "the vote over the private set failed"):
-            keep = privacy.private_subsample(len(private_embeddings), config.privacy.sampling_rate)
-            if not keep.all():  # boolean indexing copies the whole private set even when it keeps every row
-                private_embeddings, private_labels = private_embeddings[keep], private_labels[keep]
+            # Rows out of the subsample search like the others and vote nothing: the work does not show its size.
+            votes = real & privacy.private_subsample(len(private_embeddings), config.privacy.sampling_rate)
             return nearest_neighbour_histogram(
                 private_embeddings, synthetic, config.privacy.k,
-                private_labels if conditional else None, previous.labels if conditional else None,
+                private_labels if conditional else None, previous.labels if conditional else None, votes,
             )
 
-    release = privacy.release_vote(run.layout, config, generation, clean_histogram, force_new_noise, redraw_key)
-    started = time.time()  # the released timing starts here: the vote's own time grows with the private set
+    runtime.untimed_logging()
+    started, stamp = time.time(), _public_inputs_time(run, generation)
+    release = privacy.release_vote(run.layout, config, generation, clean_histogram, force_new_noise, redraw_key,
+                                   created_at=stamp)
     parents = _select(run, generation, release.noisy_histogram, previous)
     selection_uri = run.layout.selection(generation)
     sha = storage.write_npz(selection_uri, {"parent_ids": parents, "labels": previous.labels[parents]})
@@ -435,7 +508,10 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
               "sampling_rate": config.privacy.sampling_rate, "mechanism": config.privacy.mechanism,
               "release": run.layout.relative(release.uri),
               "epsilon_after": epsilon}
-    _record_step(run, generation, "dp_vote", params, started)
+    _record_step(run, generation, "dp_vote", params, started, private=True)
+    _stamp_released([release.uri, selection_uri, run.layout.ledger_json, run.layout.step_record(generation, "dp_vote"),
+                     run.layout.manifest_part(generation, "dp_vote"), run.layout.population(generation - 1),
+                     run.layout.manifest_part(generation - 1, MERGE_WRITER)], stamp)
     return _reference(selection_uri, sha, generation=generation, epsilon=epsilon)
 
 

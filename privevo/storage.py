@@ -541,6 +541,17 @@ def update_json(uri: str, fn: Callable[[Any], Any]) -> str:
     )
 
 
+def set_modified(uri: str, seconds: float) -> None:
+    """Set a local file's modification time (and its update lock's, if any) to ``seconds`` since the epoch;
+    nothing on gs://, where an object's times are the store's."""
+    if is_gcs(uri):
+        return
+    lock_path = os.path.join(os.path.dirname(uri) or ".", f".{os.path.basename(uri)}{_LOCK_SUFFIX}")
+    for path in (uri, lock_path):
+        if os.path.exists(path):
+            os.utime(path, (seconds, seconds))
+
+
 # ---------------------------------------------------------------------------- manifests
 
 

@@ -56,6 +56,7 @@ def nearest_neighbour_histogram(
     k: int = 1,
     private_labels: np.ndarray | None = None,
     synthetic_labels: np.ndarray | None = None,
+    votes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Clean vote histogram (length N_syn) with L2 sensitivity 1.
 
@@ -63,6 +64,12 @@ def nearest_neighbour_histogram(
     synthetic samples, so adding or removing one private sample changes the
     histogram by exactly 1 in L2. With labels, a private sample votes only among
     synthetic samples of its own class (disjoint histograms: parallel composition).
+
+    Rows whose ``votes`` entry is False (padding rows, rows left out of a subsample) and
+    rows of a class the population lacks do the same search and vote nothing: the work
+    depends on the number of rows and the public population only, and no private class
+    or row makes the vote fail. The one refusal, a class with fewer than k synthetic
+    samples, is decided by the public population alone.
     """
     if k < 1:
         raise UserError(f"vote k must be >= 1, got {k}")
@@ -77,17 +84,21 @@ def nearest_neighbour_histogram(
     _check_finite("synthetic", synthetic_embeddings)
     if (private_labels is None) != (synthetic_labels is None):
         raise UserError("per-class voting needs labels on both the private set and the population")
+    weights = np.full(len(private_embeddings), 1.0 / math.sqrt(k))
+    if votes is not None:
+        weights[~votes] = 0.0
 
     histogram = np.zeros(len(synthetic_embeddings), dtype=np.float64)
-    weight = 1.0 / math.sqrt(k)
-    if private_labels is None:
+    if private_labels is None or synthetic_labels is None:
         # One group holding everything: no index arrays, so no fancy-indexed copies of both sets.
         groups: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, None)]
     else:
-        groups = [
-            (np.flatnonzero(private_labels == c), np.flatnonzero(synthetic_labels == c))
-            for c in np.unique(private_labels)
-        ]
+        classes = np.unique(synthetic_labels)  # public: the population's classes
+        known = np.isin(private_labels, classes)
+        weights[~known] = 0.0
+        # A row of a class the population lacks searches one of its classes, in turn, and votes nothing.
+        search = np.where(known, private_labels, classes[np.arange(len(private_labels)) % len(classes)])
+        groups = [(np.flatnonzero(search == c), np.flatnonzero(synthetic_labels == c)) for c in classes]
     for private_idx, synthetic_idx in groups:
         queries = private_embeddings if private_idx is None else private_embeddings[private_idx]
         database = synthetic_embeddings if synthetic_idx is None else synthetic_embeddings[synthetic_idx]
@@ -96,8 +107,12 @@ def nearest_neighbour_histogram(
                 f"a class has {len(database)} synthetic samples but the vote needs k={k}: "
                 "raise population.size or lower privacy.k"
             )
-        neighbours = knn_indices(queries, database, k).ravel()
-        np.add.at(histogram, neighbours if synthetic_idx is None else synthetic_idx[neighbours], weight)
+        if not len(queries):
+            continue
+        neighbours = knn_indices(queries, database, k)
+        row_weights = weights if private_idx is None else weights[private_idx]
+        np.add.at(histogram, (neighbours if synthetic_idx is None else synthetic_idx[neighbours]).ravel(),
+                  np.repeat(row_weights, k))
     return histogram
 
 
