@@ -78,7 +78,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         "generations": rows,
         "final": final,
         "downstream_protocol": metrics.DOWNSTREAM_PROTOCOL if final["downstream_accuracy"] is not None else None,
-        "privacy": privacy.privacy_report(ledger.events, config.privacy.delta),
+        "privacy": privacy.privacy_report(ledger.events, config.privacy.delta, config.privacy),
     }
     storage.write_json(run.layout.metrics_json, result)
     if config.evaluation.against_private:
@@ -154,7 +154,7 @@ def _mark_complete(run: Run, last: int) -> None:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    return " ".join(f"{k}={format_value(v)}" for k, v in row.items())
+    return " ".join(f"{k}={format_value(v, k)}" for k, v in row.items())
 
 
 def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -173,21 +173,24 @@ def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
 def summary_markdown(result: dict[str, Any]) -> str:
     """A Markdown table of the per-generation metrics (a KFP Markdown visualization)."""
     keys = ["generation", FD_KEY, "precision", "recall", "class_tv", "epsilon"]
+    reasons = result["privacy"].get("non_private_reasons")
     lines = [
         f"# Private Evolution run {result['run_id']}",
         "",
+        *([f"**{privacy.NOT_PRIVATE}**: {'; '.join(reasons)}.", ""] if reasons else []),
         f"Reference: {result['reference']}. Delta {result['delta']:g}, noise multiplier "
-        f"{result['noise_multiplier']:.4g}, votes {result['votes']}.",
+        f"{format_value(result['noise_multiplier'], 'noise_multiplier')}, votes {result['votes']}.",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
     ]
     for row in result["generations"]:
-        lines.append("| " + " | ".join(format_value(row[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join(format_value(row[k], k) for k in keys) + " |")
     lines.append("")
     lines.append(f"Downstream accuracy (final): {format_value(result['final']['downstream_accuracy'])}")
     lines.append("")
-    lines.append(f"Epsilon {format_value(result['privacy']['epsilon'])} (upper bound) at delta {result['delta']:g}; "
+    lines.append(f"Epsilon {format_value(result['privacy']['epsilon'], 'epsilon')} (upper bound) "
+                 f"at delta {result['delta']:g}; "
                  f"neighbouring datasets: {result['privacy']['neighbouring_relation']}.")
     return "\n".join(lines) + "\n"
 

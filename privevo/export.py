@@ -2,7 +2,7 @@
 run's privacy statement beside them.
 
 The exported images are a generation's population as the run released it (DP by post-processing);
-the statement (``privacy.json``) holds only the run's config and its ledger: epsilon, delta, the
+the statement (``privacy.json``) holds only the run's config and its ledger: whether it is private, epsilon, delta, the
 mechanism, the votes. The folder is written next to its destination and renamed into place, so a
 failed export leaves nothing half-written.
 """
@@ -73,6 +73,15 @@ def privacy_statement(run: Run, generation: int, export_format: str, count: int)
 
     config, ledger = run.config, run.ledger()
     mechanisms = sorted({event.mechanism for event in ledger.events}) or [config.privacy.mechanism]
+    report = privacy.privacy_report(ledger.events, ledger.delta, config.privacy)
+    epsilon = report["epsilon"]
+    if report["private"]:
+        guarantee = (f"({privacy.format_epsilon(epsilon)}, {ledger.delta:g})-DP (epsilon rounded up) for the whole "
+                     "run's releases (every vote of the run); this generation alone depends on the votes up to it, so "
+                     "it also meets epsilon_through_this_generation")
+    else:
+        guarantee = (f"{privacy.NOT_PRIVATE}: {'; '.join(report['non_private_reasons'])}. These images carry no "
+                     "differential-privacy guarantee (the operator allowed it with privacy.allow_non_private)")
     return {
         "run_id": run.run_id,
         "exported_at": utc_now(),
@@ -82,18 +91,21 @@ def privacy_statement(run: Run, generation: int, export_format: str, count: int)
         "format": export_format,
         "generation": generation,
         "generations": config.population.generations,
-        "epsilon": ledger.epsilon(),
+        "private": report["private"],
+        "non_private_reasons": report["non_private_reasons"],
+        "epsilon": epsilon,
         "epsilon_through_this_generation": ledger.epsilon(upto_generation=generation),
         "delta": ledger.delta,
-        "guarantee": ("(epsilon, delta)-DP for the whole run's releases (every vote of the run); this generation alone "
-                      "depends on the votes up to it, so it also meets epsilon_through_this_generation"),
+        "guarantee": guarantee,
+        "rho_zcdp": report["rho_zcdp"],
+        "mu_gdp": report["mu_gdp"],
         "mechanism": ", ".join(mechanisms),
         "votes": len(ledger.events),
         "noise_multipliers": [event.noise_multiplier for event in ledger.events],
         "sampling_rate": config.privacy.sampling_rate,
         "k": config.privacy.k,
         "neighbouring_relation": privacy.NEIGHBOURING_RELATION,
-        "accountant": privacy.privacy_report(ledger.events, ledger.delta)["accountant"],
+        "accountant": report["accountant"],
     }
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privevo import storage
+from privevo import privacy, storage
 from privevo.calls import calls_html
 from privevo.data import may_share_images
 from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON, REFERENCE_GRID_PNG
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from privevo.config import Config, DataConfig
+    from privevo.config import Config, DataConfig, PrivacyConfig
 
 #: Width of the curves and class-count figures, in inches at 100 dpi: they fit a 900 px window.
 FIGURE_WIDTH = 8.6
@@ -221,6 +221,7 @@ td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
 td.path { text-align: left; }
 table.config th { text-align: left; background: #f5f5f5; } table.config td { text-align: left; }
 .lead { font-size: 1.05em; } .note { color: #555; font-size: 0.9em; }
+.not-private { background: #b00020; color: #fff; padding: 0.6em 0.8em; font-weight: bold; }
 """
 
 
@@ -257,7 +258,7 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
 <style>{CSS}</style></head><body>
-<h1>{title}</h1>
+{_not_private_banner(run, result)}<h1>{title}</h1>
 <p class="lead">{_headline(result)}</p>
 <section id="results">
 <h2>Results</h2>
@@ -281,8 +282,9 @@ rows. Metrics compare each generation with the {html.escape(result['reference'])
 </section>
 <section id="privacy">
 <h2>Privacy</h2>
-<p>Epsilon = {_cell(final['epsilon'])} at delta = {result['delta']:g} over {result['votes']} vote(s),
-noise multiplier {_cell(result['noise_multiplier'])} (the accountant's upper bound, recomputed from the ledger).
+<p>Epsilon per run = {_cell(final['epsilon'], 'epsilon')} at delta = {result['delta']:g} over {result['votes']} vote(s)
+of this run, noise multiplier {_cell(result['noise_multiplier'], 'noise_multiplier')} (the accountant's upper bound,
+recomputed from the ledger; epsilons are rounded up, noise multipliers down). {_dataset_note(run.config)}
 {_files_note(inline_images)}</p>
 {privacy_html(result.get('privacy'))}
 </section>
@@ -291,13 +293,23 @@ noise multiplier {_cell(result['noise_multiplier'])} (the accountant's upper bou
 """
 
 
+def _not_private_banner(run: Run, result: dict[str, Any]) -> str:
+    """The banner atop the page of a run without a DP guarantee (the operator allowed it), with the reasons."""
+    reasons = dict.fromkeys([*privacy.non_private_reasons(run.config.privacy),
+                             *(result.get("privacy") or {}).get("non_private_reasons", [])])
+    if not reasons:
+        return ""
+    return (f'<p class="not-private">{privacy.NOT_PRIVATE}: {html.escape("; ".join(reasons))}. These results have '
+            "no differential-privacy guarantee (privacy.allow_non_private).</p>\n")
+
+
 def _headline(result: dict[str, Any]) -> str:
     """One line of the final numbers above everything else."""
     final = result["final"]
     shown = [("epsilon", final["epsilon"]), (f"FD ({result['fd_extractor']})", final[f"fd_{result['fd_extractor']}"]),
              ("precision", final["precision"]), ("recall", final["recall"]), ("class TV", final["class_tv"]),
              ("downstream accuracy", final["downstream_accuracy"])]
-    parts = [f"{html.escape(name)} <b>{_cell(value)}</b>" for name, value in shown if value is not None]
+    parts = [f"{html.escape(name)} <b>{_cell(value, name)}</b>" for name, value in shown if value is not None]
     return f"After {result['generations'][-1]['generation']} generation(s): " + ", ".join(parts) + "."
 
 
@@ -305,7 +317,7 @@ def _metrics_table(result: dict[str, Any]) -> str:
     keys = ["generation", f"fd_{result['fd_extractor']}", "precision", "recall", "class_tv", "epsilon"]
     keys = [k for k in keys if any(row[k] is not None for row in result["generations"])]
     header = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row[k])}</td>" for k in keys) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row[k], k)}</td>" for k in keys) + "</tr>"
                    for row in result["generations"])
     return f"<table><tr>{header}</tr>{body}</table>"
 
@@ -326,13 +338,29 @@ def _config_table(config: Config, result: dict[str, Any]) -> str:
         ("population", f"{population.size} samples" + (", class-conditional" if population.conditional else "")),
         ("generations", f"{population.generations} (lookahead {population.lookahead})"),
         ("variation degrees", ", ".join(f"{d:g}" for d in population.degree_schedule())),
-        ("target epsilon / delta", f"{target} / {privacy.delta:g}"),
+        ("target epsilon / delta (per run)", f"{target} / {privacy.delta:g}"),
+        ("data-set budget (per data set, all runs)", _dataset_budget(privacy)),
         ("mechanism", privacy.mechanism),
-        ("noise multiplier", format_value(result["noise_multiplier"])),
+        ("noise multiplier", format_value(result["noise_multiplier"], "noise_multiplier")),
         ("threshold / k / sampling rate", f"{privacy.threshold:g} / {privacy.k} / {privacy.sampling_rate:g}"),
     ]
     body = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
     return f'<table class="config">{body}</table>'
+
+
+def _dataset_budget(settings: PrivacyConfig) -> str:
+    """The compiled data-set budget as the report shows it."""
+    if settings.dataset_budget is None:
+        return "none (privacy.allow_non_private)"
+    return f"epsilon {settings.dataset_budget:g} at delta {privacy.dataset_delta(settings):g}"
+
+
+def _dataset_note(config: Config) -> str:
+    """What the per-run epsilon does not say: the private data set's spend over all its runs."""
+    return html.escape(
+        "Every run on the same private data spends from one data-set budget (per data set, all runs: "
+        f"{_dataset_budget(config.privacy)}), kept in the data set's ledger in the private tier; "
+        f"`pipeline.py budget --dataset {config.private.path}` shows its spend per run and in total.")
 
 
 def _describe_data(data: DataConfig | None) -> str:
@@ -360,15 +388,20 @@ def privacy_html(report: dict[str, Any] | None) -> str:
     if not report:
         return ""
     events = "".join(
-        "<tr>" + "".join(f"<td>{_cell(e[k])}</td>" for k in
+        "<tr>" + "".join(f"<td>{_cell(e[k], k)}</td>" for k in
                          ("generation", "mechanism", "noise_multiplier", "sampling_rate", "k", "reason", "status"))
         + f'<td class="path">{_cell(e["release_uri"]).replace("/", "/<wbr>")}</td><td>{_hash_cell(e["release_sha256"])}</td></tr>'
         for e in report["events"]
     )
-    by_generation = "".join(f"<tr><td>{r['generation']}</td><td>{_cell(r['epsilon'])}</td></tr>"
+    by_generation = "".join(f"<tr><td>{r['generation']}</td><td>{_cell(r['epsilon'], 'epsilon')}</td></tr>"
                             for r in report["epsilon_by_generation"])
-    by_delta = "".join(f"<tr><td>{r['delta']:g}</td><td>{_cell(r['epsilon'])}</td></tr>" for r in report["epsilon_at_delta"])
-    mu = "" if report["mu_gdp"] is None else f"<p>mu-GDP cross-check: mu = {_cell(report['mu_gdp'])}.</p>"
+    by_delta = "".join(f"<tr><td>{r['delta']:g}</td><td>{_cell(r['epsilon'], 'epsilon')}</td></tr>"
+                       for r in report["epsilon_at_delta"])
+    if report.get("rho_zcdp") is not None:  # the discrete Gaussian: zCDP holds, mu-GDP does not
+        mu = (f"<p>rho-zCDP: rho = {_cell(report['rho_zcdp'], 'rho_zcdp')} "
+              "(sum over votes of 1/(2 sigma<sup>2</sup>)).</p>")
+    else:
+        mu = "" if report["mu_gdp"] is None else f"<p>mu-GDP cross-check: mu = {_cell(report['mu_gdp'], 'mu_gdp')}.</p>"
     return f"""<p>Accountant: {html.escape(report['accountant'])}.
 Neighbouring datasets: {html.escape(report['neighbouring_relation'])}.
 Sensitivity: {html.escape(report['sensitivity'])}.</p>
@@ -390,12 +423,20 @@ def _hash_cell(value: str | None) -> str:
     return f'<code title="{full}">{html.escape(value[:HASH_DIGITS])}&hellip;</code>'
 
 
-def format_value(value: Any) -> str:
-    """A metric as people read it: 4 significant digits, "n/a" for a missing one."""
+#: Keys whose values are privacy losses (rounded up when shown) and noise multipliers (rounded down).
+PRIVACY_LOSS_KEYS = frozenset({"epsilon", "rho_zcdp", "mu_gdp"})
+NOISE_KEYS = frozenset({"noise_multiplier"})
+
+
+def format_value(value: Any, key: str = "") -> str:
+    """A metric as people read it: 4 significant digits, "n/a" for a missing one; under ``key`` a privacy loss is
+    rounded up and a noise multiplier down at 4 decimals, so what is shown never flatters the guarantee."""
     if value is None:
         return "n/a"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key in PRIVACY_LOSS_KEYS | NOISE_KEYS:
+        return privacy.format_epsilon(value) if key in PRIVACY_LOSS_KEYS else privacy.format_sigma(value)
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _cell(value: Any) -> str:
-    return html.escape(format_value(value))
+def _cell(value: Any, key: str = "") -> str:
+    return html.escape(format_value(value, key))

@@ -17,7 +17,7 @@ from privevo.config import Config, config_to_dict, parse_config, set_dotted
 from privevo.data import may_share_images
 from privevo.errors import UserError
 from privevo.layout import RunLayout, overlaps, same_or_inside
-from privevo.privacy import Ledger, check_dataset_plan
+from privevo.privacy import Ledger, check_dataset_plan, non_private_reasons
 
 
 def utc_now() -> str:
@@ -40,7 +40,7 @@ class Run:
         """
         run = cls(config, RunLayout(config.run_root, run_id, config.private_root))
         record = {"run_id": run_id, "config": config_to_dict(config), "versions": _versions(), "created_at": utc_now(),
-                  "started_by": started_by}
+                  "started_by": started_by, "private": not non_private_reasons(config.privacy)}
         try:
             storage.write_json(run.layout.run_json, record, exclusive=True)
         except storage.AlreadyExists:
