@@ -455,13 +455,14 @@ def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: P
     from privevo.population import Population
     from privevo.run_record import Run
 
-    non_private = ["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0"]  # a vote without noise
+    non_private = ["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0",  # a vote without noise,
+                   "--set", "privacy.allow_non_private=true", "--set", "privacy.dataset_budget=null"]  # as allowed
     args = tiny_args(tmp_path / "runs", tmp_path / "private", "--run-id", "remote", *non_private,
                      "--set", "model.kind=remote", "--set", f"model.remote.url={served}",
                      "--set", "model.remote.price_per_image=0.001")
     result = _run_cli(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    audit = _run_cli("audit", "remote", "--run-root", str(tmp_path / "runs"))
+    audit = _run_cli("audit", "remote", "--run-root", str(tmp_path / "runs"), "--allow-non-private")
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
     assert "api_images=" in audit.stdout
     assert "Foundation model API calls" in (tmp_path / "runs" / "remote" / "report" / "index.html").read_text()

@@ -77,7 +77,8 @@ def _variations_of_generation_1(run) -> tuple[Population, list[dict]]:
 
 def test_reuse_lookahead_makes_the_first_children_from_the_votes_variations(tmp_path):
     run = make_tiny_run(tmp_path, "reuse", "population.lookahead=2", "population.reuse_lookahead=true",
-                        "privacy.epsilon=null", "privacy.noise_multiplier=0", "privacy.threshold=0")
+                        "privacy.epsilon=null", "privacy.noise_multiplier=0", "privacy.threshold=0",
+                        "privacy.allow_non_private=true", "privacy.dataset_budget=null")
     population, records = _variations_of_generation_1(run)
     lookahead = np.concatenate([np.load(run.layout.lookahead_variations(1, s))["variations"]
                                 for s in range(run.config.population.num_shards)], axis=1)
