@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +27,27 @@ VARYING_KEYS = {"seconds", "charge_id", "release_sha256"}
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
 
-def _write_private_set(path: Path, rows: int) -> None:
-    """``rows`` random 28x28 grayscale images of tiny's three classes, as an .npz."""
+def _write_private_set(folder: Path, rows: int) -> list[str]:
+    """``rows`` random 28x28 grayscale images of tiny's three classes, as an .npz; the config keys that read it."""
     rng = np.random.default_rng(rows)
-    np.savez(path, images=rng.integers(0, 256, (rows, 28, 28, 1), dtype=np.uint8),
+    np.savez(folder / "private.npz", images=rng.integers(0, 256, (rows, 28, 28, 1), dtype=np.uint8),
              labels=rng.choice([1, 7, 8], rows))
+    return ["private.source=npz", f"private.path={folder}/private.npz"]
 
 
-def _vote(root: Path, rows: int) -> tuple[dict[str, tuple[bytes, float]], float]:
-    """Run tiny's public steps, then embed_private and the first vote on ``rows`` private rows, in the same folders
-    each time; returns the released files (bytes and modification time) and when the private work began."""
+def vote_on(root: Path, write_private: Callable[[Path], list[str]],
+            *overrides: str) -> tuple[dict[str, tuple[bytes, float]], float]:
+    """Run tiny's public steps, then embed_private and the first vote on the private set ``write_private`` writes into
+    ``root`` (returning its config keys), in the same folders each time; returns the released files (bytes and
+    modification time) and when the private work began."""
     from privevo import steps
     from privevo.config import load_config
 
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
-    _write_private_set(root / "private.npz", rows)
     config = load_config(ROOT / "configs" / "tiny.yaml", [
         f"run_root={root}/runs", f"private_root={root}/private", f"model.path={ROOT / 'models' / 'tiny-unet'}",
-        "private.source=npz", f"private.path={root}/private.npz", "private.split=null", "private.rows=null",
-        f"privacy.max_private_rows={20 * N}",
+        "private.split=null", "private.rows=null", *write_private(root), *overrides,
     ])
     run = steps.resolve_run(config, {}, RUN_ID, resume=False, kfp_run_id="kfp-run")  # as the pipeline starts
     for shard in range(config.population.num_shards):
@@ -61,6 +63,11 @@ def _vote(root: Path, rows: int) -> tuple[dict[str, tuple[bytes, float]], float]
             path = os.path.join(folder, name)
             released[os.path.relpath(path, run.layout.run_dir)] = (Path(path).read_bytes(), os.path.getmtime(path))
     return released, began
+
+
+def _vote(root: Path, rows: int) -> tuple[dict[str, tuple[bytes, float]], float]:
+    """The vote on ``rows`` private rows, padded to 20N."""
+    return vote_on(root, lambda folder: _write_private_set(folder, rows), f"privacy.max_private_rows={20 * N}")
 
 
 def _masked(value: Any, times: list[str]) -> Any:
