@@ -17,6 +17,8 @@ kfp.local's pipeline root               read-write  every step (task inputs and 
 the run's private folder                read-write  only steps with ``reads_private(config)``
 (``private_root/RUN_ID``)                           in :mod:`privevo.step_table`
 ``private.path`` (the private data)     read-only   the same private steps
+the data set's ledger folder            read-write  ``dp_vote`` only
+(``private_root/datasets/ID``)
 =====================================  ==========  =======================================
 
 Everything else a container sees is its image (the library, the components, the configs):
@@ -45,6 +47,7 @@ from typing import Any
 
 from privevo.config import Config
 from privevo.errors import UserError
+from privevo.privacy import dataset_ledger_uri
 from privevo.run_record import Run
 from privevo.step_table import MODEL_STEPS, STEP_NAMES, step
 
@@ -102,7 +105,14 @@ def plan_mounts(config: Config, run: Run, pipeline_root: str, step_name: str | N
         private_data = _local(config.private.path)
         if private_data and all(m.path != private_data for m in mounts):  # tiny and demo: also the reference
             mounts.append(Mount(private_data, writable=False, private=True))
+    if step_name == "dp_vote":  # its only writer: the data set's ledger, every run's charges on the private data
+        mounts.append(Mount(_dataset_folder(config), writable=True, private=True))
     return mounts
+
+
+def _dataset_folder(config: Config) -> str:
+    """The folder of the private data set's ledger (``privacy.dataset_ledger_uri``)."""
+    return os.path.dirname(os.path.abspath(dataset_ledger_uri(config)))
 
 
 LOOPBACK_HOSTS = ("localhost", "::1")
@@ -221,7 +231,8 @@ class DockerSession:
             log.write(json.dumps(entry, sort_keys=True) + "\n")
 
     def _writable_folders(self) -> list[str]:
-        return [os.path.abspath(self.run.layout.run_dir), os.path.abspath(self.run.layout.private_dir)]
+        return [os.path.abspath(self.run.layout.run_dir), os.path.abspath(self.run.layout.private_dir),
+                _dataset_folder(self.config)]
 
     def __enter__(self) -> DockerSession:
         from kfp.local import docker_task_handler

@@ -214,7 +214,12 @@ def _print_summary(run, seconds: float) -> None:
     print(f"wall time: {seconds:.1f} s")
     print(f"data quality (private): {run.layout.data_quality}")
     print(f"epsilon spent: {privacy.format_epsilon(ledger.epsilon())} at delta={run.config.privacy.delta:g} "
-          f"over {len(ledger.events)} votes")
+          f"over {len(ledger.events)} votes (per run: this run alone)")
+    try:
+        print("\n".join(privacy.format_dataset_summary(privacy.dataset_summary(privacy.load_dataset_ledger(run.config)),
+                                                      per_run=False)))
+    except (UserError, OSError):
+        print("private data set: its spend over all runs is not shown (the private tier is not readable here)")
     if metrics:
         for row in (metrics["generations"][0], metrics["final"]):
             label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"

@@ -636,8 +636,9 @@ def dataset_summary(ledger: DatasetLedger) -> dict[str, Any]:
             "remaining": None if ledger.budget is None else max(ledger.budget - spent, 0.0), "runs": runs}
 
 
-def format_dataset_summary(summary: dict[str, Any]) -> list[str]:
-    """A data set's spend as text lines (audit, budget --dataset): total and remaining, then per run."""
+def format_dataset_summary(summary: dict[str, Any], per_run: bool = True) -> list[str]:
+    """A data set's spend as text lines (audit, budget --dataset, the run's summary): total and remaining, then per
+    run unless not ``per_run``."""
     declared = " ".join(f"{key}={value}" for key, value in sorted(summary["dataset"].items())
                         if value is not None and key not in ("source", "path"))
     dataset = summary["dataset"]
@@ -647,7 +648,7 @@ def format_dataset_summary(summary: dict[str, Any]) -> list[str]:
              f"  per data set, all runs: epsilon spent {format_epsilon(summary['epsilon'])} at delta "
              f"{summary['delta']:g}; {budget}"]
     lines += [f"  run {row['run_id']}: epsilon {format_epsilon(row['epsilon'])} per run ({row['events']} events)"
-              for row in summary["runs"]]
+              for row in summary["runs"] if per_run]
     return lines
 
 

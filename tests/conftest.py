@@ -149,6 +149,7 @@ class TinyRun:
         run_root, private_root = destination / "runs", destination / "private"
         shutil.copytree(self.run_dir, run_root / self.run_id)
         shutil.copytree(Path(self.private_root) / self.run_id, private_root / self.run_id)
+        shutil.copytree(Path(self.private_root) / "datasets", private_root / "datasets")  # the data set's ledger
         run_json = run_root / self.run_id / "run.json"
         record = json.loads(run_json.read_text())
         record["config"]["private_root"] = str(private_root)
