@@ -158,7 +158,10 @@ def embed_private(run: Run) -> dict[str, Any]:
 
     Reuses the embeddings when they already exist (a rerun or resume pays nothing).
     Nothing about the private data (not even its size, nor a hash of it) is logged,
-    returned or put in an error: problems are told in the private tier's log.
+    returned or put in an error: problems are told in the private tier's log. Records that
+    cannot be used are skipped and counted in the private tier's data-quality report, and
+    the set is padded to ``privacy.max_private_rows`` (:func:`_padded`); its time goes to
+    the private tier too.
     """
     runtime.untimed_logging()
     uri = run.layout.private_embeddings
