@@ -82,15 +82,18 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     }
     storage.write_json(run.layout.metrics_json, result)
     if config.evaluation.against_private:
-        private_set = load_private_set(run, "evaluate")
-        with private_failures(run, "evaluate", "the non-DP evaluation against the private set failed"):
+        private_set = load_private_set(run, "evaluate")  # skips bad records; fails only on config errors
+        # Whether scoring works may depend on the private set, so a failure goes to the private tier only and the step
+        # ends the same way, with the same log line, either way.
+        with private_failures(run, "evaluate", "the non-DP evaluation against the private set failed", fail=False):
             private_rows, private_final = _score(run, private_set, extractor, classifier, last, ledger, log_rows=False)
-        for row in [*private_rows, private_final]:
-            row["non_dp"] = True
-        storage.write_json(run.layout.non_dp_metrics, {**result, "non_dp": True, "generations": private_rows,
-                                                       "final": private_final,
-                                                       "reference": "private set (non-DP, for the data owner only)"})
-        logger.info("wrote the non-DP metrics against the private set to the private tier (not released)")
+            for row in [*private_rows, private_final]:
+                row["non_dp"] = True
+            storage.write_json(run.layout.non_dp_metrics, {**result, "non_dp": True, "generations": private_rows,
+                                                           "final": private_final,
+                                                           "reference": "private set (non-DP, for the data owner only)"})
+        logger.info("non-DP metrics against the private set (not released): %s in the private tier, or the reason "
+                    "they are missing in %s", run.layout.non_dp_metrics, run.layout.private_log)
     from privevo import report
 
     report.write_report(run, result)

@@ -244,9 +244,10 @@ def load_private_set(run: Run, step: str, quality: Any = None) -> Any:
 
 
 @contextlib.contextmanager
-def private_failures(run: Run, step: str, kind: str) -> Iterator[None]:
+def private_failures(run: Run, step: str, kind: str, fail: bool = True) -> Iterator[None]:
     """Keep facts about the private set out of released logs: an error inside becomes one line that names
-    the kind of problem and the private-tier log, where the full message is written."""
+    the kind of problem and the private-tier log, where the full message is written. With ``fail=False`` the error
+    is only written there, and the step goes on as it would have (work whose outcome must not show publicly)."""
     try:
         yield
     except Exception as error:  # noqa: BLE001 - any message or traceback may describe the private set
@@ -260,6 +261,8 @@ def private_failures(run: Run, step: str, kind: str) -> Iterator[None]:
             return [*(current or []), entry]
 
         storage.update_json(log_uri, append)
+        if not fail:
+            return
         raise UserError(f"{step}: {kind}; the reason is kept out of this log (it may describe the private set): "
                         f"read the last entry of {log_uri} in the private tier") from None
 

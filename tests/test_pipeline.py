@@ -202,8 +202,12 @@ def test_run_on_gcs_lands_under_the_prefix(gcs_server, tmp_path, run_cli):
     names = [b.name for b in gcs_server.client.list_blobs("privevo-released")]
     assert "runs/gcs-run/run.json" in names and "runs/gcs-run/gen-001/noisy_histogram.npz" in names
     assert "runs/gcs-run/report/index.html" in names
-    assert [b.name for b in gcs_server.client.list_blobs("privevo-private")] == [
-        "runs/gcs-run/private_embeddings.npz", "runs/gcs-run/private_embeddings.sha256"
+    private_names = sorted(b.name for b in gcs_server.client.list_blobs("privevo-private"))
+    datasets = [name for name in private_names if name.startswith("runs/datasets/")]
+    assert len(datasets) == 1 and datasets[0].endswith("/ledger.json")  # the data set's ledger, beside the runs
+    assert [name for name in private_names if name not in datasets] == [
+        "runs/gcs-run/data_quality.json", "runs/gcs-run/private_embeddings.npz", "runs/gcs-run/private_embeddings.sha256",
+        "runs/gcs-run/private_timings.json",
     ]
     assert not (ROOT / "gs:").exists() and not Path("gs:").exists()
 

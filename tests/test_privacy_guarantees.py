@@ -196,6 +196,41 @@ def test_non_dp_evaluation_writes_only_to_the_private_tier(tmp_path):
     assert "private set (non-DP" not in released and '"non_dp": true' not in released
 
 
+def test_a_failing_non_dp_evaluation_ends_the_step_as_a_working_one_would(tmp_path, monkeypatch, caplog):
+    # Whether scoring the private set works may depend on one private record: the step's outcome and its log lines
+    # must not show it, and the reason goes to the private tier only.
+    from privevo import evaluation
+
+    run = make_tiny_run(tmp_path, "nondp-fails", "population.generations=1", "population.degrees=[0.5]",
+                        "evaluation.against_private=true")
+    for shard in range(run.config.population.num_shards):
+        steps.embed_synthetic(run, 1, shard)
+    steps.dp_vote(run, 1, steps.private_reference(run))
+    for shard in range(run.config.population.num_shards):
+        steps.generate_variations(run, 1, shard)
+    score = evaluation._score
+    working_lines = []
+    for broken in (False, True):
+        def scored(run_, reference, *args, broken=broken, **kwargs):
+            if broken and kwargs.get("log_rows") is False:  # the scoring against the private set
+                raise ValueError("a private record's detail")
+            return score(run_, reference, *args, **kwargs)
+
+        monkeypatch.setattr(evaluation, "_score", scored)
+        caplog.clear()
+        with caplog.at_level("INFO", logger=evaluation.logger.name):
+            evaluation.evaluate_run(run)
+        lines = [record.getMessage() for record in caplog.records if record.name == evaluation.logger.name]
+        if not broken:
+            working_lines = lines
+            storage.delete(run.layout.non_dp_metrics)
+    assert lines == working_lines and any("non-DP metrics" in line for line in lines)
+    assert not storage.exists(run.layout.non_dp_metrics)
+    assert "a private record's detail" in storage.read_bytes(run.layout.private_log).decode()
+    released = "".join(storage.read_bytes(u).decode(errors="ignore") for u in storage.list_files(run.layout.run_dir))
+    assert "a private record's detail" not in released
+
+
 # ------------------------------------------------------------------ 4. epsilon is the upper bound
 
 
