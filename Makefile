@@ -36,7 +36,7 @@ images: install
 # Then the tests that compare model outputs run again on the AVX2 kernels (no AVX-512, no native bfloat16),
 # so that a tolerance true only on this machine's CPU kind fails here rather than on another machine.
 test: lint images
-	PRIVEVO_DOCKER_TESTS=required $(PY) -m pytest -q -n 2 tests
+	PRIVEVO_DOCKER_TESTS=required $(PY) -m pytest -q -n 2 --durations=20 tests
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 2 -m model_outputs tests
 
 bench: install
