@@ -39,7 +39,8 @@ def test_bad_private_records_are_skipped_and_told_in_the_private_tier_only(tmp_p
     result = run_cli(*tiny_args(tmp_path / "runs", tmp_path / "private", "--run-id", "bad",
                                 "--set", "private.source=folder", "--set", f"private.path={folder}",
                                 "--set", "private.split=null", "--set", "private.classes=null",
-                                "--set", "private.rows=null", "--set", "kubernetes.retries=0"))
+                                "--set", "private.rows=null", "--set", "kubernetes.retries=0",
+                                "--set", "population.generations=1", "--set", "population.degrees=[0.5]"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     quality_path = tmp_path / "private" / "bad" / "data_quality.json"
     assert f"data quality (private): {quality_path}" in result.stdout
@@ -146,7 +147,8 @@ def test_bad_private_data_is_fixed_by_resume_with_a_new_private_path(tmp_path, r
             write_png(good / name / f"{i}.png", good_gray(10 * c + i))
     result = run_cli("run", "--config", "configs/tiny.yaml", "--run-id", default_run_id,
                      "--set", "private.source=folder", "--set", f"private.path={bad}", "--set", "private.split=null",
-                     "--set", "private.rows=null", "--set", "kubernetes.retries=0")
+                     "--set", "private.rows=null", "--set", "kubernetes.retries=0",
+                     "--set", "population.generations=1", "--set", "population.degrees=[0.5]")
     assert result.returncode == 2
     last = only_line(result)
     assert f"`python pipeline.py run --resume {default_run_id}`" in last and str(bad) not in last

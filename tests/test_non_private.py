@@ -109,7 +109,8 @@ def test_non_private_reasons():
 @pytest.mark.slow
 def test_a_non_private_run_says_so_everywhere_and_fails_the_audit(run_cli, tmp_path):
     runs = tmp_path / "runs"
-    result = run_cli(*tiny_args(runs, tmp_path / "private", "--run-id", "off", *SIGMA_0, *ALLOWED))
+    result = run_cli(*tiny_args(runs, tmp_path / "private", "--run-id", "off", *SIGMA_0, *ALLOWED,
+                                "--set", "population.generations=1", "--set", "population.degrees=[0.5]"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("NOT PRIVATE: noise multiplier 0") == 1, result.stdout[-3000:]
     run_dir = runs / "off"
