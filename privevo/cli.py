@@ -27,6 +27,12 @@ DEFAULT_RUN_ROOT = "runs"  # where a run id names a run when --run-root is not g
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C: the shell's convention (128 + SIGINT)
 
 
+def command_name() -> str:
+    """How the user called this command line, for the commands it suggests: ``privevo`` (installed) or
+    ``python pipeline.py`` (a checkout)."""
+    return "privevo" if os.path.basename(sys.argv[0]) == "privevo" else "python pipeline.py"
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports bad arguments in one line (exit 2), without the usage block."""
 
@@ -100,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     log_path = os.path.join(args.pipeline_root, f"{run_id}.log")
     os.makedirs(args.pipeline_root, exist_ok=True)
     original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
-    resume_command = f"python pipeline.py run --resume {run_id}" + (
+    resume_command = f"{command_name()} run --resume {run_id}" + (
         f" --run-root {config.run_root}" if config.run_root != DEFAULT_RUN_ROOT else "")
     with open(log_path, "a") as log, _TaskProgress(log, sys.stdout, _private_tasks(config)) as progress, session:
         try:
@@ -228,7 +234,7 @@ def _print_summary(run, seconds: float) -> None:
     last = last_complete_generation(run)
     if last >= 0:
         print(f"synthetic data: {run.layout.population(last)}")
-        print(f"export it: python pipeline.py export {run.layout.run_dir} --to DIR")
+        print(f"export it: {command_name()} export {run.layout.run_dir} --to DIR")
 
 
 def _private_tasks(config) -> tuple[str, ...]:
@@ -481,7 +487,7 @@ def _print_budget(sigma: float, args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from privevo import kfp_client  # its module imports kfp only when a command runs
 
-    parser = _OneLineParser(prog="pipeline.py", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog=command_name().removeprefix("python "), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     budget = commands.add_parser("budget", help="privacy accounting: epsilon <-> noise multiplier")
