@@ -177,16 +177,22 @@ def test_a_small_private_set_is_not_refused_by_its_size(tmp_path):
 # ------------------------------------------------------------------ 3. non-DP evaluation stays private
 
 
-def test_non_dp_evaluation_writes_only_to_the_private_tier(tmp_path):
-    from privevo import evaluation
-
-    run = make_tiny_run(tmp_path, "nondp", "population.generations=1", "population.degrees=[0.5]",
+def _one_generation_to_evaluate(tmp_path, run_id: str):
+    """A one-generation tiny run with evaluation.against_private, complete up to its evaluate step."""
+    run = make_tiny_run(tmp_path, run_id, "population.generations=1", "population.degrees=[0.5]",
                         "evaluation.against_private=true")
     for shard in range(run.config.population.num_shards):
         steps.embed_synthetic(run, 1, shard)
     steps.dp_vote(run, 1, steps.private_reference(run))
     for shard in range(run.config.population.num_shards):
         steps.generate_variations(run, 1, shard)
+    return run
+
+
+def test_non_dp_evaluation_writes_only_to_the_private_tier(tmp_path):
+    from privevo import evaluation
+
+    run = _one_generation_to_evaluate(tmp_path, "nondp")
     result = evaluation.evaluate_run(run)
     assert result["non_dp"] is False and not any(row["non_dp"] for row in result["generations"])
     assert "non_dp" not in evaluation.headline_metrics(result)
@@ -201,13 +207,7 @@ def test_a_failing_non_dp_evaluation_ends_the_step_as_a_working_one_would(tmp_pa
     # must not show it, and the reason goes to the private tier only.
     from privevo import evaluation
 
-    run = make_tiny_run(tmp_path, "nondp-fails", "population.generations=1", "population.degrees=[0.5]",
-                        "evaluation.against_private=true")
-    for shard in range(run.config.population.num_shards):
-        steps.embed_synthetic(run, 1, shard)
-    steps.dp_vote(run, 1, steps.private_reference(run))
-    for shard in range(run.config.population.num_shards):
-        steps.generate_variations(run, 1, shard)
+    run = _one_generation_to_evaluate(tmp_path, "nondp-fails")
     score = evaluation._score
     working_lines = []
     for broken in (False, True):
