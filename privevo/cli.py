@@ -537,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--namespace", help="Kubernetes namespace of a multi-user Kubeflow (experiments, pipelines, runs)")
         sub.add_argument("--token-env", metavar="NAME",
                          help="send the bearer token held in this environment variable (never printed)")
+        sub.add_argument("--skip-version-check", action="store_true",
+                         help="go on when the KFP backend reports no version, or one older than the pipeline needs")
 
     def with_template(sub: argparse.ArgumentParser) -> None:
         with_kfp(sub)

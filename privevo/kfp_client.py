@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +19,9 @@ from privevo.errors import UserError
 
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Any]:
-    """A kfp.Client for --host (or $KFP_HOST), --namespace and the token in --token-env (never printed); a failed
-    API call ends in one line naming the endpoint instead of a traceback."""
+    """A kfp.Client for --host (or $KFP_HOST), --namespace and the token in --token-env (never printed), once the
+    backend is known to be new enough (unless --skip-version-check); a failed API call ends in one line naming the
+    endpoint instead of a traceback."""
     import warnings
 
     import kfp
@@ -38,11 +40,43 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
     # urllib3 warns of each retry (kfp_server_api resets the level of "urllib3" itself): the failure is one line below
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
-        yield kfp.Client(host=host, namespace=args.namespace or "kubeflow", existing_token=token)  # kfp's own default
+        client = kfp.Client(host=host, namespace=args.namespace or "kubeflow", existing_token=token)  # kfp's own default
+        if not args.skip_version_check:
+            _check_backend(client, host)
+        yield client
     except kfp_server_api.ApiException as error:
         raise UserError(f"the KFP API at {host} answered {error.status} {error.reason}: {_api_message(error.body)}") from None
     except urllib3.exceptions.HTTPError as error:
         raise UserError(f"cannot reach the KFP API at {host} ({type(error).__name__}): check --host") from None
+
+
+def _check_backend(client: Any, host: str) -> None:
+    """Refuse a KFP backend older than the pipeline needs (:data:`privevo.steps.MIN_KFP_BACKEND`), by the version its
+    healthz reports (``tag_name``, e.g. 2.14.0): on an older one the run fails at its first vote, or runs into
+    another run's folder."""
+    import kfp_server_api
+
+    from privevo.steps import MIN_KFP_BACKEND, MIN_KFP_BACKEND_TEXT
+
+    needs = f"this pipeline needs {MIN_KFP_BACKEND_TEXT} or newer (its generations fan in with dsl.Collected)"
+    try:  # the raw answer: kfp_server_api's model of it drops tag_name
+        answer = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
+    except kfp_server_api.ApiException as error:
+        if error.status != 404:
+            raise
+        raise UserError(f"the KFP backend at {host} has no /apis/v2beta1/healthz, so it is older than KFP 2: {needs}; "
+                        "upgrade it") from None
+    try:
+        tag = str(json.loads(answer.data).get("tag_name") or "")
+    except (ValueError, AttributeError):
+        tag = ""
+    version = re.match(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+.][0-9A-Za-z.+-]*)?$", tag)
+    if version is None:
+        raise UserError(f"the KFP backend at {host} does not tell its version (healthz tag_name {tag!r}): {needs}; "
+                        "if it is, give --skip-version-check")
+    if (int(version[1]), int(version[2])) < MIN_KFP_BACKEND:
+        raise UserError(f"the KFP backend at {host} is {tag}; {needs}: upgrade KFP, or give --skip-version-check to "
+                        "try anyway")
 
 
 def _api_message(body: Any) -> str:
@@ -90,11 +124,18 @@ def _pipeline_spec(document: dict | None, version_id: str) -> dict:
     return document
 
 
+def _pipeline_root(spec: dict) -> str | None:
+    """The compiled pipeline root (kubernetes.pipeline_root), for the run's runtime config: the backend reads it from
+    there, not from the spec (only the UI does), and would otherwise put the run's artifacts at its own default."""
+    return spec.get("defaultPipelineRoot")
+
+
 @contextlib.contextmanager
 def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, Any], dict[str, Any]]]:
     """A client and the pipeline a run starts from: its spec, the run parameters --param sets, and the run request's
-    arguments that name it: --config compiled here, or an uploaded version (--pipeline-id or --pipeline NAME,
-    --version-id or the latest). A config compiled here checks the config and the parameters before connecting."""
+    arguments that name it, its service account and its pipeline root: --config compiled here, or an uploaded version
+    (--pipeline-id or --pipeline NAME, --version-id or the latest). A config compiled here checks the config and the
+    parameters before connecting."""
     sources = [flag for flag, value in (("--config", args.config), ("--pipeline-id", args.pipeline_id),
                                         ("--pipeline", args.pipeline)) if value]
     if len(sources) != 1:
@@ -109,7 +150,8 @@ def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, A
             with _client(args) as client:
                 yield client, spec, params, {
                     "pipeline_package_path": package,
-                    "service_account": args.service_account or config.kubernetes.public_service_account}
+                    "service_account": args.service_account or config.kubernetes.public_service_account,
+                    "pipeline_root": _pipeline_root(spec)}
         return
     if args.overrides:
         raise UserError("--set changes a config compiled here: with an uploaded pipeline use --param key=value")
@@ -127,7 +169,8 @@ def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, A
             version_id = versions[0].pipeline_version_id
         spec = _pipeline_spec(client.get_pipeline_version(pipeline_id, version_id).pipeline_spec, version_id)
         yield client, spec, _run_parameters(spec, args.params), {
-            "pipeline_id": pipeline_id, "version_id": version_id, "service_account": args.service_account}
+            "pipeline_id": pipeline_id, "version_id": version_id, "service_account": args.service_account,
+            "pipeline_root": _pipeline_root(spec)}
 
 
 # a run parameter's value from --param key=value, by the type the pipeline spec declares
@@ -181,7 +224,8 @@ def _check_with_parameters(config, params: dict[str, Any]) -> None:
 
 def upload(args: argparse.Namespace) -> None:
     """Register the config's pipeline on Kubeflow Pipelines (by its name, private-evolution-<config name>) if it is new,
-    and a new version of it; prints both ids, which submit and schedule take."""
+    and a new version of it; prints both ids, which submit and schedule take, and the service account to pick in the
+    UI's run form (a run started there gets no other)."""
     import kfp_server_api
 
     config = load_checked_config(args)
@@ -196,6 +240,13 @@ def upload(args: argparse.Namespace) -> None:
         version = client.upload_pipeline_version(package, version_name, pipeline_id=pipeline_id)
     print(f"pipeline {name}: pipeline id {pipeline_id}")
     print(f"version {version_name}: version id {version.pipeline_version_id}")
+    account = config.kubernetes.public_service_account
+    if account:
+        print(f"runs started from the KFP UI: pick service account {account} in the run form "
+              "(kubernetes.public_service_account; the default account has no access to the buckets)")
+    else:
+        print("runs started from the KFP UI: the config sets no kubernetes.public_service_account, so type the "
+              "service account that may write the run root in the run form (the default has no access to the buckets)")
 
 
 def submit(args: argparse.Namespace) -> None:

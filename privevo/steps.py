@@ -40,13 +40,23 @@ def _reference(uri: str, sha256: str, **extra: Any) -> dict[str, Any]:
     return {"uri": uri, "sha256": sha256, **extra}
 
 
+# The oldest Kubeflow Pipelines backend the compiled pipeline runs on: each generation fans its shards' outputs in
+# with dsl.Collected, which the backend's driver resolves from 2.14 (before 2.5 it does not even substitute the run id)
+MIN_KFP_BACKEND = (2, 14)
+MIN_KFP_BACKEND_TEXT = ".".join(map(str, MIN_KFP_BACKEND))
+
+
 def resolve_run(config: Config, parameters: dict[str, Any], run_id: str, resume: bool, kfp_run_id: str) -> Run:
     """A pipeline run's first step: apply its run parameters, validate, calibrate the noise, check the budget, start the run.
 
-    An empty ``run_id`` means the KFP run's own id; an existing run folder is refused unless ``resume``.
+    An empty ``run_id`` means the KFP run's own id; an existing run folder is refused unless ``resume``. A KFP run id
+    that still reads ``{{...}}`` is refused: every run of such a backend would share that one folder.
     """
     from privevo.parameters import apply_parameters
 
+    if "{{" in kfp_run_id:
+        raise UserError(f"the KFP backend passed the run id placeholder {kfp_run_id} unsubstituted: it is too old for "
+                        f"this pipeline, which needs KFP backend {MIN_KFP_BACKEND_TEXT} or newer; upgrade KFP")
     config = apply_parameters(config, parameters)
     privacy.check_planned_budget(config)  # calibrates sigma: an impossible epsilon target fails here, in one line
     run = Run.start(config, run_id or kfp_run_id, resume, started_by=kfp_run_id)

@@ -156,6 +156,13 @@ def _bucket_exists(bucket: str) -> bool:
         return True
 
 
+def _account() -> str:
+    """Whom Cloud Storage refused, for its error: the service account of the client's credentials (a key's, or the
+    pod's Workload Identity account once the metadata server has named it), else a description."""
+    email = getattr(_client()._credentials, "service_account_email", None)
+    return email if email and email != "default" else "that runs this step"
+
+
 def _no_answer(action: str, uri: str) -> str:
     """The one-line error of a call that got no answer before its deadline."""
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -186,8 +193,9 @@ def _gcs_errors(action: str, uri: str) -> Iterator[None]:
         ) from None
     except gexc.Forbidden:
         raise UserError(
-            f"no permission to {action} {uri}: grant the service account roles/storage.objectViewer "
-            f"(read) or roles/storage.objectAdmin (write) on gs://{bucket}"
+            f"no permission to {action} {_describe(uri)}: grant the service account {_account()} "
+            f"roles/storage.objectViewer (read) or roles/storage.objectAdmin (write) on gs://{bucket}; a run started "
+            "from the KFP UI runs as the service account picked in its run form (kubernetes.public_service_account)"
         ) from None
     except gexc.NotFound:
         if not _bucket_exists(bucket):

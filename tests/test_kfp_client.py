@@ -3,7 +3,8 @@
 The stand-in implements the v2beta1 calls kfp.Client makes for these commands (healthz, experiments, pipelines,
 pipeline versions by upload, runs, recurring runs), records every request and answers as the API server does, so
 the tests check what a real server would receive: the pipeline version and its package, the run parameters, the
-run identity, the service account, the namespace and the token.
+run identity, the service account, the pipeline root, the namespace and the token; and that a backend older than
+the pipeline needs is refused before anything is asked of it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from privevo import cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
+TINY_ON_A_CLUSTER = ["--config", TINY]
 PIPELINE_NAME = "private-evolution-tiny"
 NAMESPACE = "team-a"
 SERVICE_ACCOUNT = "privevo-public"
+PIPELINE_ROOT = "gs://privevo-released/kfp"  # uploaded with the pipeline; runs must send it
 TOKEN = "test-token-3f9c"  # a stand-in bearer token
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"  # kfp.dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
@@ -53,6 +56,7 @@ class KfpApi:
     """The stand-in's state: what was created, and every request in order."""
 
     url: str
+    tag_name: str = "2.14.0"  # the backend version healthz reports
     requests: list[Request] = field(default_factory=list)
     experiments: dict[str, dict] = field(default_factory=dict)
     pipelines: dict[str, dict] = field(default_factory=dict)
@@ -104,7 +108,9 @@ def _answer(api: KfpApi, request: Request) -> tuple[int, dict]:
     query, body = request.query, request.body
     match request.method, parts:
         case "GET", ["healthz"]:
-            return 200, {"multi_user": False}
+            # as the API server writes it by hand: kfp_server_api's model of this answer has no tag_name
+            return 200, {"commit_sha": "0123abc", "tag_name": api.tag_name, "multi_user": False,
+                         "pipeline_store": "database"}
         case "GET", ["experiments"]:
             return 200, _named(api.experiments, "experiments", query)
         case "POST", ["experiments"]:
@@ -206,9 +212,11 @@ def _main(argv: list[str]) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def uploaded(kfp_api: KfpApi) -> dict[str, str]:
-    """configs/tiny.yaml uploaded once as version v1 into NAMESPACE; the ids upload printed."""
-    code, out, err = _main(["upload", "--host", kfp_api.url, "--namespace", NAMESPACE, "--config", TINY, "--version", "v1"])
+    """configs/tiny.yaml (with PIPELINE_ROOT) uploaded once as version v1 into NAMESPACE; the ids upload printed."""
+    code, out, err = _main(["upload", "--host", kfp_api.url, "--namespace", NAMESPACE, *TINY_ON_A_CLUSTER,
+                            "--set", f"kubernetes.pipeline_root={PIPELINE_ROOT}", "--version", "v1"])
     assert code == 0, err
+    assert "the config sets no kubernetes.public_service_account" in out, out
     pipeline_id = re.search(rf"^pipeline {PIPELINE_NAME}: pipeline id (\S+)$", out, re.M)
     version_id = re.search(r"^version v1: version id (\S+)$", out, re.M)
     assert pipeline_id and version_id, out
@@ -240,8 +248,11 @@ def test_upload_registers_the_pipeline_once_and_a_version_each_time(kfp_api: Kfp
     assert spec["pipelineInfo"]["name"] == PIPELINE_NAME
     assert {"run_id", "resume", "epsilon", "degrees"} <= set(spec["root"]["inputDefinitions"]["parameters"])
 
-    code, out, err = _main(["upload", "--host", kfp_api.url, "--namespace", NAMESPACE, "--config", TINY])
+    code, out, err = _main(["upload", "--host", kfp_api.url, "--namespace", NAMESPACE, *TINY_ON_A_CLUSTER,
+                            "--set", f"kubernetes.pipeline_root={PIPELINE_ROOT}",
+                            "--set", f"kubernetes.public_service_account={SERVICE_ACCOUNT}"])
     assert code == 0, err
+    assert f"runs started from the KFP UI: pick service account {SERVICE_ACCOUNT} in the run form" in out, out
     assert len(kfp_api.sent("POST", "/apis/v2beta1/pipelines")) == 1, "the pipeline is registered once, by its name"
     second = re.search(rf"^version ({PIPELINE_NAME}-\d{{8}}-\d{{6}}): version id (\S+)$", out, re.M)
     assert second, out
@@ -266,6 +277,7 @@ def test_submit_of_an_uploaded_pipeline_sends_only_the_overrides(kfp_api: KfpApi
     assert run.body["runtime_config"]["parameters"] == {
         "epsilon": 2.0, "degrees": [0.6, 0.5], "private_data_uri": "gs://data/private", "delta": 1e-6}
     assert run.body["service_account"] == SERVICE_ACCOUNT
+    assert run.body["runtime_config"]["pipeline_root"] == PIPELINE_ROOT, "the uploaded version's compiled root"
     (experiment,) = [e for e in kfp_api.experiments.values() if e["display_name"] == "private-evolution"
                      and e["namespace"] == NAMESPACE]
     assert run.body["experiment_id"] == experiment["experiment_id"]
@@ -282,11 +294,12 @@ def test_submit_with_config_compiles_here_with_the_configs_service_account(kfp_a
                                                                            monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("KFP_HOST", kfp_api.url)
     before = len(kfp_api.requests)
-    code, _, err = _main(["submit", "--config", TINY, "--set", f"kubernetes.public_service_account={SERVICE_ACCOUNT}",
-                            "--param", "population_size=48"])
+    code, _, err = _main(["submit", *TINY_ON_A_CLUSTER, "--set", f"kubernetes.public_service_account={SERVICE_ACCOUNT}",
+                          "--set", "kubernetes.pipeline_root=gs://elsewhere/kfp", "--param", "population_size=48"])
     assert code == 0, err
     (run,) = kfp_api.sent("POST", "/apis/v2beta1/runs", before)
     assert run.body["service_account"] == SERVICE_ACCOUNT
+    assert run.body["runtime_config"]["pipeline_root"] == "gs://elsewhere/kfp"
     assert run.body.get("pipeline_version_reference") is None
     assert run.body["runtime_config"]["parameters"] == {"population_size": 48}
     assert run.body["display_name"].startswith(f"{PIPELINE_NAME}-")
@@ -307,6 +320,7 @@ def test_schedule_leaves_run_id_empty_so_every_run_has_its_own_folder(kfp_api: K
     assert code == 0, err
     (job,) = kfp_api.sent("POST", "/apis/v2beta1/recurringruns")
     assert job.body["runtime_config"]["parameters"] == {"seed": 7}, "run_id is left to each run's own KFP id"
+    assert job.body["runtime_config"]["pipeline_root"] == PIPELINE_ROOT, "the latest version's compiled root"
     assert job.body["pipeline_version_reference"] == {"pipeline_id": uploaded["pipeline_id"],
                                                       "pipeline_version_id": latest}
     assert job.body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
@@ -371,3 +385,48 @@ def test_a_misspelt_param_of_a_config_compiled_here_is_refused_before_connecting
         url = api.url  # closed again below: the typo is still what is reported
     code, _, err = _main(["schedule", "--host", url, "--config", TINY, "--cron", "0 0 3 * * *", "--param", "epsilom=2"])
     assert code == 2 and err.startswith("error: unknown run parameter 'epsilom'"), err
+
+
+@pytest.mark.parametrize("command", ["upload", "submit", "schedule"])
+@pytest.mark.parametrize(("tag", "message"), [
+    ("2.5.0", "the KFP backend at {url} is 2.5.0; this pipeline needs 2.14 or newer (its generations fan in with "
+              "dsl.Collected): upgrade KFP, or give --skip-version-check to try anyway"),
+    ("2.13.1", "is 2.13.1; this pipeline needs 2.14 or newer"),
+    ("unknown", "the KFP backend at {url} does not tell its version (healthz tag_name 'unknown'): this pipeline needs "
+                "2.14 or newer"),
+])
+def test_a_backend_older_than_the_pipeline_needs_is_refused_first(kfp_api: KfpApi, uploaded: dict[str, str],
+                                                                  monkeypatch: pytest.MonkeyPatch, command: str,
+                                                                  tag: str, message: str):
+    monkeypatch.setattr(kfp_api, "tag_name", tag)
+    source = TINY_ON_A_CLUSTER if command == "upload" else ["--pipeline-id", uploaded["pipeline_id"]]
+    extra = ["--cron", "0 0 3 * * *"] if command == "schedule" else []
+    before = len(kfp_api.requests)
+    code, out, err = _main([command, "--host", kfp_api.url, "--namespace", NAMESPACE, *source, *extra])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and message.format(url=kfp_api.url) in err, err
+    assert [(r.method, r.path) for r in kfp_api.requests[before:]] == [("GET", "/apis/v2beta1/healthz")], \
+        "the version is asked first, and nothing else"
+
+
+@pytest.mark.parametrize("tag", ["2.14.0", "2.17.0-rc.1", "v2.15.2", "3.0.0"])
+def test_a_backend_of_2_14_or_newer_is_accepted(kfp_api: KfpApi, uploaded: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch, tag: str):
+    monkeypatch.setattr(kfp_api, "tag_name", tag)
+    before = len(kfp_api.requests)
+    code, _, err = _main(["submit", "--host", kfp_api.url, "--namespace", NAMESPACE,
+                          "--pipeline-id", uploaded["pipeline_id"]])
+    assert code == 0, err
+    assert kfp_api.requests[before].path == "/apis/v2beta1/healthz"
+    assert len(kfp_api.sent("POST", "/apis/v2beta1/runs", before)) == 1
+
+
+def test_skip_version_check_goes_on_with_a_backend_that_tells_no_version(kfp_api: KfpApi, uploaded: dict[str, str],
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(kfp_api, "tag_name", "unknown")
+    before = len(kfp_api.requests)
+    code, _, err = _main(["submit", "--host", kfp_api.url, "--namespace", NAMESPACE, "--skip-version-check",
+                          "--pipeline-id", uploaded["pipeline_id"]])
+    assert code == 0, err
+    assert not kfp_api.sent("GET", "/apis/v2beta1/healthz", before)
+    assert len(kfp_api.sent("POST", "/apis/v2beta1/runs", before)) == 1

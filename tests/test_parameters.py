@@ -1,7 +1,11 @@
 """Run parameters of the compiled pipeline, and resolve_config's run identity rules."""
 
+import uuid
+
 import pytest
 from conftest import ROOT
+from google.api_core import exceptions as gexc
+from google.cloud.storage import Blob
 
 from privevo import steps, storage
 from privevo.config import load_config
@@ -65,3 +69,35 @@ def test_a_run_folder_belongs_to_one_kfp_run_unless_resumed(config):
     assert steps.resolve_run(config, {"population_size": 16}, "kfp-1", True, "kfp-2").run_id == "kfp-1"
     with pytest.raises(UserError, match="different config"):  # a resume keeps the run's config
         steps.resolve_run(config, {"population_size": 20}, "kfp-1", True, "kfp-3")
+
+
+@pytest.mark.parametrize("run_id", ["", "r1"])
+def test_resolve_refuses_a_kfp_run_id_the_backend_left_unsubstituted(config, run_id):
+    placeholder = "{{$.pipeline_job_uuid}}"  # what a KFP backend before 2.5 hands the first step
+    with pytest.raises(UserError) as error:
+        steps.resolve_run(config, {}, run_id, False, placeholder)
+    message = str(error.value)
+    assert "\n" not in message and placeholder in message and "needs KFP backend 2.14 or newer" in message, message
+    assert not storage.list_files(config.run_root), "no run is started"
+
+
+@pytest.mark.parametrize(("account", "named"), [
+    ("privevo-public@project.iam.gserviceaccount.com", "privevo-public@project.iam.gserviceaccount.com"),
+    (None, "that runs this step"),  # credentials that name no service account
+])
+def test_a_refused_write_under_a_gs_run_root_names_the_bucket_and_the_account(config, gcs_server, monkeypatch,
+                                                                               account, named):
+    bucket = gcs_server.make_bucket(f"released-{uuid.uuid4().hex[:8]}")
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise gexc.Forbidden("caller does not have storage.objects.create access")
+
+    monkeypatch.setattr(Blob, "upload_from_string", forbidden)
+    if account:  # as a key's credentials, or Workload Identity's once the metadata server has answered
+        monkeypatch.setattr(storage._client()._credentials, "service_account_email", account, raising=False)
+    with pytest.raises(UserError) as error:
+        steps.resolve_run(config, {"run_root": f"{bucket}/runs"}, "", False, "kfp-1")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"no permission to write {bucket}/runs/"), message
+    assert f"grant the service account {named} roles/storage.objectViewer" in message
+    assert f"on {bucket}; a run started from the KFP UI runs as the service account picked in its run form" in message
