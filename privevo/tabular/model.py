@@ -1,0 +1,146 @@
+"""Tab-PE's two APIs on a public schema, in numpy: RANDOM_API and VARIATION_API for tables.
+
+RANDOM_API draws each column from its public domain: uniformly (a category, an integer in
+[min, max], a float in [min, max)), or, when the config names a public prior table with the
+same schema, from that table's column. VARIATION_API resamples each categorical value with
+probability p, shifts each numeric value by U(-p, p) x (max - min), rounds integers and clips
+to the bounds; with ``atom_rate`` > 0 a numeric value of a column with declared atoms moves
+to one of them (uniformly) with probability ``atom_rate`` x p instead of shifting.
+
+p is the shared variation ``degree`` of the generation (``population.degrees``): the
+mutation-rate decay of Tab-PE is that list, :func:`mutation_rates` computes it. Nothing here
+reads the private table: the domains are the schema's.
+
+Each sample draws its uniforms from its own generator, seeded by (seed, first_index + i, API),
+so shards of one call give exactly the samples of the whole call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from privevo.errors import UserError
+from privevo.tabular.schema import Schema, check_codes
+
+Labels = np.ndarray | int | None
+
+_RANDOM, _VARIATION = 0, 1  # the API's tag in each sample's seed
+
+
+def mutation_rates(generations: int, init: float = 0.5, final: float = 0.01, gamma: float = 0.2,
+                   decay: Literal["polynomial", "linear"] = "polynomial") -> list[float]:
+    """Tab-PE's mutation rate of generations 1..T: ``init - (init - final) * (t / T) ** gamma`` (linear: gamma 1).
+
+    Use it as ``population.degrees``: generation T varies with ``final``.
+    """
+    if generations < 1 or not 0 <= final <= init <= 1 or gamma <= 0:
+        raise UserError("mutation rates need generations >= 1, 0 <= final <= init <= 1 and gamma > 0")
+    power = gamma if decay == "polynomial" else 1.0
+    return [init - (init - final) * (t / generations) ** power for t in range(1, generations + 1)]
+
+
+def sample_uniforms(seed: int, first_index: int, n: int, width: int, api: int) -> np.ndarray:
+    """(n, width) uniforms in [0, 1): row i from its own generator seeded by (seed, first_index + i, api)."""
+    out = np.empty((n, width), dtype=np.float64)
+    for i in range(n):
+        generator = np.random.default_rng(np.random.SeedSequence([int(seed), int(first_index) + i, api]))
+        out[i] = generator.random(width)
+    return out
+
+
+class TabularModel:
+    """The random and variation APIs of a table schema (no network, no weights)."""
+
+    name = "tabular"
+
+    def __init__(self, schema: Schema, atom_rate: float = 0.0, prior: np.ndarray | None = None,
+                 batch_size: int = 4096) -> None:
+        if not 0 <= atom_rate <= 1:
+            raise UserError(f"tabular.atom_rate must lie in [0, 1], got {atom_rate}")
+        if prior is not None:
+            check_codes(schema, prior)
+            if len(prior) == 0:
+                raise UserError("the public prior table has no rows the schema accepts")
+        self.schema = schema
+        self.atom_rate = atom_rate
+        self.prior = prior
+        self.batch_size = batch_size
+        class_names = schema.class_names
+        self.num_classes: int | None = None if class_names is None else len(class_names)
+        self._sizes = np.array([len(c.categories or []) for c in schema.columns], dtype=np.float64)
+
+    # ------------------------------------------------------------------ the shared model interface
+
+    def record_calls(self, layout: Any, generation: int, step: str, shard: int | None = None) -> None:
+        """In-process: no API calls to record."""
+        return None
+
+    def call_summary(self) -> dict[str, Any]:
+        """In-process: no API calls."""
+        return {}
+
+    def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
+        """``n`` new rows (RANDOM_API) as codes (n, n_columns); ``labels`` >= 0 pin the label column."""
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise UserError(f"number of samples must be a non-negative integer, got {n!r}")
+        u = sample_uniforms(seed, first_index, int(n), len(self.schema.columns), _RANDOM)
+        if self.prior is not None:
+            rows = np.minimum((u * len(self.prior)).astype(np.int64), len(self.prior) - 1)
+            out = np.take_along_axis(self.prior, rows, axis=0)
+        else:
+            out = self._uniform_values(u)
+        return self._pin_labels(out, labels)
+
+    def variation(self, samples: np.ndarray, degree: float, labels: Labels = None, seed: int = 0,
+                  first_index: int = 0) -> np.ndarray:
+        """One variation of each row (VARIATION_API) with mutation rate p = ``degree``: 0 keeps it."""
+        check_codes(self.schema, samples)
+        if not 0 <= degree <= 1:
+            raise UserError(f"the variation degree must lie in [0, 1], got {degree}")
+        width = len(self.schema.columns)
+        u = sample_uniforms(seed, first_index, len(samples), 4 * width, _VARIATION)
+        mutate, value, shift, jump = u[:, :width], u[:, width:2 * width], u[:, 2 * width:3 * width], u[:, 3 * width:]
+        low, high = self.schema.low, self.schema.high
+        categorical = self.schema.categorical
+        out = samples.copy()
+        resampled = np.minimum(np.floor(value * self._sizes), self._sizes - 1)
+        change = (mutate < degree) & categorical
+        out[change] = resampled[change]
+        shifted = samples + (2 * shift - 1) * degree * (high - low)
+        integer = np.array([c.type == "integer" for c in self.schema.columns])
+        shifted[:, integer] = np.round(shifted[:, integer])
+        numeric = ~categorical
+        out[:, numeric] = np.clip(shifted, low, high)[:, numeric]
+        for j, column in enumerate(self.schema.columns):
+            if column.atoms and self.atom_rate > 0:
+                atoms = np.array(column.atoms)
+                to_atom = jump[:, j] < self.atom_rate * degree
+                picked = atoms[np.minimum((value[:, j] * len(atoms)).astype(np.int64), len(atoms) - 1)]
+                out[to_atom, j] = picked[to_atom]
+        return self._pin_labels(out, labels)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _uniform_values(self, u: np.ndarray) -> np.ndarray:
+        """Each column uniform on its declared domain."""
+        low, high = self.schema.low, self.schema.high
+        out = low + u * (high - low)
+        discrete = np.array([c.type != "float" for c in self.schema.columns])
+        counts = high - low + 1
+        out[:, discrete] = np.minimum(low + np.floor(u * counts), high)[:, discrete]
+        return out
+
+    def _pin_labels(self, rows: np.ndarray, labels: Labels) -> np.ndarray:
+        """Set the label column to ``labels`` where they are >= 0 (conditional PE); -1 or None leaves it free."""
+        index = self.schema.label_index
+        if labels is None or index is None:
+            return rows
+        wanted = np.broadcast_to(np.asarray(labels, dtype=np.int64), (len(rows),))
+        assert self.num_classes is not None
+        if np.any(wanted >= self.num_classes):
+            raise UserError(f"labels must lie in [0, {self.num_classes}) for the table's label column")
+        pinned = wanted >= 0
+        rows[pinned, index] = wanted[pinned]
+        return rows
