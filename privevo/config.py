@@ -20,6 +20,7 @@ from privevo.errors import UserError
 from privevo.model_store import check_digest, is_remote
 from privevo.models import MODEL_BACKENDS
 from privevo.registry import check_registered
+from privevo.tabular.schema import ColumnSpec, CsvOptions
 
 
 class _Strict(BaseModel):
@@ -29,8 +30,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where an image set comes from (``folder``, ``npz`` or ``fashion_mnist``)."""
 
-    source: Literal["folder", "npz", "fashion_mnist"]
+    source: Literal["folder", "npz", "fashion_mnist", "csv", "parquet"]
     path: str
+    csv: CsvOptions | None = Field(default=None, description="source csv: how the file is read")
     split: Literal["train", "test"] | None = None
     classes: list[str] | None = Field(default=None, description="keep only these classes")
     limit: int | None = Field(default=None, ge=1, description="seeded random subset of this size")
@@ -289,6 +291,21 @@ class KubernetesConfig(_Strict):
                                                                  "mount_path in the steps that load the model")
 
 
+class TabularConfig(_Strict):
+    """A table's public schema and Tab-PE's settings (``modality: tabular``); see privevo.tabular."""
+
+    columns: list[ColumnSpec] | None = Field(default=None, description="the public schema, in file order")
+    schema_file: str | None = Field(default=None, description="or a YAML file with columns (and label)")
+    label: str | None = Field(default=None, description="the categorical column holding each row's class")
+    categorical_weight: float = Field(default=1 / 3, gt=0, description="the vote's weight of a one-hot category")
+    atom_rate: float = Field(
+        default=0.0, ge=0, le=1,
+        description="variation moves a numeric value to a declared atom with probability atom_rate x degree",
+    )
+    prior: DataConfig | None = Field(default=None, description="a public table of the same schema: the random API's "
+                                                               "per-column distribution (default: uniform)")
+
+
 class Config(_Strict):
     """One experiment."""
 
@@ -306,6 +323,7 @@ class Config(_Strict):
     privacy: PrivacyConfig
     evaluation: EvaluationConfig = EvaluationConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    tabular: TabularConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
