@@ -56,7 +56,7 @@ class KfpApi:
     """The stand-in's state: what was created, and every request in order."""
 
     url: str
-    tag_name: str = "2.14.0"  # the backend version healthz reports
+    tag_name: str | None = "2.14.0"  # the backend version healthz reports; None: a KFP 1.x without v2beta1
     requests: list[Request] = field(default_factory=list)
     experiments: dict[str, dict] = field(default_factory=dict)
     pipelines: dict[str, dict] = field(default_factory=dict)
@@ -107,6 +107,8 @@ def _answer(api: KfpApi, request: Request) -> tuple[int, dict]:
     parts = request.path.strip("/").split("/")[2:]  # after apis/v2beta1
     query, body = request.query, request.body
     match request.method, parts:
+        case "GET", ["healthz"] if api.tag_name is None:
+            return 404, {"message": "Not Found"}
         case "GET", ["healthz"]:
             # as the API server writes it by hand: kfp_server_api's model of this answer has no tag_name
             return 200, {"commit_sha": "0123abc", "tag_name": api.tag_name, "multi_user": False,
@@ -394,10 +396,12 @@ def test_a_misspelt_param_of_a_config_compiled_here_is_refused_before_connecting
     ("2.13.1", "is 2.13.1; this pipeline needs 2.14 or newer"),
     ("unknown", "the KFP backend at {url} does not tell its version (healthz tag_name 'unknown'): this pipeline needs "
                 "2.14 or newer"),
+    (None, "the KFP backend at {url} has no /apis/v2beta1/healthz, so it is older than KFP 2: this pipeline needs "
+           "2.14 or newer"),
 ])
 def test_a_backend_older_than_the_pipeline_needs_is_refused_first(kfp_api: KfpApi, uploaded: dict[str, str],
                                                                   monkeypatch: pytest.MonkeyPatch, command: str,
-                                                                  tag: str, message: str):
+                                                                  tag: str | None, message: str):
     monkeypatch.setattr(kfp_api, "tag_name", tag)
     source = TINY_ON_A_CLUSTER if command == "upload" else ["--pipeline-id", uploaded["pipeline_id"]]
     extra = ["--cron", "0 0 3 * * *"] if command == "schedule" else []
