@@ -346,20 +346,35 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise UserError(f"--set expects dotted.key=value, got {assignment!r}")
-    parts = key.split(".")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        raise UserError(f"--set {key}: {raw!r} is not valid YAML ({str(error).splitlines()[0]}): "
+                        "quote it or close its brackets") from None
+    set_key(data, key, value)
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a config dict to ``value`` in place, making missing sections: the one way a
+    ``--set`` override and a run parameter reach the config."""
+    *sections, last = key.split(".")
     node = data
-    for part in parts[:-1]:
+    for part in sections:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
             raise UserError(f"--set {key}: {part} is not a section")
         node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw else None
-    except yaml.YAMLError as error:
-        raise UserError(f"--set {key}: {raw!r} is not valid YAML ({str(error).splitlines()[0]}): "
-                        "quote it or close its brackets") from None
+    node[last] = value
+
+
+def get_key(data: dict[str, Any], key: str) -> Any:
+    """The value of the dotted ``key`` in a config dict (None where a section is absent)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _fields_at(location: tuple[Any, ...]) -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from privevo.config import Config, config_to_dict, parse_config
+from privevo.config import Config, config_to_dict, parse_config, set_key
 
 #: ``epsilon`` at or below this means "not set" (KFP parameters cannot be None): sigma is then ``noise_multiplier``.
 EPSILON_UNSET = 0.0
@@ -78,9 +78,5 @@ def apply_parameters(config: Config, values: dict[str, Any]) -> Config:
             value = None
         if parameter.name == "noise_multiplier" and value is not None and value < 0:
             value = None
-        *sections, last = parameter.key.split(".")
-        node = data
-        for section in sections:
-            node = node[section]
-        node[last] = value
+        set_key(data, parameter.key, value)
     return parse_config(data, source="run parameters")

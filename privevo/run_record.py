@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from privevo import storage
-from privevo.config import Config, config_to_dict, parse_config, set_dotted
+from privevo.config import Config, config_to_dict, get_key, parse_config, set_dotted
 from privevo.data import may_share_images
 from privevo.errors import UserError
 from privevo.layout import RunLayout, overlaps, same_or_inside
@@ -109,7 +109,7 @@ class Run:
                             "stored path; start a new run with --run-id for another private set")
         if not changed:
             return self
-        values = {key: [_value_at(stored, key), _value_at(config_to_dict(config), key)] for key in changed}
+        values = {key: [get_key(stored, key), get_key(config_to_dict(config), key)] for key in changed}
 
         def record_change(record: dict[str, Any]) -> dict[str, Any]:
             kept_root = record["config"]["run_root"]  # where the run was made; it may be opened elsewhere
@@ -219,14 +219,6 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif before != after:
             changed.append(f"{prefix}{key}")
     return changed
-
-
-def _value_at(config: dict[str, Any], key: str) -> Any:
-    """The value of a dotted key in a config dict (None where a section is absent)."""
-    node: Any = config
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _stable_hash(text: str) -> int:
