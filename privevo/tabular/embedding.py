@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from privevo.errors import UserError
-from privevo.tabular.schema import Schema, check_codes
+from privevo.tabular.schema import Schema
 
 
 class TabularEmbedding:
@@ -29,8 +29,13 @@ class TabularEmbedding:
 
     def embed(self, samples: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
         """Features of ``samples`` as float32 (N, dim); ``batch_size`` and ``progress`` are accepted for the
-        shared interface (one vectorised pass, no progress bar: it would tell the private set's size)."""
-        check_codes(self.schema, samples)
+        shared interface (one vectorised pass, no progress bar: it would tell the private set's size).
+
+        Only the form is checked, not the domain: the vote's padding rows (zeros) are embedded like real rows."""
+        if samples.dtype != np.float64 or samples.ndim != 2 or samples.shape[1] != len(self.schema.columns):
+            raise UserError(f"tables are float64 (N, {len(self.schema.columns)}) code arrays, "
+                            f"got {samples.dtype} {samples.shape}")
+        samples = np.clip(samples, self.schema.low, self.schema.high)
         parts = []
         for j, column in enumerate(self.schema.columns):
             values = samples[:, j]

@@ -1,0 +1,195 @@
+"""The table modality: what the shared steps, evaluation, report, export and audit call for ``modality: tabular``."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from privevo import storage
+from privevo.errors import UserError
+from privevo.modalities import Modality, SampleSet, Scores
+from privevo.population import Population
+from privevo.tabular import table_io
+from privevo.tabular.schema import Schema, SchemaSpec, load_schema_spec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from privevo.config import Config, DataConfig, TabularConfig
+    from privevo.data_quality import DataQuality
+    from privevo.run_record import Run
+
+logger = logging.getLogger(__name__)
+
+HISTOGRAMS_PNG = "table_histograms.png"
+TVD_CURVE_PNG = "table_tvd_curve.png"
+EXPORT_FILES = {"csv": "synthetic.csv", "parquet": "synthetic.parquet"}
+
+
+def tabular_section(config: Config) -> TabularConfig:
+    """``config.tabular``, required for modality tabular."""
+    if config.tabular is None:
+        raise UserError("modality tabular needs a tabular section with the table's public schema")
+    return config.tabular
+
+
+@lru_cache(maxsize=8)
+def _schema(spec: SchemaSpec) -> Schema:
+    return Schema(spec)
+
+
+def config_schema(config: Config) -> Schema:
+    """The public schema the config declares (inline or in ``tabular.schema_file``)."""
+    section = tabular_section(config)
+    return _schema(load_schema_spec(section.columns, section.label, section.schema_file))
+
+
+class TabularModality(Modality):
+    """Rows of schema codes: float64 (N, n_columns), one column per schema column."""
+
+    name = "tabular"
+    population_suffix = ".parquet"
+    export_formats = ("csv", "parquet")
+    summary_keys = ("tvd_1way", "tvd_2way", "tvd_3way", "wasserstein")
+    headline_keys = ("tvd_3way", "wasserstein")
+
+    def encode_population(self, population: Population) -> bytes:
+        """Parquet of the codes (:func:`privevo.tabular.table_io.encode_population`)."""
+        return table_io.encode_population(population)
+
+    def decode_population(self, data: bytes, source: str) -> Population:
+        """:func:`privevo.tabular.table_io.decode_population`."""
+        return table_io.decode_population(data, source)
+
+    def load_private(self, run: Run, quality: DataQuality) -> SampleSet:
+        """The private table: records that cannot be coded are skipped, clipped or ``other`` values counted, all in
+        ``quality`` (private tier)."""
+        from privevo.tabular.data import load_table
+
+        adjusted: Counter[str] = Counter()
+        codes, labels = load_table(run.config.private, config_schema(run.config), run.seed("private-subset"),
+                                   quality, adjusted)
+        quality.adjusted.update(sorted(adjusted.items()))
+        return SampleSet(codes, labels)
+
+    def load_reference(self, run: Run) -> SampleSet | None:
+        """The held-out table of ``evaluation.reference``."""
+        from privevo.tabular.data import load_table
+
+        data = run.config.evaluation.reference
+        if data is None:
+            return None
+        codes, labels = load_table(data, config_schema(run.config), run.seed("reference-subset"))
+        return SampleSet(codes, labels)
+
+    def may_share_records(self, a: DataConfig, b: DataConfig) -> bool:
+        """Tables are single files: two selections share records when they read the same file."""
+        from privevo.layout import normalised
+
+        return normalised(a.path) == normalised(b.path)
+
+    def load_model(self, config: Config) -> Any:
+        """Tab-PE's APIs on the schema (:class:`privevo.tabular.model.TabularModel`), with the public prior table."""
+        from privevo.tabular.data import read_table
+        from privevo.tabular.model import TabularModel
+
+        schema = config_schema(config)
+        section = tabular_section(config)
+        prior = read_table(section.prior, schema) if section.prior is not None else None
+        return TabularModel(schema, atom_rate=section.atom_rate, prior=prior, batch_size=config.model.batch_size)
+
+    def load_embedding(self, config: Config) -> Any:
+        """Numerics scaled by the public bounds, categoricals one-hot (:mod:`privevo.tabular.embedding`)."""
+        from privevo.tabular.embedding import TabularEmbedding
+
+        return TabularEmbedding(config_schema(config), tabular_section(config).categorical_weight)
+
+    def scorer(self, run: Run) -> Callable[[SampleSet | None, int, bool], Scores]:
+        """Marginal TVDs and Wasserstein per generation; the final row adds downstream utility."""
+
+        def score(real: SampleSet | None, last: int, log_rows: bool) -> Scores:
+            return _score(run, real, last, log_rows)
+
+        return score
+
+    def metrics_fields(self, final: dict[str, Any]) -> dict[str, Any]:
+        """How the table metrics are measured."""
+        from privevo.tabular import metrics
+
+        return {"table_metrics": metrics.__doc__.split("\n\n", 1)[1].strip() if metrics.__doc__ else ""}
+
+    def write_report_views(self, run: Run, result: dict[str, Any]) -> None:
+        """Per-column histograms of the last generation beside the reference, and the TVD curve."""
+        from privevo.report import reference_may_be_private
+        from privevo.steps import load_population
+        from privevo.tabular import metrics
+
+        rows = result["generations"]
+        storage.write_bytes(run.layout.report_file(TVD_CURVE_PNG), metrics.tvd_curve_png(rows))
+        if reference_may_be_private(run.config):
+            return
+        reference = self.load_reference(run)
+        if reference is not None:
+            population = load_population(run, rows[-1]["generation"])
+            storage.write_bytes(run.layout.report_file(HISTOGRAMS_PNG),
+                                metrics.histograms_png(config_schema(run.config), population.samples,
+                                                       reference.samples))
+
+    def results_html(self, run: Run, result: dict[str, Any], figure: Callable[..., str]) -> dict[str, str]:
+        """The histograms (final), the TVD curve and the utility table (extra)."""
+        from privevo.tabular.metrics import utility_html
+
+        last = result["generations"][-1]["generation"]
+        final = (figure(HISTOGRAMS_PNG, f"per-column histograms: generation {last} (final) beside the reference",
+                        wide=True)
+                 if storage.exists(run.layout.report_file(HISTOGRAMS_PNG))
+                 else '<p class="note">No histograms: the config names no evaluation reference apart from the '
+                      "private data.</p>")
+        extra = figure(TVD_CURVE_PNG, "mean marginal TVD against the reference over generations")
+        utility = utility_html((result.get("final") or {}).get("utility"))
+        if utility:
+            extra += "\n<h3>Downstream utility</h3>\n" + utility
+        return {"final": final, "extra": extra, "gallery": ""}
+
+    def export(self, run: Run, population: Population, export_format: str, folder: Path) -> None:
+        """synthetic.csv or synthetic.parquet: the rows decoded to values under the schema's column names."""
+        schema = config_schema(run.config)
+        data = (table_io.csv_bytes if export_format == "csv" else table_io.parquet_bytes)(schema, population.samples)
+        (folder / EXPORT_FILES[export_format]).write_bytes(data)
+
+    def describe_release(self, run: Run, count: int) -> str:
+        """e.g. "1000 synthetic rows of 15 columns"."""
+        return f"{count} synthetic rows of {len(config_schema(run.config).columns)} columns"
+
+
+def _score(run: Run, real: SampleSet | None, last: int, log_rows: bool) -> Scores:
+    """Per-generation rows and the final row of table metrics against ``real`` (None: every metric null)."""
+    from privevo.evaluation import format_row
+    from privevo.steps import load_population
+    from privevo.tabular.metrics import table_metrics
+
+    schema = config_schema(run.config)
+    ledger = run.ledger()
+    rows = []
+    for generation in range(last + 1):
+        row: dict[str, Any] = {"generation": generation, "tvd_1way": None, "tvd_2way": None, "tvd_3way": None,
+                               "wasserstein": None, "epsilon": ledger.epsilon(upto_generation=generation),
+                               "non_dp": False}
+        if real is not None:
+            samples = load_population(run, generation).samples
+            found = table_metrics(schema, samples, real.samples, with_utility=False)
+            row.update({key: found.get(key) for key in ("tvd_1way", "tvd_2way", "tvd_3way", "wasserstein")})
+        rows.append(row)
+        if log_rows:
+            logger.info("evaluated generation %d: %s", generation, format_row(row))
+    final = dict(rows[-1])
+    final["wasserstein_per_column"] = None
+    final["utility"] = None
+    if real is not None:
+        found = table_metrics(schema, load_population(run, last).samples, real.samples, seed=run.config.seed)
+        final["wasserstein_per_column"] = found["wasserstein_per_column"]
+        final["utility"] = found["utility"]
+    return rows, final
