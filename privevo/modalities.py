@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 #: config.modality -> "module:class" of its Modality, imported only when a run needs it.
 MODALITIES: dict[str, str] = {
     "image": "privevo.image:ImageModality",
+    "tabular": "privevo.tabular:TabularModality",
 }
 
 #: Per-generation metric rows and the final row, as a scorer returns them (see :meth:`Modality.scorer`).
