@@ -8,6 +8,7 @@ probe the protocol's health routes.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import yaml
 
 from tests.test_deploy import KUBERNETES_VERSION, NAMESPACE, PUBLIC_SA, _tool, kubectl_tool
 
-SERVING = Path(__file__).resolve().parents[1] / "manifests" / "serving"
+REPO = Path(__file__).resolve().parents[1]
+SERVING = REPO / "manifests" / "serving"
 
 
 def render(folder: Path) -> list[dict]:
@@ -65,6 +67,8 @@ def test_inference_service_is_well_formed() -> None:
     assert [(d["apiVersion"], d["kind"]) for d in docs] == [("serving.kserve.io/v1beta1", "InferenceService")]
     service = docs[0]
     assert service["metadata"]["namespace"] == NAMESPACE
+    # Standard: a Deployment and a Service, no Knative (RawDeployment is its deprecated alias)
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     predictor = service["spec"]["predictor"]
     assert predictor["serviceAccountName"] == PUBLIC_SA
     (container,) = predictor["containers"]
@@ -73,3 +77,16 @@ def test_inference_service_is_well_formed() -> None:
     assert container["ports"][0]["containerPort"] == 8080
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_kserve_address_is_the_predictor_service() -> None:
+    """The URL the manifests tell steps to call is KServe's predictor Service, <name>-predictor."""
+    (service,) = render(SERVING / "kserve")
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    expected = f"http://{name}-predictor.{namespace}.svc.cluster.local"
+    comments = (SERVING / "kserve" / "kustomization.yaml").read_text()
+    assert expected in comments
+    # the plain Service of manifests/serving is {name}:8080; KServe has no Service {name} on port 80
+    stale = re.compile(rf"http://{name}\.{namespace}\.svc\.cluster\.local(?!:8080)")
+    for path in (*SERVING.rglob("*.yaml"), REPO / "docs" / "cluster.md", *(REPO / "configs").glob("*.yaml")):
+        assert not stale.search(path.read_text()), f"{path}: KServe serves the predictor at {expected}"
