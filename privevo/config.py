@@ -70,6 +70,10 @@ class RemoteConfig(_Strict):
         return url.rstrip("/")
 
 
+#: model.kind of modality tabular: Tab-PE's in-process APIs on the public schema (privevo.tabular.model), no weights.
+TABULAR_MODEL = "tabular"
+
+
 class ModelConfig(_Strict):
     """The public foundation model and how to call it."""
 
@@ -96,7 +100,7 @@ class ModelConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _registered_kind(cls, kind: str) -> str:
-        return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
+        return kind if kind == TABULAR_MODEL else check_registered(MODEL_BACKENDS, kind, "foundation model kind")
 
     @field_validator("autocast", mode="before")
     @classmethod
@@ -112,7 +116,7 @@ class ModelConfig(_Strict):
     def _path_or_remote(self) -> ModelConfig:
         if self.kind == "remote" and self.remote is None:
             raise ValueError("kind remote needs model.remote with at least url (the server's base URL)")
-        if self.kind != "remote" and self.path is None:
+        if self.kind not in ("remote", TABULAR_MODEL) and self.path is None:
             raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
         if self.path is not None and is_remote(self.path) and self.sha256 is None:
             raise ValueError(f"model.path {self.path} is on Cloud Storage, so it needs model.sha256 "
