@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         runner = session.runner
     local.init(runner=runner, pipeline_root=args.pipeline_root, raise_on_error=True)
     started = time.time()
-    pipeline_func = build_pipeline(config)
+    pipeline_func = build_pipeline(config, local=True)
     log_path = os.path.join(args.pipeline_root, f"{run_id}.log")
     os.makedirs(args.pipeline_root, exist_ok=True)
     original_print = builtins.print  # kfp.local's ParallelFor threads can leave print indented
@@ -311,9 +311,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
     """Write the KFP IR YAML for a config."""
     from kfp import compiler
 
+    from privevo.cluster import check_cluster_paths
     from privevo.dag import build_pipeline
 
     config = load_checked_config(args)
+    check_cluster_paths(config, {}, args.allow_local)
     if "://" in args.output:
         raise UserError(f"--output {args.output}: write the pipeline to a local file (upload sends it to a cluster)")
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
@@ -527,8 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "only its step's folders mounted and no network")
     run.set_defaults(func=cmd_run)
 
+    def with_allow_local(sub: argparse.ArgumentParser) -> None:
+        from privevo.cluster import ALLOW_LOCAL_HELP
+
+        sub.add_argument("--allow-local", action="store_true", help=ALLOW_LOCAL_HELP)
+
     comp = commands.add_parser("compile", help="write the KFP pipeline YAML")
     with_config(comp)
+    with_allow_local(comp)
     comp.add_argument("--output", required=True)
     comp.set_defaults(func=cmd_compile)
 
@@ -543,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_template(sub: argparse.ArgumentParser) -> None:
         with_kfp(sub)
         with_config(sub, required=False)
+        with_allow_local(sub)
         sub.add_argument("--pipeline-id", help="run an uploaded pipeline instead of compiling --config (see upload)")
         sub.add_argument("--pipeline", metavar="NAME", help="run an uploaded pipeline by name, e.g. private-evolution-demo")
         sub.add_argument("--version-id", help="the uploaded pipeline's version to run (default: its latest)")
@@ -554,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     upload = commands.add_parser("upload", help="register the pipeline and a new version of it on Kubeflow Pipelines")
     with_config(upload)
+    with_allow_local(upload)
     with_kfp(upload)
     upload.add_argument("--version", help="the new version's name (default: PIPELINE-UTCTIME)")
     upload.set_defaults(func=kfp_client.upload)

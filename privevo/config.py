@@ -239,13 +239,18 @@ class EvaluationConfig(_Strict):
 
 
 class ResourcesConfig(_Strict):
-    """Per-task resources on a cluster."""
+    """Per-task resources on a cluster: limits, and the requests the scheduler places the pod by (the limits unless
+    set lower; a pod whose request fits no node stays Pending)."""
 
-    cpu: str = "2"
-    memory: str = "8Gi"
-    gpu_type: str | None = None
+    cpu: str = Field(default="2", description="CPU limit")
+    memory: str = Field(default="8Gi", description="memory limit")
+    cpu_request: str | None = Field(default=None, description="CPU the node must have free; None: the limit")
+    memory_request: str | None = Field(default=None, description="memory the node must have free; None: the limit")
+    gpu_type: str | None = Field(default=None, description="the GPU's resource name, e.g. nvidia.com/gpu (the GPU "
+                                                           "model is chosen by node_selector)")
     gpu_limit: int = Field(default=0, ge=0)
-    timeout_s: int | None = Field(default=2 * 3600, ge=1, description="the step's deadline on a cluster; None: none")
+    timeout_s: int | None = Field(default=2 * 3600, ge=1, description="the step's deadline on a cluster, counted from "
+                                                                     "its pod's start; None: none")
 
 
 class ModelStepResources(ResourcesConfig):
@@ -270,13 +275,32 @@ class PvcMount(_Strict):
 
 
 class KubernetesConfig(_Strict):
-    """Cluster wiring: images, resources, retries, scheduling, credentials."""
+    """Cluster wiring: images, resources, retries, deadlines, scheduling, credentials.
 
-    image: str = "ghcr.io/privevo/privevo-cpu:0.1.0"
-    gpu_image: str = "ghcr.io/privevo/privevo-cuda:0.1.0"
+    The default images are the tags ``make images`` builds on this machine: a cluster cannot pull them until they
+    are pushed to a registry it can reach (``REGISTRY=... make images``) and ``image_registry`` names it."""
+
+    image: str = Field(default="privevo-cpu:0.1.0", description="the CPU steps' image (under image_registry if set)")
+    gpu_image: str = Field(default="privevo-cuda:0.1.0",
+                           description="the image of the steps that run a network on GPUs (under image_registry if set)")
+    image_registry: str | None = Field(
+        default=None, description="where the cluster pulls the images from, e.g. us-docker.pkg.dev/PROJECT/privevo: "
+                                  "prefixed to image and gpu_image, which are pinned by the digest images/digests.json "
+                                  "records when `make images` pushed them")
+    image_pull_secret: str | None = Field(default=None,
+                                          description="a docker-registry Secret every step pulls its image with")
     pipeline_root: str | None = None
     caching: bool = False
-    retries: int = Field(default=1, ge=0)
+    retries: int = Field(default=1, ge=0, description="retries of a step that failed for a reason other than a user "
+                                                      "error (a user error ends the step: its retries exit at once)")
+    retry_backoff_s: int = Field(default=60, ge=0, description="wait before a step's first retry; doubles per retry")
+    pipeline_timeout_s: int | None = Field(
+        default=3 * 24 * 3600, ge=1,
+        description="the whole run's deadline on a cluster, counted from its start (a Pending pod's wait included); "
+                    "None: none")
+    image_paths: list[str] = Field(
+        default=[], description="files or folders baked into the images (e.g. a public data set or classifier): "
+                                "data and model paths under them are read from the image, not refused as local")
     cpu_step: ResourcesConfig = ResourcesConfig()
     model_step: ModelStepResources = ModelStepResources()
     node_selector: dict[str, str] = Field(default={}, description="applied to the model steps")

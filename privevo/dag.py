@@ -5,19 +5,25 @@ Imports kfp (the ``kfp`` extra) when a pipeline is built; nothing else in the li
 
 import os
 
+from privevo.config import ResourcesConfig
 from privevo.step_table import STEPS, StepSpec, step
 
 KFP_LOCAL_PARALLEL_SHARDS = 2  # kfp.local's cap on concurrent ParallelFor iterations (kfp 2.17)
+RETRY_BACKOFF_FACTOR = 2.0  # each retry of a step waits twice as long as the one before
+NO_DEADLINE_RETRY_WINDOW_S = 7 * 24 * 3600  # how long retries may go on in a pipeline without a deadline
 
 
-def build_pipeline(config):
+def build_pipeline(config, local: bool = False):
     """The KFP pipeline for ``config``: T generations and the shards unrolled at compile time (the DAG's shape),
-    the values of :data:`privevo.parameters.RUN_PARAMETERS` as run parameters with the config's as defaults."""
+    the values of :data:`privevo.parameters.RUN_PARAMETERS` as run parameters with the config's as defaults.
+    ``local``: for kfp.local on this machine, whose retries do not wait (the failures a backoff waits out are a
+    cluster's) and need no guard against repeating a user error."""
     import importlib
     import json
 
     from kfp import dsl, kubernetes
 
+    from privevo.cluster import RETRY_GUARD_ENV, image_reference
     from privevo.config import config_to_dict
     from privevo.model_store import is_remote
     from privevo.parameters import RUN_PARAMETERS, parameter_defaults
@@ -26,7 +32,7 @@ def build_pipeline(config):
 
     def component(name: str, runs_network: bool):
         """The step's KFP component, in the GPU image only when it runs a network on GPUs."""
-        image = k8s.gpu_image if runs_network and k8s.model_step.gpu_limit else k8s.image
+        image = image_reference(k8s, k8s.gpu_image if runs_network and k8s.model_step.gpu_limit else k8s.image)
         function = getattr(importlib.import_module(f"privevo.components.{name}"), name)
         return dsl.component(function, base_image=image, install_kfp_package=False)
 
@@ -35,20 +41,31 @@ def build_pipeline(config):
     shards = list(range(config.population.num_shards))
     defaults = parameter_defaults(config)
 
+    # Argo ends a task's retries once this long has passed since its first attempt began (kfp's default is an hour,
+    # which would never retry a model step that failed after an hour): the run's own deadline bounds them instead.
+    retry_window_s = k8s.pipeline_timeout_s or NO_DEADLINE_RETRY_WINDOW_S
+
     def configure(task, name: str, spec: StepSpec | None = None):
         """Display name, resources, deadline, retries, caching, scheduling and secrets of one task."""
         runs_network = spec is not None and spec.runs_network
-        resources = k8s.model_step if runs_network else k8s.cpu_step
+        resources = LIGHT_STEP if spec is None else k8s.model_step if runs_network else k8s.cpu_step
         task.set_display_name(name)
         # resolve_config and the steps that read the private tier are never cached: a cache hit would skip
         # the run-folder check, the vote's charge or the private embeddings' presence, and could reuse a DP
         # release of another run, or skip a forced redraw, without the ledger knowing.
         task.set_caching_options(k8s.caching and spec is not None and not spec.reads_private(config))
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
+        task.set_cpu_request(resources.cpu_request or resources.cpu)
+        task.set_memory_request(resources.memory_request or resources.memory)
         if resources.timeout_s:
             kubernetes.set_timeout(task, resources.timeout_s)
         if k8s.retries:
-            task.set_retry(k8s.retries)
+            task.set_retry(k8s.retries, backoff_duration=f"{0 if local else k8s.retry_backoff_s}s",
+                           backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{retry_window_s}s")
+            if not local:  # a user error ends the step: its retries exit at once (privevo.cluster)
+                task.set_env_variable(RETRY_GUARD_ENV, "1")
+        if k8s.image_pull_secret:
+            kubernetes.set_image_pull_secrets(task, [k8s.image_pull_secret])
         if resources.gpu_limit:
             task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
             task.set_accelerator_limit(resources.gpu_limit)
@@ -123,8 +140,14 @@ def build_pipeline(config):
         "    force_new_noise: redraw the votes' DP noise (charged again in the ledger).",
         *(f"    {parameter.name}: {parameter.description}." for parameter in RUN_PARAMETERS),
     ])
+    # The run's deadline counts from its start, so it also ends a run whose pod waits forever for a node (a step's
+    # own deadline counts from its pod's start). It is the workflow's activeDeadlineSeconds (the platform spec's
+    # pipelineConfig); a KFP backend that does not read pipelineConfig leaves the run without it.
+    pipeline_config = dsl.PipelineConfig(active_deadline_seconds=k8s.pipeline_timeout_s)
     return dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution",
-                        pipeline_root=k8s.pipeline_root)(private_evolution)
+                        pipeline_root=k8s.pipeline_root, pipeline_config=pipeline_config)(private_evolution)
 
 
 PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
+#: resolve_config's fixed resources: a few seconds of work (it reads no data), which should not hold a node's CPUs.
+LIGHT_STEP = ResourcesConfig(cpu="1", memory="2Gi", cpu_request="250m", memory_request="1Gi", timeout_s=1800)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from privevo.cli import KFP_HOST_ENV, load_checked_config, new_run_id
+from privevo.cluster import check_cluster_paths
 from privevo.dag import build_pipeline
 from privevo.errors import UserError
 
@@ -147,6 +148,7 @@ def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, A
         with _compiled(config) as (package, spec):
             params = _run_parameters(spec, args.params)
             _check_with_parameters(config, params)
+            check_cluster_paths(config, params, args.allow_local)
             with _client(args) as client:
                 yield client, spec, params, {
                     "pipeline_package_path": package,
@@ -168,7 +170,9 @@ def _template(args: argparse.Namespace) -> Iterator[tuple[Any, dict, dict[str, A
                                 "(python pipeline.py upload --config CFG)")
             version_id = versions[0].pipeline_version_id
         spec = _pipeline_spec(client.get_pipeline_version(pipeline_id, version_id).pipeline_spec, version_id)
-        yield client, spec, _run_parameters(spec, args.params), {
+        params = _run_parameters(spec, args.params)
+        check_cluster_paths(None, params, args.allow_local)
+        yield client, spec, params, {
             "pipeline_id": pipeline_id, "version_id": version_id, "service_account": args.service_account,
             "pipeline_root": _pipeline_root(spec)}
 
@@ -229,6 +233,7 @@ def upload(args: argparse.Namespace) -> None:
     import kfp_server_api
 
     config = load_checked_config(args)
+    check_cluster_paths(config, {}, args.allow_local)
     with _client(args) as client, _compiled(config) as (package, spec):
         name = spec["pipelineInfo"]["name"]
         pipeline_id = _find_pipeline(client, name, args.namespace)

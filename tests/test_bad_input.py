@@ -102,7 +102,7 @@ def only_line(result) -> str:
     (["run", "--config", "configs/tiny.yaml", "--set", "population.degrees=[0.6"],
      "error: --set population.degrees: '[0.6' is not valid YAML"),
     (["run", "--config", "{typo}"], "error: {typo}: unknown key 'populaton' (did you mean 'population'?)"),
-    (["submit", "--host", "http://127.0.0.1:9", "--config", "configs/tiny.yaml"],
+    (["submit", "--host", "http://127.0.0.1:9", "--config", "configs/tiny.yaml", "--allow-local"],
      "error: cannot reach the KFP API at http://127.0.0.1:9 (MaxRetryError): check --host"),
     (["submit", "--host", "http://127.0.0.1:9", "--config", "configs/tiny.yaml", "--param", "epsilom=2"],
      "error: unknown run parameter 'epsilom'"),
@@ -122,7 +122,7 @@ def test_bad_command_lines_are_one_line(tmp_path, run_cli, default_run_id, argv,
 def test_compile_creates_the_output_folder(run_cli, request):
     folder = ROOT / f"compiled-{uuid.uuid4().hex[:8]}"
     request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))
-    result = run_cli("compile", "--config", "configs/tiny.yaml", "--output", f"{folder.name}/deep/x.yaml")
+    result = run_cli("compile", "--config", "configs/tiny.yaml", "--allow-local", "--output", f"{folder.name}/deep/x.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (folder / "deep" / "x.yaml").is_file()
 

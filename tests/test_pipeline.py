@@ -16,9 +16,10 @@ CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 
 
 def compile_config(run_cli, tmp_path, config: str, *overrides: str) -> list[dict]:
+    """The config compiled by the command line; local roots and paths allowed (as on a cluster with a shared volume)."""
     output = tmp_path / f"{config}.pipeline.yaml"
     sets = [a for o in overrides for a in ("--set", o)]
-    result = run_cli("compile", "--config", f"configs/{config}", "--output", str(output), *sets)
+    result = run_cli("compile", "--config", f"configs/{config}", "--allow-local", "--output", str(output), *sets)
     assert result.returncode == 0, result.stderr
     return list(yaml.safe_load_all(output.read_text()))
 
@@ -107,15 +108,27 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
             expected = [cfg.kubernetes.model_pvc.mount_path] if cfg.kubernetes.model_pvc and kind in MODEL_STEPS else []
             assert [m["mountPath"] for m in mounts] == expected, (config, name)
 
-    # GPU requests on the model steps where the config asks for them.
+    # GPU requests on the model steps where the config asks for them; requests as well as limits on every step
+    # (the scheduler places a pod by its requests), resolve_config's small and fixed.
+    from privevo.dag import LIGHT_STEP
+
     for kind, names in groups.items():
         for name in names if kind != "importer" else []:
             resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
             wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind not in ("dp_vote", "resolve_config")
             # every step has a deadline on a cluster: a stuck call fails its step instead of holding a node
-            resources_of = cfg.kubernetes.cpu_step if kind in ("dp_vote", "resolve_config") else cfg.kubernetes.model_step
+            resources_of = {"resolve_config": LIGHT_STEP, "dp_vote": cfg.kubernetes.cpu_step}.get(
+                kind, cfg.kubernetes.model_step)
             assert platform[name]["activeDeadlineSeconds"] == str(resources_of.timeout_s), (config, name)
             assert ("accelerator" in resources) == wants_gpu, (config, name)
+            assert resources["resourceCpuLimit"] == resources_of.cpu, (config, name)
+            assert resources["resourceCpuRequest"] == (resources_of.cpu_request or resources_of.cpu), (config, name)
+            assert resources["resourceMemoryRequest"] == (resources_of.memory_request or resources_of.memory), name
+    assert spec["deploymentSpec"]["executors"]["exec-resolve-config"]["container"]["resources"][
+        "resourceCpuRequest"] == "250m"
+    # the run's own deadline, which also counts a pod's wait for a node
+    assert docs[1]["platforms"]["kubernetes"]["pipelineConfig"] == {
+        "activeDeadlineSeconds": cfg.kubernetes.pipeline_timeout_s}
 
 
 def test_tiny_run_writes_the_run_layout(tiny_run):
@@ -288,3 +301,185 @@ def test_the_remote_model_token_reaches_only_the_steps_that_call_the_model(run_c
             with_token[name] = [v["mountPath"] for v in volumes if v["secretName"] == "model-token"]
             assert bool(with_token[name]) == (kind in MODEL_STEPS), name
     assert {path for paths in with_token.values() for path in paths} == {"/var/secrets/model-token"}
+
+
+# ------------------------------------------------------------------------ what a cluster needs
+
+
+@pytest.mark.parametrize("command", ["compile", "upload", "submit", "schedule"])
+def test_local_roots_are_refused_for_a_cluster_without_allow_local(run_cli, tmp_path, command):
+    """A pod resolves a local path in its own file system: every command that sends a pipeline to a cluster refuses
+    one, before connecting, in one line naming the key and its value, and writes nothing."""
+    output = tmp_path / "demo.yaml"
+    extra = {"compile": ["--output", str(output)], "schedule": ["--cron", "0 0 3 * * *"]}.get(command, [])
+    result = run_cli(command, "--config", "configs/demo.yaml", "--host", "http://127.0.0.1:9", *extra) \
+        if command != "compile" else run_cli(command, "--config", "configs/demo.yaml", *extra)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: run_root runs is local"), result.stderr
+    assert "--allow-local" in lines[0] and not output.exists()
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["run_root=gs://b/runs", "private_root=/data/private"], "private_root /data/private"),
+    (["run_root=gs://b/runs", "private_root=gs://p/runs"], "private.path /usr/share/datasets/fashion-mnist"),
+    (["run_root=gs://b/runs", "private_root=gs://p/runs", "private.path=gs://p/data"], "model.path models/fashion"),
+    (["run_root=gs://b/runs", "private_root=gs://p/runs", "private.path=gs://p/data", "model.path=/models/m",
+      "kubernetes.model_pvc={claim_name: models, mount_path: /models}"], "evaluation.reference.path /usr/share"),
+    (["run_root=gs://b/runs", "private_root=gs://p/runs", "private.path=gs://p/data", "model.path=/models/m",
+      "kubernetes.model_pvc={claim_name: models, mount_path: /models}",
+      "kubernetes.image_paths=[/usr/share/datasets/fashion-mnist]"], "evaluation.classifier_path models/fashion"),
+    (["run_root=gs://b/runs", "private_root=gs://p/runs", "private.path=gs://p/data", "model.path=/models/m",
+      "kubernetes.model_pvc={claim_name: models, mount_path: /models}",
+      "kubernetes.image_paths=[/usr/share/datasets/fashion-mnist, models/fashion-mnist-classifier]"], None),
+])
+def test_each_local_path_is_named_unless_in_the_images_or_the_model_volume(overrides, key):
+    from privevo.cluster import check_cluster_paths
+    from privevo.config import load_config
+    from privevo.errors import UserError
+
+    config = load_config(ROOT / "configs" / "demo.yaml", overrides)
+    check_cluster_paths(config, {}, allow_local=True)
+    if key is None:
+        check_cluster_paths(config, {}, allow_local=False)
+        with pytest.raises(UserError, match="^run_root /tmp/runs is local"):  # a run parameter replaces the root
+            check_cluster_paths(config, {"run_root": "/tmp/runs"}, allow_local=False)
+        return
+    with pytest.raises(UserError, match=f"^{key}"):
+        check_cluster_paths(config, {}, allow_local=False)
+
+
+def test_a_run_parameter_of_an_uploaded_pipeline_is_checked_too():
+    from privevo.cluster import check_cluster_paths
+    from privevo.errors import UserError
+
+    check_cluster_paths(None, {"run_root": "gs://b/runs", "private_data_uri": "gs://p/data", "epsilon": 2.0}, False)
+    with pytest.raises(UserError, match="^private.path ./private is local"):
+        check_cluster_paths(None, {"private_data_uri": "./private"}, False)
+    with pytest.raises(UserError, match="^run_root runs is local"):  # a root is never in an image
+        check_cluster_paths(None, {"run_root": "runs"}, False)
+
+
+@pytest.mark.parametrize("config", ["camelyon17.yaml", "cifar10.yaml", "stable-diffusion.yaml"])
+def test_gpu_configs_fit_the_documented_node_pool(config):
+    """docs/cluster.md's GPU pool is g2-standard-8 (8 vCPU, 32 GB, one NVIDIA L4): a model step's requests must fit
+    what such a node can give a pod after the kubelet's and the daemons' share, or its pods stay Pending."""
+    from privevo.config import load_config
+
+    k8s = load_config(ROOT / "configs" / config).kubernetes
+    step = k8s.model_step
+    cpu = float(step.cpu_request or step.cpu)
+    memory = (step.memory_request or step.memory).removesuffix("Gi")
+    assert cpu <= 7 and float(memory) <= 26 and step.gpu_limit == 1, (step, config)
+    assert k8s.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+
+
+def _compile_here(config, tmp_path, local: bool = False) -> list[dict]:
+    from kfp import compiler
+
+    from privevo.dag import build_pipeline
+
+    package = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline(config, local=local), package_path=str(package))
+    return list(yaml.safe_load_all(package.read_text()))
+
+
+def test_images_come_from_the_registry_pinned_by_the_recorded_digest_with_the_pull_secret(tmp_path, monkeypatch):
+    from privevo import cluster
+    from privevo.config import load_config
+
+    digest = "sha256:" + "ab" * 32
+    digests = tmp_path / "digests.json"
+    digests.write_text(json.dumps({"registry.example/privevo/privevo-cpu:0.1.0": digest}))
+    monkeypatch.setattr(cluster, "DIGESTS_FILE", digests)
+    config = load_config(ROOT / "configs" / "tiny.yaml", [
+        "kubernetes.image_registry=registry.example/privevo/", "kubernetes.image_pull_secret=registry-login",
+        "kubernetes.model_step.gpu_type=nvidia.com/gpu", "kubernetes.model_step.gpu_limit=1"])
+    spec, platform = _compile_here(config, tmp_path)
+    images = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert images["exec-dp-vote"] == f"registry.example/privevo/privevo-cpu:0.1.0@{digest}"
+    assert images["exec-resolve-config"] == images["exec-dp-vote"]
+    # no digest recorded for the CUDA image: its tag, under the registry
+    assert images["exec-initial-shard"] == "registry.example/privevo/privevo-cuda:0.1.0"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(images)
+    for name in images:
+        assert [secret["secretName"] for secret in executors[name]["imagePullSecret"]] == ["registry-login"], name
+
+
+def test_retries_back_off_and_a_user_error_is_not_retried_on_a_cluster(tmp_path):
+    from privevo.cluster import RETRY_GUARD_ENV
+    from privevo.config import load_config
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["kubernetes.retries=2", "kubernetes.retry_backoff_s=30",
+                                                           "kubernetes.pipeline_timeout_s=36000"])
+    for local in (False, True):
+        spec = _compile_here(config, tmp_path, local=local)[0]
+        retried = [t for t in all_tasks(spec) if "retryPolicy" in t]
+        assert {t["taskInfo"]["name"] for t in retried} >= {"resolve-config", "embed-private", "evaluate"}
+        for task in retried:
+            assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "0s" if local else "30s",
+                                           "backoffFactor": 2.0, "backoffMaxDuration": "36000s"}
+        for name, executor in spec["deploymentSpec"]["executors"].items():
+            env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+            assert (env.get(RETRY_GUARD_ENV) == "1") == (not local), name
+    no_retries = load_config(ROOT / "configs" / "tiny.yaml", ["kubernetes.retries=0"])
+    spec = _compile_here(no_retries, tmp_path)[0]
+    assert not [t for t in all_tasks(spec) if "retryPolicy" in t]
+    assert not any(e["container"].get("env") for e in spec["deploymentSpec"]["executors"].values())
+
+
+class _Artifact:
+    def __init__(self, path) -> None:
+        self.path, self.metadata = str(path), {}
+
+
+def test_a_user_error_ends_the_task_and_its_retry_exits_at_once(tmp_path, monkeypatch, capsys):
+    """A step that fails with a user error leaves only "user error" in the run root (never its message, which may
+    come from a private step); a retry of that task in the same KFP run exits 2 without doing any work, while
+    another KFP run (a resume) and another task run as usual."""
+    from privevo import steps
+    from privevo.cluster import RETRY_GUARD_ENV, USER_ERRORS_DIR
+    from privevo.components.common import write_resolved
+    from privevo.components.embed_private import embed_private
+    from privevo.config import load_config
+    from privevo.errors import UserError
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"run_root={tmp_path}/runs",
+                                                          f"private_root={tmp_path}/private"])
+    calls = []
+
+    def failing(run):
+        calls.append(run.run_id)
+        raise UserError("the private set has SECRET-DETAIL")
+
+    monkeypatch.setattr(steps, "embed_private", failing)
+
+    def attempt(kfp_run_id: str) -> None:
+        resolved = _Artifact(tmp_path / f"resolved-{kfp_run_id}.json")
+        run = steps.resolve_run(config, {}, "guarded", kfp_run_id != "kfp-1", kfp_run_id)
+        write_resolved(resolved, run, False, kfp_run_id)
+        embed_private(resolved, _Artifact(tmp_path / "embeddings.json"))
+
+    with pytest.raises(UserError):  # no guard outside a pipeline compiled with retries: the error passes through
+        attempt("kfp-1")
+    assert calls == ["guarded"] and not (tmp_path / "runs" / USER_ERRORS_DIR).exists()
+
+    monkeypatch.setenv(RETRY_GUARD_ENV, "1")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as ended:
+        attempt("kfp-1")
+    assert ended.value.code == 2 and len(calls) == 2
+    assert capsys.readouterr().err == "error: the private set has SECRET-DETAIL\n"
+    marker = tmp_path / "runs" / USER_ERRORS_DIR / "kfp-1" / "embed_private"
+    assert marker.read_text() == "user error\n"
+    assert [p.name for p in (tmp_path / "runs" / USER_ERRORS_DIR).rglob("*") if p.is_file()] == ["embed_private"]
+
+    with pytest.raises(SystemExit) as retried:  # the retry: no work
+        attempt("kfp-1")
+    assert retried.value.code == 2 and len(calls) == 2
+    assert "ended with a user error" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):  # a resume is another KFP run: it tries again
+        attempt("kfp-2")
+    assert len(calls) == 3

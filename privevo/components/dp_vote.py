@@ -10,8 +10,10 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 def dp_vote(resolved: Input[Artifact], generation: int, private_embeddings: Input[Dataset],
             synthetic_embeddings: Input[list[Dataset]], selection: Output[Dataset], privacy: Output[Metrics]):
+    from privevo.cluster import resolved_run, task_key, user_error_ends_task
     from privevo.components.common import dp_vote_task
-    dp_vote_task(resolved, generation, private_embeddings, synthetic_embeddings, selection, privacy)
+    with user_error_ends_task(task_key("dp_vote", generation), *resolved_run(resolved)):
+        dp_vote_task(resolved, generation, private_embeddings, synthetic_embeddings, selection, privacy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,11 @@ from kfp.dsl import Artifact, Dataset, Input, Output
 def embed_private(resolved: Input[Artifact], private_embeddings: Output[Dataset]):
     """Embeds the private images; outputs only a reference (its URI) to the private tier."""
     from privevo import steps
+    from privevo.cluster import resolved_run, user_error_ends_task
     from privevo.components.common import open_run, write_reference
 
-    write_reference(private_embeddings, steps.embed_private(open_run(resolved)))
+    with user_error_ends_task("embed_private", *resolved_run(resolved)):
+        write_reference(private_embeddings, steps.embed_private(open_run(resolved)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ def resolve_config(
     import json
 
     from privevo import steps
+    from privevo.cluster import user_error_ends_task
     from privevo.components.common import log_setup, write_resolved
     from privevo.config import parse_config
 
@@ -21,6 +22,7 @@ def resolve_config(
     parameters = {"epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
                   "population_size": population_size, "private_data_uri": private_data_uri, "run_root": run_root,
                   "seed": seed, "degrees": degrees}
-    run = steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"), parameters, run_id,
-                            bool(resume), kfp_run_id)
-    write_resolved(resolved, run, bool(force_new_noise), kfp_run_id)
+    with user_error_ends_task("resolve_config", run_root, kfp_run_id):
+        run = steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"), parameters, run_id,
+                                bool(resume), kfp_run_id)
+        write_resolved(resolved, run, bool(force_new_noise), kfp_run_id)

@@ -10,8 +10,10 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 def variation_shard(resolved: Input[Artifact], generation: int, shard: int, selection: Input[Dataset],
                     population: Output[Dataset], embeddings: Output[Dataset], model: Input[Model] | None = None):
+    from privevo.cluster import resolved_run, task_key, user_error_ends_task
     from privevo.components.common import variation_shard_task
-    variation_shard_task(resolved, generation, shard, selection, population, embeddings, model)
+    with user_error_ends_task(task_key("variation_shard", generation, shard), *resolved_run(resolved)):
+        variation_shard_task(resolved, generation, shard, selection, population, embeddings, model)
 
 
 def main(argv: list[str] | None = None) -> int:
