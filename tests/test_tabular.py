@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,3 +149,48 @@ def test_population_file_round_trip() -> None:
 def test_export_csv_holds_values() -> None:
     text = table_io.csv_bytes(schema(), np.array([[30.0, 1, 2.5, 1]])).decode()
     assert text == "age,job,gain,income\n30,b,2.5,>50K\n"
+
+
+def _private_config(tmp_path: Path, csv_text: str, name: str) -> Any:
+    from privevo.config import load_config
+
+    path = tmp_path / f"{name}.csv"
+    path.write_text(csv_text)
+    return load_config("configs/tiny-tabular.yaml", [f"private.path={path}", f"name={name}"])
+
+
+def test_no_statistic_of_the_private_table_reaches_the_random_api(tmp_path: Path) -> None:
+    from privevo.modalities import get_modality
+
+    narrow = "age,job,hours,score,income\n30,clerk,40,0.5,<=50K\n31,clerk,40,0.5,<=50K\n"
+    wide = "age,job,hours,score,income\n17,manager,1,0.0,>50K\n90,sales,99,1.0,<=50K\n150,SECRET,500,7,>50K\n"
+    modality = get_modality("tabular")
+    outputs = [modality.load_model(_private_config(tmp_path, text, name)).random(500, seed=7)
+               for text, name in ((narrow, "narrow"), (wide, "wide"))]
+    assert np.array_equal(outputs[0], outputs[1])
+    assert set(np.unique(outputs[0][:, 1])) == {0, 1, 2, 3}  # every declared category, not the two seen
+
+
+@pytest.mark.slow
+def test_released_tier_holds_only_the_schemas_domain(tmp_path: Path) -> None:
+    """A private table with an undeclared category and out-of-range numbers: the run releases none of them, and
+    the private tier's data-quality report counts them."""
+    import privevo
+    from privevo import storage
+
+    rows = Path("tests/data/tiny-tabular/private.csv").read_text().splitlines()
+    secret = [*rows, "150,SECRETJOB,500,7.5,>50K", "150,clerk,500,7.5,>50K", "16,clerk,0,-1,<=50K"]
+    config = _private_config(tmp_path, "\n".join(secret) + "\n", "secret")
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(config.model_dump(mode="json")))
+    run = privevo.run(str(tmp_path / "c.yaml"), run_root=str(tmp_path / "runs"),
+                      private_root=str(tmp_path / "private"), overrides=["privacy.max_private_rows=250"])
+    released = storage.list_files(str(run.path))
+    assert all(b"SECRETJOB" not in storage.read_bytes(uri) for uri in released)
+    for generation in range(4):
+        samples = run.population(generation=generation).samples
+        assert samples[:, 0].max() <= 90 and samples[:, 2].max() <= 99 and samples[:, 3].max() <= 1
+    run.export(str(tmp_path / "out"), format="csv")
+    assert b"SECRETJOB" not in (tmp_path / "out" / "synthetic.csv").read_bytes()
+    quality = list((tmp_path / "private").rglob("data_quality.json"))
+    report = quality[0].read_bytes() if quality else b""
+    assert b"job: missing or undeclared value" in report and b"age: clipped to its bounds" in report

@@ -37,14 +37,14 @@ def tabular_section(config: Config) -> TabularConfig:
 
 
 @lru_cache(maxsize=8)
-def _schema(spec: SchemaSpec) -> Schema:
-    return Schema(spec)
+def _schema(spec_json: str) -> Schema:
+    return Schema(SchemaSpec.model_validate_json(spec_json))
 
 
 def config_schema(config: Config) -> Schema:
     """The public schema the config declares (inline or in ``tabular.schema_file``)."""
     section = tabular_section(config)
-    return _schema(load_schema_spec(section.columns, section.label, section.schema_file))
+    return _schema(load_schema_spec(section.columns, section.label, section.schema_file).model_dump_json())
 
 
 class TabularModality(Modality):
