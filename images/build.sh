@@ -2,7 +2,9 @@
 # Build the pipeline's images on this machine, with no image registry: `make images`.
 #
 #   images/build.sh            Docker ready + base image + the CPU image + the CUDA image's system stage
+#                              (+ push, when REGISTRY is set: `REGISTRY=us-docker.pkg.dev/PROJECT/privevo make images`)
 #   images/build.sh docker     only make Docker ready (install it, start the daemon)
+#   images/build.sh push       only push the images built here to $REGISTRY
 #
 # 1. Docker: installs the Debian packages docker.io and debootstrap when missing (root only)
 #    and starts dockerd without its default bridge (--bridge=none --iptables=false) when no
@@ -11,19 +13,24 @@
 #    imported from the cached root file system $CACHE/debian-bookworm-py311.tar, which
 #    debootstrap makes from the Debian mirror apt uses when it is missing.
 # 3. The CPU image (images/Dockerfile.cpu) on that base, tagged as the config's
-#    kubernetes.image (ghcr.io/privevo/privevo-cpu:0.1.0), torch from a local wheel folder
+#    kubernetes.image (privevo-cpu:0.1.0: a local tag, which no cluster can pull), torch from a local wheel folder
 #    ($WHEELS) served on loopback when it holds the CPU wheel, everything else from PyPI.
 # 4. images/Dockerfile.cuda up to its `system` stage (before the CUDA torch), on the same
 #    base: the part of the CUDA image that can be built without a CUDA base and a GPU.
+# 5. With REGISTRY set: the CPU image, and the CUDA image ($GPU_IMAGE) where it was built here (images/README.md),
+#    tagged $REGISTRY/NAME:TAG and pushed (`docker login` to it first); the digest each push got is recorded in
+#    images/digests.json, and compiling a config whose kubernetes.image_registry is $REGISTRY pins that digest.
 #
 # Environment: BASE_IMAGE, TORCH_INDEX_PORT (default 18765), CACHE (default /var/cache/privevo), WHEELS (default /opt/wheels),
-# DEBIAN_MIRROR (default: the first Debian URI in apt's sources), IMAGE (default: the
-# config's kubernetes.image), PYTHON (default .venv/bin/python, else python3), PIP_CA (the CA
+# DEBIAN_MIRROR (default: the first Debian URI in apt's sources), IMAGE and GPU_IMAGE (default: the
+# config's kubernetes.image and gpu_image), REGISTRY (default: none, nothing is pushed), PYTHON (default .venv/bin/python, else python3), PIP_CA (the CA
 # bundle pip trusts; default: pip's global.cert, else /etc/ssl/certs/ca-certificates.crt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE=${BASE_IMAGE:-privevo-base:bookworm-py311}
+REGISTRY=${REGISTRY:-}
+DIGESTS=images/digests.json
 CACHE=${CACHE:-/var/cache/privevo}
 WHEELS=${WHEELS:-/opt/wheels}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/privevo-dockerd.log}
@@ -150,9 +157,13 @@ serve_torch_wheel() {
 
 # ----------------------------------------------------------------------------- images
 
+default_image() {
+    "$PYTHON" -c "from privevo.config import KubernetesConfig; print(KubernetesConfig().$1)"
+}
+
 images() {
     local image started
-    image=${IMAGE:-$("$PYTHON" -c 'from privevo.config import KubernetesConfig; print(KubernetesConfig().image)')}
+    image=${IMAGE:-$(default_image image)}
     serve_torch_wheel
     local args=(--network host --build-arg "BASE_IMAGE=$BASE_IMAGE")
     # the CA bundle pip trusts here (a TLS-inspecting proxy's CA included), as a build secret
@@ -170,8 +181,48 @@ images() {
     say "images/Dockerfile.cuda built up to its system stage in $((SECONDS - started)) s (the CUDA layers need a CUDA base)"
 }
 
+# ------------------------------------------------------------------------------- push
+
+# Push one local image as $REGISTRY/IMAGE and record the digest the registry gave it in $DIGESTS.
+push_one() {
+    local image=$1 remote="${REGISTRY%/}/$1" repo digest
+    docker tag "$image" "$remote"
+    docker push "$remote" >/dev/null || die "docker push $remote failed: docker login to ${REGISTRY%%/*} first"
+    repo=${remote%:*}
+    [ "${remote##*/}" != "${repo##*/}" ] || repo=$remote  # a reference without a tag
+    digest=$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$remote" \
+        | sed -n "s#^${repo}@##p" | head -n1)
+    [ -n "$digest" ] || die "no digest recorded for $remote after the push"
+    "$PYTHON" - "$DIGESTS" "$remote" "$digest" <<'PY'
+import json, os, sys
+path, reference, digest = sys.argv[1:]
+digests = json.load(open(path)) if os.path.exists(path) else {}
+digests[reference] = digest
+with open(path + ".partial", "w") as handle:
+    json.dump(digests, handle, indent=2, sort_keys=True)
+    handle.write("\n")
+os.replace(path + ".partial", path)
+PY
+    say "pushed $remote ($digest, recorded in $DIGESTS)"
+}
+
+push() {
+    [ -n "$REGISTRY" ] || die "set REGISTRY to the registry to push to, e.g. REGISTRY=us-docker.pkg.dev/PROJECT/privevo"
+    local image gpu_image
+    image=${IMAGE:-$(default_image image)}
+    gpu_image=${GPU_IMAGE:-$(default_image gpu_image)}
+    docker image inspect "$image" >/dev/null 2>&1 || die "no image $image here: run images/build.sh first"
+    push_one "$image"
+    if docker image inspect "$gpu_image" >/dev/null 2>&1; then
+        push_one "$gpu_image"
+    else
+        say "no $gpu_image here (it needs a CUDA base: images/README.md): not pushed, so GPU steps cannot pull it yet"
+    fi
+}
+
 case "${1:-all}" in
     docker) docker_ready ;;
-    all) docker_ready; base_image; images ;;
-    *) die "usage: images/build.sh [docker]" ;;
+    push) push ;;
+    all) docker_ready; base_image; images; [ -z "$REGISTRY" ] || push ;;
+    *) die "usage: images/build.sh [docker|push]" ;;
 esac
