@@ -1,6 +1,7 @@
 """The Kubeflow pipeline: compile every config, run tiny end to end, rerun a step, bad input."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -342,10 +343,10 @@ def test_each_local_path_is_named_unless_in_the_images_or_the_model_volume(overr
     check_cluster_paths(config, {}, allow_local=True)
     if key is None:
         check_cluster_paths(config, {}, allow_local=False)
-        with pytest.raises(UserError, match="^run_root /tmp/runs is local"):  # a run parameter replaces the root
+        with pytest.raises(UserError, match=r"^run_root /tmp/runs is local"):  # a run parameter replaces the root
             check_cluster_paths(config, {"run_root": "/tmp/runs"}, allow_local=False)
         return
-    with pytest.raises(UserError, match=f"^{key}"):
+    with pytest.raises(UserError, match=f"^{re.escape(key)}"):
         check_cluster_paths(config, {}, allow_local=False)
 
 
@@ -354,9 +355,9 @@ def test_a_run_parameter_of_an_uploaded_pipeline_is_checked_too():
     from privevo.errors import UserError
 
     check_cluster_paths(None, {"run_root": "gs://b/runs", "private_data_uri": "gs://p/data", "epsilon": 2.0}, False)
-    with pytest.raises(UserError, match="^private.path ./private is local"):
+    with pytest.raises(UserError, match=r"^private\.path \./private is local"):
         check_cluster_paths(None, {"private_data_uri": "./private"}, False)
-    with pytest.raises(UserError, match="^run_root runs is local"):  # a root is never in an image
+    with pytest.raises(UserError, match=r"^run_root runs is local"):  # a root is never in an image
         check_cluster_paths(None, {"run_root": "runs"}, False)
 
 
