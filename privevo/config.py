@@ -315,8 +315,18 @@ class KubernetesConfig(_Strict):
         default=None, description="for jobs outside a run (e.g. `rerun --step dp_vote`); KFP v2 has no per-step account"
     )
     public_service_account: str | None = Field(default=None, description="the account every pipeline step runs as")
-    model_pvc: PvcMount | None = Field(default=None, description="a PVC holding the model's weights, mounted at "
-                                                                 "mount_path in the steps that load the model")
+    model_pvc: PvcMount | None = Field(
+        default=None,
+        description="a PVC holding the model's weights, mounted at mount_path in the steps that load the model: "
+                    "filled once, then every node reads the weights from the volume, where a gs:// model.path is "
+                    "copied by KFP's launcher into every model pod; a claim many pods read at once "
+                    "(ReadOnlyMany or ReadWriteMany)",
+    )
+    max_parallel_shards: int | None = Field(
+        default=None, ge=1,
+        description="at most this many shards of a generation run at once (ParallelFor parallelism): the GPUs a run "
+                    "may hold, so an autoscaling GPU pool grows no further; none: all population.num_shards at once",
+    )
 
 
 class TabularConfig(_Strict):

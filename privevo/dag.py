@@ -115,7 +115,7 @@ def build_pipeline(config, local: bool = False):
             return configure(steps[kind](**run_inputs, **(model_inputs if spec.calls_model else {}), **inputs), name, spec)
 
         private = add("embed_private", "embed-private")
-        with dsl.ParallelFor(items=shards, name="gen-000-shards") as shard:
+        with dsl.ParallelFor(items=shards, name="gen-000-shards", parallelism=k8s.max_parallel_shards) as shard:
             # each shard's samples and their embedding for the next vote in one task (one process, networks
             # loaded once); the last generation's shards only make their samples
             initial = add("initial_shard", "initial-shard", shard=shard)
@@ -125,7 +125,8 @@ def build_pipeline(config, local: bool = False):
                        private_embeddings=private.outputs["private_embeddings"],
                        synthetic_embeddings=dsl.Collected(embedded.outputs["embeddings"]))
             kind = "variation_shard" if generation < generations else "generate_variations"
-            with dsl.ParallelFor(items=shards, name=f"gen-{generation:03d}-shards") as shard:
+            with dsl.ParallelFor(items=shards, name=f"gen-{generation:03d}-shards",
+                                 parallelism=k8s.max_parallel_shards) as shard:
                 population = embedded = add(kind, f"{kind.replace('_', '-')}-gen-{generation:03d}",
                                             generation=generation, shard=shard, selection=vote.outputs["selection"])
         add("evaluate", "evaluate", population_shards=dsl.Collected(population.outputs["population"]))
