@@ -31,7 +31,7 @@ from privevo import cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
-TINY_ON_A_CLUSTER = ["--config", TINY]
+TINY_ON_A_CLUSTER = ["--config", TINY, "--allow-local"]  # tiny's roots and paths are local: as on one shared volume
 PIPELINE_NAME = "private-evolution-tiny"
 NAMESPACE = "team-a"
 SERVICE_ACCOUNT = "privevo-public"
