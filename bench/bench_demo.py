@@ -303,7 +303,8 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
     """Run every step of the demo in this process; print per-step time, VmHWM and a time breakdown."""
     t_start = time.perf_counter()
     import privevo.steps as steps
-    from privevo import api, evaluation
+    from privevo import api
+    from privevo.image.evaluation import FD_KEY
 
     t_imports = time.perf_counter() - t_start
     config = api.load(config_path, overrides, run_root=f"{workdir}/runs", private_root=f"{workdir}/private")
@@ -357,8 +358,8 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
     steps.load_embedding = timed("load embedding model", original_load_embedding)
     voting.nearest_neighbour_histogram = timed("k-NN vote (faiss)", voting.nearest_neighbour_histogram)
     try:
-        from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
-        from privevo.embeddings.pixels import PixelEmbedding
+        from privevo.image.embeddings.effnet_lite0 import EfficientNetLite0Embedding
+        from privevo.image.embeddings.pixels import PixelEmbedding
 
         EfficientNetLite0Embedding.embed = timed(lambda step: f"embed ({step})", EfficientNetLite0Embedding.embed)
         PixelEmbedding.embed = timed(lambda step: f"embed ({step})", PixelEmbedding.embed)
@@ -413,7 +414,7 @@ def inprocess_worker(workdir: str, run_id: str, config_path: str, overrides: lis
         "epsilon": run.ledger().epsilon(),
         "seed": config.seed,
         "reuse_lookahead": config.population.reuse_lookahead,
-        "final": {key: evaluated["final"].get(key) for key in (evaluation.FD_KEY, "class_tv", "precision", "recall")},
+        "final": {key: evaluated["final"].get(key) for key in (FD_KEY, "class_tv", "precision", "recall")},
         "images": dict(images, total=sum(images.values())),
         # counted only where the model has a torch ``unet`` (an in-process diffusion model)
         "image_steps": dict(image_steps, total=sum(image_steps.values())) if unet_hooked else None,
@@ -466,7 +467,7 @@ def plan_jobs(args: argparse.Namespace, modes: list[str], default_reuse: bool) -
 
 def seed_row(result: dict[str, Any], paired: bool) -> dict[str, Any]:
     """One in-process run's row of the seeds x reuse table."""
-    from privevo.evaluation import FD_KEY
+    from privevo.image.evaluation import FD_KEY
 
     final = result.get("final") or {}
     return {"seed": result.get("seed"), "reuse_lookahead": result.get("reuse_lookahead"), "paired": paired,

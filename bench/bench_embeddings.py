@@ -29,7 +29,7 @@ def load_images(n: int):
     import numpy as np
 
     try:
-        from privevo.data import load_image_set
+        from privevo.image.data import load_image_set
 
         images = load_image_set("fashion_mnist", "/usr/share/datasets/fashion-mnist", 28, 1, split="test").images
         source = "fashion-mnist test"
@@ -67,8 +67,8 @@ def main() -> None:
     runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
     import torch
 
-    from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
-    from privevo.embeddings.pixels import PixelEmbedding
+    from privevo.image.embeddings.effnet_lite0 import EfficientNetLite0Embedding
+    from privevo.image.embeddings.pixels import PixelEmbedding
 
     if args.threads:
         torch.set_num_threads(args.threads)

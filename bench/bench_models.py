@@ -20,7 +20,7 @@ Figures only: nothing is asserted. Three parts:
    precision), with the speed-up over float32 beside each row.
 
 The model is loaded as the pipeline loads it: ``configs/demo.yaml`` with its ``model`` section
-set from the arguments, through ``privevo.models.load_model``. The last line is one JSON object.
+set from the arguments, through ``privevo.image.models.load_model``. The last line is one JSON object.
 
 Usage:
     .venv/bin/python bench/bench_models.py [--quick] [--threads 1 2] [--peak-batch-sizes 16 25 32 64]
@@ -52,9 +52,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench._common import format_table, loadavg  # noqa: E402
 from privevo.config import Config, parse_config  # noqa: E402
-from privevo.models import load_model  # noqa: E402
-from privevo.models.base import resolve_autocast  # noqa: E402
-from privevo.models.ddpm_unet import DDPMUNetModel  # noqa: E402
+from privevo.image.models import load_model  # noqa: E402
+from privevo.image.models.base import resolve_autocast  # noqa: E402
+from privevo.image.models.ddpm_unet import DDPMUNetModel  # noqa: E402
 
 #: The CPU flags that decide the kernels: FMA/AVX2 float32, AVX-512, bfloat16 dot products, AMX.
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")

@@ -33,10 +33,10 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from privevo import protocol  # noqa: E402
 from privevo.config import RemoteConfig, parse_config  # noqa: E402
-from privevo.models import load_model  # noqa: E402
-from privevo.models.remote import RemoteModel  # noqa: E402
+from privevo.image import protocol  # noqa: E402
+from privevo.image.models import load_model  # noqa: E402
+from privevo.image.models.remote import RemoteModel  # noqa: E402
 
 
 def free_port() -> int:

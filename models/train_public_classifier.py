@@ -1,4 +1,4 @@
-"""Train the public Fashion-MNIST classifier (``privevo.classifier.SmallCNN``) on the train split.
+"""Train the public Fashion-MNIST classifier (``privevo.image.classifier.SmallCNN``) on the train split.
 
 It judges whether generated samples are recognisable clothes and measures the class mix of
 synthetic populations. Trained on Fashion-MNIST train only; the test split is used once, for
@@ -18,7 +18,7 @@ import torch
 # Importing the DDPM training script also puts the repository root on sys.path.
 from train_public_model import CLASS_NAMES, DATA_DIR, REPO_ROOT, load_idx, sha256_of
 
-from privevo.classifier import WEIGHTS_NAME, predict_proba, save_classifier, train_classifier
+from privevo.image.classifier import WEIGHTS_NAME, predict_proba, save_classifier, train_classifier
 
 
 def main() -> None:
@@ -50,10 +50,10 @@ def main() -> None:
     rows = "\n".join(f"| {c} | {name} | {acc:.3f} |" for c, (name, acc) in enumerate(zip(CLASS_NAMES, per_class)))
     card = f"""# fashion-mnist-classifier
 
-`privevo.classifier.SmallCNN` trained by `models/train_public_classifier.py` on the
+`privevo.image.classifier.SmallCNN` trained by `models/train_public_classifier.py` on the
 Fashion-MNIST **train** split (60,000 images, MIT licence). It checks that the demo model's
 samples are recognisable and measures the class mix of synthetic populations. Load it with
-`privevo.classifier.load_classifier("models/fashion-mnist-classifier")`.
+`privevo.image.classifier.load_classifier("models/fashion-mnist-classifier")`.
 
 | | |
 |---|---|

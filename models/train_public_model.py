@@ -175,7 +175,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
 
 def render(out_dir: Path, data_dir: Path, seed: int) -> None:
     """Draw samples.png and variations.png through the project's foundation-model API."""
-    from privevo.models.ddpm_unet import DDPMUNetModel
+    from privevo.image.models.ddpm_unet import DDPMUNetModel
 
     model = DDPMUNetModel.from_pretrained(str(out_dir), num_inference_steps=25, batch_size=64, device="cpu")
     samples = model.random(64, seed=seed)
@@ -212,7 +212,7 @@ def write_card(out_dir: Path, stats: dict) -> None:
 
 A small unconditional DDPM (`diffusers.UNet2DModel`) for 28x28 grayscale images, trained
 from scratch by `models/train_public_model.py`. Private Evolution uses it only through
-its two APIs (`privevo.models.ddpm_unet.DDPMUNetModel`): `random` (DDIM sampling) and `variation`
+its two APIs (`privevo.image.models.ddpm_unet.DDPMUNetModel`): `random` (DDIM sampling) and `variation`
 (SDEdit).
 
 ## Data
@@ -255,7 +255,7 @@ the inputs, then degrees {", ".join(str(d) for d in VARIATION_DEGREES)}).
 ## Intended use
 The public foundation model of the Private Evolution demo and its tests: name it in a config
 (`model.kind: ddpm_unet`, `model.path: models/fashion-mnist-ddpm`, as `configs/demo.yaml` does)
-and load it with `privevo.models.load_model(config)`, or directly with
+and load it with `privevo.image.models.load_model(config)`, or directly with
 `DDPMUNetModel.from_pretrained("models/fashion-mnist-ddpm")`.
 
 ## Limitations

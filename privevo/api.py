@@ -193,7 +193,8 @@ class RunResult:
         return last if generation == -1 else generation
 
     def population(self, generation: int = -1) -> Population:
-        """The synthetic samples of a generation (-1: the last): ``.images`` uint8 NHWC, ``.labels`` (-1 unlabelled)."""
+        """The synthetic samples of a generation (-1: the last): ``.samples`` (images: uint8 NHWC, also ``.images``),
+        ``.labels`` (-1 unlabelled)."""
         from privevo.steps import load_population
 
         return load_population(self.run, self.generation(generation))

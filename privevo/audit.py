@@ -25,6 +25,7 @@ import numpy as np
 
 from privevo import privacy, storage
 from privevo.layout import PRIVATE_EMBEDDINGS_FILE, RunLayout, generation_name
+from privevo.modalities import row_hashes
 from privevo.run_record import Run
 from privevo.steps import last_complete_generation, load_private_set
 
@@ -195,11 +196,6 @@ def _check_dataset_ledger(run: Run, ledger: privacy.Ledger, report: AuditReport)
                     "counted in the data set's spend")
 
 
-def _row_hashes(array: np.ndarray) -> set[str]:
-    rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
-    return {hashlib.sha256(np.ascontiguousarray(r).tobytes()).hexdigest() for r in rows}
-
-
 def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport, allow_non_private: bool) -> None:
     """No released file holds a private embedding row, a private image, a hash of a private-tier file, or clean counts
     (a vote released without noise holds its clean counts: only ``allow_non_private`` accepts it)."""
@@ -210,6 +206,7 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
                  not any(u.startswith(tier) for u in released)
                  and not any(u.endswith(PRIVATE_EMBEDDINGS_FILE) for u in released),
                  "a released file lies in the private tier or is named like the private embeddings")
+    modality = run.modality
     private_rows: set[str] = set()
     private_hashes: set[bytes] = set()
     try:
@@ -218,8 +215,8 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
             private_hashes |= {hashlib.sha256(data).hexdigest().encode(), hashlib.md5(data).hexdigest().encode()}
         stored = storage.read_npz(run.layout.private_embeddings)
         embeddings = stored["embeddings"].astype(np.float32)
-        private_rows |= _row_hashes(embeddings[stored["real"]] if "real" in stored else embeddings)  # not the padding
-        private_rows |= _row_hashes(load_private_set(run, "audit").images)
+        private_rows |= row_hashes(embeddings[stored["real"]] if "real" in stored else embeddings)  # not the padding
+        private_rows |= modality.leak_fingerprints(load_private_set(run, "audit").samples)
     except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
         report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")
         private_rows, private_hashes = set(), set()
@@ -235,6 +232,12 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
         if not report.check("no private-tier hash released", leaked is None,
                             f"{name} holds the hash of a private-tier file (a fingerprint of the private set)"):
             return
+        if uri.endswith(modality.population_suffix) and modality.population_suffix != ".npz":  # read as arrays below
+            population = modality.decode_population(data, name)
+            if private_rows and not report.check("no private data in released files",
+                                                 not (modality.leak_fingerprints(population.samples) & private_rows),
+                                                 f"{name} contains a private record"):
+                return
         if not uri.endswith(".npz"):
             continue
         try:
@@ -247,7 +250,7 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
         for key, array in arrays.items():
             if array.ndim == 0:
                 continue
-            candidates = _row_hashes(array.astype(np.float32) if array.dtype.kind == "f" else array)
+            candidates = row_hashes(array.astype(np.float32) if array.dtype.kind == "f" else array)
             if private_rows and not report.check("no private data in released files", not (candidates & private_rows),
                                                  f"{name}[{key}] contains a private image or private embedding"):
                 return

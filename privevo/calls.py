@@ -1,6 +1,6 @@
 """The API call ledgers of a run (``model.kind: remote``), read back for the report.
 
-The remote backend (:mod:`privevo.models.remote`) writes one ledger per model step and shard,
+The remote backend (:mod:`privevo.image.models.remote`) writes one ledger per model step and shard,
 ``gen-NNN/calls/<step>-SSS.json`` (:meth:`privevo.layout.RunLayout.calls`); this module only
 reads them. No torch, no network.
 """

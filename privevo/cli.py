@@ -66,8 +66,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from kfp import local
 
     from privevo.dag import KFP_LOCAL_PARALLEL_SHARDS, build_pipeline
-    from privevo.layout import RunLayout
-    from privevo.run_record import Run
+    from privevo.run_record import Run, layout_for
 
     if "://" in args.pipeline_root:
         raise UserError("--pipeline-root must be a local folder for kfp.local; put the data plane in gs:// with --run-root")
@@ -89,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         run_id = args.run_id or new_run_id(config.name)
         # fail before kfp.local starts (resolve_config checks it again, without kfp.local's pipeline root)
         Run.check_new(config, run_id, resume=False, pipeline_root=args.pipeline_root)
-        run = Run(config, RunLayout(config.run_root, run_id, config.private_root))
+        run = Run(config, layout_for(config, run_id))
     print(f"run {run_id}: {config.population.generations} generations of {config.population.size} samples "
           f"-> {run.layout.run_dir}")
     # kfp.local runs up to KFP_LOCAL_PARALLEL_SHARDS ParallelFor iterations at once on this machine:

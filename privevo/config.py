@@ -15,10 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from privevo.embeddings import EMBEDDINGS
 from privevo.errors import UserError
+from privevo.image.embeddings import EMBEDDINGS
+from privevo.image.models import MODEL_BACKENDS
+from privevo.modalities import MODALITIES
 from privevo.model_store import check_digest, is_remote
-from privevo.models import MODEL_BACKENDS
 from privevo.registry import check_registered
 from privevo.tabular.schema import ColumnSpec, CsvOptions
 
@@ -77,7 +78,7 @@ TABULAR_MODEL = "tabular"
 class ModelConfig(_Strict):
     """The public foundation model and how to call it."""
 
-    kind: str = Field(default="ddpm_unet", description="a key of privevo.models.MODEL_BACKENDS")
+    kind: str = Field(default="ddpm_unet", description="a key of privevo.image.models.MODEL_BACKENDS")
     path: str | None = Field(
         default=None, description="weights folder, gs:// prefix (copied once per machine) or hub name; not for kind remote"
     )
@@ -127,7 +128,7 @@ class ModelConfig(_Strict):
 class EmbeddingConfig(_Strict):
     """The feature space of the vote."""
 
-    name: str = Field(default="effnet_lite0", description="a key of privevo.embeddings.EMBEDDINGS")
+    name: str = Field(default="effnet_lite0", description="a key of privevo.image.embeddings.EMBEDDINGS")
     input_size: int = Field(default=32, ge=32, description="EfficientNet-Lite0 needs at least 32 px")
     batch_size: int = Field(default=256, ge=1)
     device: str = "auto"
@@ -349,8 +350,10 @@ class Config(_Strict):
 
     name: str
     seed: int = 0
-    image_size: int = Field(ge=8)
-    channels: Literal[1, 3]
+    modality: Literal["image", "tabular", "text"] = Field(
+        default="image", description="the data type: a key of privevo.modalities.MODALITIES")
+    image_size: int | None = Field(default=None, ge=8, description="pixels per side (modality image: required)")
+    channels: Literal[1, 3] | None = Field(default=None, description="1 or 3 (modality image: required)")
     class_names: list[str] | None = None
     run_root: str = "runs"
     private_root: str = "runs-private"
@@ -363,8 +366,17 @@ class Config(_Strict):
     kubernetes: KubernetesConfig = KubernetesConfig()
     tabular: TabularConfig | None = None
 
+    @field_validator("modality")
+    @classmethod
+    def _registered_modality(cls, modality: str) -> str:
+        return check_registered(MODALITIES, modality, "modality")
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.modality == "image":
+            missing = next((key for key in ("image_size", "channels") if getattr(self, key) is None), None)
+            if missing:
+                raise ValueError(f"{missing} is required for modality image")
         if self.population.conditional and not self.class_names:
             raise ValueError("population.conditional needs class_names")
         token_file = self.model.remote.token_file if self.model.remote is not None else None

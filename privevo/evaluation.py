@@ -1,6 +1,7 @@
 """The evaluate step: metrics for every generation, privacy spent, metrics.json and the report.
 
-By default every metric compares the synthetic populations with a *held-out* real
+The metrics are the run modality's (:meth:`privevo.modalities.Modality.scorer`). By
+default every metric compares the synthetic populations with a *held-out* real
 set (``evaluation.reference``) that is not the private data, so the numbers can be
 released. With ``evaluation.against_private: true`` the same metrics against the
 private set itself go to the private tier only (``non_dp_metrics.json``, marked
@@ -12,41 +13,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from privevo import metrics, privacy, storage
+from privevo import privacy, storage
 from privevo.errors import UserError
+from privevo.modalities import get_modality
 from privevo.report import format_value
 from privevo.run_record import Run
-from privevo.steps import last_complete_generation, load_population, load_private_set, private_failures
+from privevo.steps import last_complete_generation, load_private_set, private_failures
 
 logger = logging.getLogger(__name__)
-
-#: The feature extractor of the Frechet distance; named in every key (never called FID).
-FD_EXTRACTOR = "effnet_lite0"
-FD_KEY = f"fd_{FD_EXTRACTOR}"
-PRECISION_RECALL_K = 3
-
-
-def reference_set(run: Run) -> Any:
-    """The held-out real images the released metrics (and the report's real samples) compare against; None when
-    the config names none."""
-    from privevo.data import load_image_set
-
-    config, data = run.config, run.config.evaluation.reference
-    if data is None:
-        return None
-    return load_image_set(
-        data.source, data.path, config.image_size, config.channels, split=data.split, classes=data.classes,
-        limit=data.limit, seed=run.seed("reference-subset"), class_names=config.class_names, rows=data.rows,
-    )
-
-
-def _classifier(run: Run):
-    path = run.config.evaluation.classifier_path
-    if not path:
-        return None
-    from privevo.classifier import load_classifier
-
-    return load_classifier(path)
 
 
 def evaluate_run(run: Run) -> dict[str, Any]:
@@ -56,28 +30,25 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     written to the private tier only (``non_dp_metrics.json``): never to metrics.json, the
     report, a KFP output or a log.
     """
-    from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
-
     config = run.config
     last = last_complete_generation(run)
     if last < 0:
         raise UserError(f"run {run.run_id} has no complete generation to evaluate")
-    extractor = EfficientNetLite0Embedding.from_config(config)
-    classifier = _classifier(run)
+    score = run.modality.scorer(run)
     ledger = run.ledger()
-    rows, final = _score(run, reference_set(run), extractor, classifier, last, ledger, log_rows=True)
+    rows, final = score(run.modality.load_reference(run), last, True)
     result = {
         "run_id": run.run_id,
+        "modality": config.modality,
         "non_dp": False,
         "reference": "held-out real set",
-        "fd_extractor": FD_EXTRACTOR,
+        **run.modality.metrics_fields(final),
         "delta": config.privacy.delta,
         "noise_multiplier": _sigma(run),
         "votes": len(ledger.events),
         "generations_complete": last,
         "generations": rows,
         "final": final,
-        "downstream_protocol": metrics.DOWNSTREAM_PROTOCOL if final["downstream_accuracy"] is not None else None,
         "privacy": privacy.privacy_report(ledger.events, config.privacy.delta, config.privacy),
     }
     storage.write_json(run.layout.metrics_json, result)
@@ -86,7 +57,7 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         # Whether scoring works may depend on the private set, so a failure goes to the private tier only and the step
         # ends the same way, with the same log line, either way.
         with private_failures(run, "evaluate", "the non-DP evaluation against the private set failed", fail=False):
-            private_rows, private_final = _score(run, private_set, extractor, classifier, last, ledger, log_rows=False)
+            private_rows, private_final = score(private_set, last, False)
             for row in [*private_rows, private_final]:
                 row["non_dp"] = True
             storage.write_json(run.layout.non_dp_metrics, {**result, "non_dp": True, "generations": private_rows,
@@ -99,48 +70,6 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     report.write_report(run, result)
     _mark_complete(run, last)
     return result
-
-
-def _score(run: Run, reference: Any, extractor: Any, classifier: Any, last: int, ledger: privacy.Ledger,
-           log_rows: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-generation rows and the final row of metrics against ``reference`` (None: every metric null)."""
-    from privevo.metrics import class_histogram, frechet_distance, precision_recall, total_variation
-
-    config = run.config
-    batch = config.embedding.batch_size
-    reference_features = extractor.embed(reference.images, batch, progress=log_rows) if reference is not None else None
-    num_classes = len(config.class_names or [])
-    target_mix = None
-    if reference is not None and reference.labels is not None and num_classes:
-        target_mix = class_histogram(reference.labels, num_classes)
-    rows = []
-    for generation in range(last + 1):
-        population = load_population(run, generation)
-        row: dict[str, Any] = {"generation": generation, FD_KEY: None, "precision": None, "recall": None,
-                               "class_tv": None, "epsilon": ledger.epsilon(upto_generation=generation), "non_dp": False}
-        if reference_features is not None:
-            features = extractor.embed(population.images, batch)
-            row[FD_KEY] = frechet_distance(reference_features, features)
-            row["precision"], row["recall"] = precision_recall(reference_features, features, k=PRECISION_RECALL_K)
-        if classifier is not None and target_mix is not None:
-            from privevo.classifier import predict_proba
-
-            predicted = predict_proba(classifier, population.images).argmax(axis=1)
-            row["class_tv"] = total_variation(class_histogram(predicted, num_classes), target_mix)
-        rows.append(row)
-        if log_rows:
-            logger.info("evaluated generation %d: %s", generation, _format_row(row))
-    final = dict(rows[-1])
-    final["downstream_accuracy"] = None
-    final["per_class_accuracy"] = None
-    if config.population.conditional and reference is not None and reference.labels is not None:
-        population = load_population(run, last)
-        downstream = metrics.downstream_accuracy(
-            population.images, population.labels, reference.images, reference.labels, num_classes, seed=config.seed
-        )
-        final["downstream_accuracy"] = downstream["accuracy"]
-        final["per_class_accuracy"] = downstream["per_class_accuracy"]
-    return rows, final
 
 
 def _sigma(run: Run) -> float:
@@ -156,7 +85,8 @@ def _mark_complete(run: Run, last: int) -> None:
     storage.update_json(run.layout.run_json, update)
 
 
-def _format_row(row: dict[str, Any]) -> str:
+def format_row(row: dict[str, Any]) -> str:
+    """A metrics row as one log line."""
     return " ".join(f"{k}={format_value(v, k)}" for k, v in row.items())
 
 
@@ -166,16 +96,17 @@ def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
     for key, value in result["final"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             scalars[f"final_{key}"] = float(value)
+    keys = [*get_modality(result.get("modality", "image")).headline_keys, "epsilon"]
     for row in result["generations"]:
-        for key in (FD_KEY, "class_tv", "epsilon"):
-            if row[key] is not None:
+        for key in keys:
+            if row.get(key) is not None:
                 scalars[f"gen{row['generation']:03d}_{key}"] = float(row[key])
     return scalars
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
     """A Markdown table of the per-generation metrics (a KFP Markdown visualization)."""
-    keys = ["generation", FD_KEY, "precision", "recall", "class_tv", "epsilon"]
+    keys = ["generation", *get_modality(result.get("modality", "image")).summary_keys, "epsilon"]
     reasons = result["privacy"].get("non_private_reasons")
     lines = [
         f"# Private Evolution run {result['run_id']}",
@@ -190,7 +121,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     for row in result["generations"]:
         lines.append("| " + " | ".join(format_value(row[k], k) for k in keys) + " |")
     lines.append("")
-    lines.append(f"Downstream accuracy (final): {format_value(result['final']['downstream_accuracy'])}")
+    lines.append(f"Downstream accuracy (final): {format_value(result['final'].get('downstream_accuracy'))}")
     lines.append("")
     lines.append(f"Epsilon {format_value(result['privacy']['epsilon'], 'epsilon')} (upper bound) "
                  f"at delta {result['delta']:g}; "

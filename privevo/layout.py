@@ -6,7 +6,7 @@ the report and the command line ask the layout; nobody else formats a run path.
 
 ```
 <run_root>/<run_id>/run.json, ledger.json, metrics.json
-<run_root>/<run_id>/gen-NNN/population.npz, shards/shard-SSS.npz,
+<run_root>/<run_id>/gen-NNN/population.npz, shards/shard-SSS.npz   (.npz: the modality's population suffix),
     synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws),
     selection.npz, steps/<step>.json, manifest/<writer>.json,
     calls/<step>[-SSS].json, calls/cache/<step>[-SSS]/<key>.npz   (model.kind remote)
@@ -44,7 +44,7 @@ CURVES_PNG = "curves.png"
 REFERENCE_GRID_PNG = "samples-reference.png"
 CLASS_COUNTS_PNG = "class-counts.png"
 MANIFEST_DIR = "manifest"
-POPULATION_FILE = "population.npz"
+POPULATION_STEM = "population"
 RELEASE_FILE = "noisy_histogram.npz"
 REDRAW_PREFIX = "noisy_histogram-redraw-"
 SELECTION_FILE = "selection.npz"
@@ -123,20 +123,22 @@ def step_name(step: str, shard: int | None = None) -> str:
     return step if shard is None else f"{step}-{shard:03d}"
 
 
-def _shard_name(shard: int) -> str:
-    return f"shard-{shard:03d}.npz"
+def _shard_name(shard: int, suffix: str = ".npz") -> str:
+    return f"shard-{shard:03d}{suffix}"
 
 
 @dataclass(frozen=True)
 class RunLayout:
     """Where each file of a run lives: released files under run_root, private ones under private_root.
 
-    An empty ``private_root`` means "not known yet" (reading run.json, which names it).
+    An empty ``private_root`` means "not known yet" (reading run.json, which names it). ``population_suffix`` is the
+    file suffix of the run modality's populations (:attr:`privevo.modalities.Modality.population_suffix`).
     """
 
     run_root: str
     run_id: str
     private_root: str
+    population_suffix: str = ".npz"
 
     def __post_init__(self) -> None:
         """Reject run ids that escape the run folder and private roots that overlap the released one; mark the private root
@@ -249,11 +251,11 @@ class RunLayout:
 
     def population(self, generation: int) -> str:
         """A generation's merged population."""
-        return storage.join(self.gen_dir(generation), POPULATION_FILE)
+        return storage.join(self.gen_dir(generation), POPULATION_STEM + self.population_suffix)
 
     def shard(self, generation: int, shard: int) -> str:
         """One shard of a generation's population, written before the merge."""
-        return storage.join(self.gen_dir(generation), SHARDS_DIR, _shard_name(shard))
+        return storage.join(self.gen_dir(generation), SHARDS_DIR, _shard_name(shard, self.population_suffix))
 
     def synthetic_embeddings(self, generation: int, shard: int) -> str:
         """Embeddings of shard ``shard`` of population ``generation - 1``, for the vote of ``generation``."""

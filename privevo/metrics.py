@@ -12,24 +12,10 @@ import math
 
 import numpy as np
 
-from privevo import classifier
 from privevo.errors import UserError
 
 #: Rows per block in the pairwise distance computations (bounds memory to ~8 MB a block).
 DISTANCE_BLOCK = 1024
-
-#: How downstream accuracy is measured; reports print it next to the number.
-DOWNSTREAM_PROTOCOL: dict = {
-    "train_set": "synthetic images with their labels",
-    "test_set": "held-out real images with their labels",
-    "model": "privevo.classifier.SmallCNN (2 conv blocks, 32/64 channels, 128-unit head), inputs resized to 28x28",
-    "optimizer": "Adam, lr 1e-3, cross-entropy",
-    "epochs": 10,
-    "batch_size": 128,
-    "seed": 0,
-    "metric": "top-1 accuracy, overall and per class (null for classes absent from the test set)",
-}
-
 
 # ------------------------------------------------------------------------ checks
 
@@ -216,43 +202,3 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
         if not np.all(np.isfinite(dist)) or np.any(dist < 0) or not math.isclose(dist.sum(), 1.0, abs_tol=1e-6):
             raise UserError(f"{name} must be non-negative fractions summing to 1 (use class_histogram on labels)")
     return float(0.5 * np.abs(p - q).sum())
-
-
-# ---------------------------------------------------------- downstream accuracy
-
-
-def downstream_accuracy(
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    num_classes: int,
-    seed: int = 0,
-    epochs: int = DOWNSTREAM_PROTOCOL["epochs"],
-) -> dict:
-    """Accuracy on real test images of a classifier trained on synthetic images (see DOWNSTREAM_PROTOCOL).
-
-    Protocol: ``privevo.classifier.train_classifier`` (SmallCNN, Adam 1e-3) on the
-    labelled synthetic set, ``epochs`` epochs (default 10), batch size 128, seed 0; then top-1
-    accuracy on the held-out real set, overall and per class. ``per_class_accuracy``
-    has one entry per class, ``None`` where the test set has no image of that class.
-    """
-    test_hist = class_histogram(test_labels, num_classes)
-    class_histogram(train_labels, num_classes)
-    if len(train_images) != len(train_labels) or len(test_images) != len(test_labels):
-        raise UserError("each image set must have exactly one label per image")
-    model = classifier.train_classifier(
-        train_images,
-        np.asarray(train_labels),
-        num_classes,
-        epochs=epochs,
-        batch_size=DOWNSTREAM_PROTOCOL["batch_size"],
-        seed=seed,
-    )
-    predicted = classifier.predict_proba(model, test_images, batch_size=512).argmax(axis=1)
-    truth = np.asarray(test_labels)
-    correct = predicted == truth
-    per_class: list[float | None] = [
-        float(correct[truth == c].mean()) if test_hist[c] > 0 else None for c in range(num_classes)
-    ]
-    return {"accuracy": float(correct.mean()), "per_class_accuracy": per_class}

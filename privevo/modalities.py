@@ -133,8 +133,9 @@ class Modality(abc.ABC):
 
     @abc.abstractmethod
     def results_html(self, run: Run, result: dict[str, Any], figure: Callable[..., str]) -> dict[str, str]:
-        """The report's modality parts as HTML: ``final`` (the final samples beside real ones), ``extra`` (after the
-        curves) and ``gallery`` (every generation). ``figure(name, caption, wide=False)`` shows a report file."""
+        """The report's modality parts as HTML: ``final`` (the final samples beside real ones) and ``gallery`` (every
+        generation's samples). ``figure(name, caption, wide=False)`` shows a file the modality wrote into the report
+        folder."""
 
     @abc.abstractmethod
     def export(self, run: Run, population: Population, export_format: str, folder: Path) -> None:

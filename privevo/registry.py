@@ -1,8 +1,8 @@
 """Name -> class registries whose entries are ``"module:Class"`` strings, imported on first use.
 
 Configs validate names against a registry's keys without importing torch; the class behind a
-name is imported only when a step builds it. ``privevo.models.MODEL_BACKENDS`` and
-``privevo.embeddings.EMBEDDINGS`` are the two registries.
+name is imported only when a step builds it. ``privevo.image.models.MODEL_BACKENDS`` and
+``privevo.image.embeddings.EMBEDDINGS`` are the two registries.
 """
 
 import importlib

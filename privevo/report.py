@@ -20,8 +20,8 @@ import numpy as np
 
 from privevo import privacy, storage
 from privevo.calls import calls_html
-from privevo.data import may_share_images
-from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON, REFERENCE_GRID_PNG
+from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON
+from privevo.modalities import get_modality
 from privevo.run_record import Run
 from privevo.steps import load_population
 
@@ -37,17 +37,6 @@ FIGURE_WIDTH = 8.6
 HASH_DIGITS = 12
 
 
-def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    """Tile uint8 NHWC images into one HWC grid with a 1-pixel gap."""
-    n, h, w, c = images.shape
-    rows = int(np.ceil(n / columns))
-    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = image
-    return grid
-
-
 def shown_indices(n: int, count: int, seed: int) -> np.ndarray:
     """Which ``count`` of ``n`` samples a grid shows: a seeded random choice, not the first rows.
 
@@ -55,16 +44,6 @@ def shown_indices(n: int, count: int, seed: int) -> np.ndarray:
     a random choice shows the population as it is.
     """
     return np.random.default_rng(seed).choice(n, size=min(count, n), replace=False)
-
-
-def _png(array: np.ndarray, scale: int = 3) -> bytes:
-    from PIL import Image
-
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _figure(panels: int, columns: int, height: float) -> tuple[Figure, list[Axes]]:
@@ -157,40 +136,24 @@ def class_counts_png(counts: dict[int, np.ndarray], class_names: list[str]) -> b
     return _figure_png(figure)
 
 
-def sample_grid_png(images: np.ndarray, count: int, seed: int) -> bytes:
-    """A seeded random choice of ``count`` images as a PNG grid."""
-    return _png(image_grid(images[shown_indices(len(images), count, seed)]))
-
-
 def reference_may_be_private(config: Config) -> bool:
-    """Whether the evaluation reference set can share images with the private set (then no real samples are shown);
-    :func:`privevo.data.may_share_images` decides."""
+    """Whether the evaluation reference set can share records with the private set (then no real samples are shown);
+    the modality's ``may_share_records`` decides."""
     reference = config.evaluation.reference
-    return reference is not None and may_share_images(reference, config.private)
+    return reference is not None and get_modality(config).may_share_records(reference, config.private)
 
 
 def write_report(run: Run, result: dict[str, Any]) -> str:
     """Write report/ (PNG files and index.html) for a run's released metrics; returns the index URI."""
     _check_released(result)
     config = run.config
-    count = config.evaluation.samples_per_grid
-    seed = run.seed("report-samples")  # public: which released samples a grid shows
     counts: dict[int, np.ndarray] = {}
     num_classes = len(config.class_names or [])
     for row in result["generations"]:
-        generation = row["generation"]
-        population = load_population(run, generation)
-        storage.write_bytes(run.layout.report_file(run.layout.sample_grid_name(generation)),
-                            sample_grid_png(population.images, count, seed))
+        population = load_population(run, row["generation"])
         if population.conditional and num_classes:
-            counts[generation] = np.bincount(population.labels, minlength=num_classes)
-    if not reference_may_be_private(config):
-        from privevo.evaluation import reference_set
-
-        reference = reference_set(run)
-        if reference is not None:
-            storage.write_bytes(run.layout.report_file(REFERENCE_GRID_PNG),
-                                sample_grid_png(reference.images, count, run.seed("report-reference")))
+            counts[row["generation"]] = np.bincount(population.labels, minlength=num_classes)
+    run.modality.write_report_views(run, result)
     storage.write_bytes(run.layout.report_file(CURVES_PNG), curves_png(result))
     if counts and len(counts) == len(result["generations"]):
         storage.write_bytes(run.layout.report_file(CLASS_COUNTS_PNG), class_counts_png(counts, config.class_names or []))
@@ -245,14 +208,9 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
         return storage.exists(run.layout.report_file(name))
 
     final = result["final"]
-    last = result["generations"][-1]["generation"]
-    real = (figure(REFERENCE_GRID_PNG, "real images: the held-out evaluation reference set") if present(REFERENCE_GRID_PNG)
-            else '<p class="note">No real samples: the config names no evaluation reference set apart from the '
-                 "private data.</p>")
+    views = run.modality.results_html(run, result, figure)
     counts = (figure(CLASS_COUNTS_PNG, "synthetic samples per class and generation", wide=True)
               if present(CLASS_COUNTS_PNG) else "")
-    grids = "".join(figure(run.layout.sample_grid_name(row["generation"]), f"generation {row['generation']}")
-                    for row in result["generations"])
     title = f"Private Evolution run {html.escape(result['run_id'])}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -263,8 +221,7 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
 <section id="results">
 <h2>Results</h2>
 <div class="pair">
-{figure(run.layout.sample_grid_name(last), f"synthetic images: generation {last} (final)")}
-{real}
+{views["final"]}
 </div>
 <p class="note">Each grid shows a seeded random choice of samples (the same for every generation), not the first
 rows. Metrics compare each generation with the {html.escape(result['reference'])}.</p>
@@ -274,7 +231,7 @@ rows. Metrics compare each generation with the {html.escape(result['reference'])
 <h3>Metrics per generation</h3>
 {_metrics_table(result)}
 <h3>Samples of every generation</h3>
-<div class="gallery">{grids}</div>
+<div class="gallery">{views["gallery"]}</div>
 </section>
 <section id="configuration">
 <h2>Configuration</h2>

@@ -14,9 +14,9 @@ import numpy as np
 
 from privevo import storage
 from privevo.config import Config, config_to_dict, get_key, parse_config, set_dotted
-from privevo.data import may_share_images
 from privevo.errors import UserError
 from privevo.layout import RunLayout, overlaps, same_or_inside
+from privevo.modalities import Modality, get_modality
 from privevo.privacy import Ledger, check_dataset_plan, non_private_reasons
 
 
@@ -38,7 +38,7 @@ class Run:
 
         ``started_by`` (the KFP run that starts it) is recorded: :meth:`start` lets that run in again.
         """
-        run = cls(config, RunLayout(config.run_root, run_id, config.private_root))
+        run = cls(config, layout_for(config, run_id))
         record = {"run_id": run_id, "config": config_to_dict(config), "versions": _versions(), "created_at": utc_now(),
                   "started_by": started_by, "private": not non_private_reasons(config.privacy)}
         try:
@@ -69,7 +69,7 @@ class Run:
         or where the private tier or the private data could reach a released place (:func:`check_separation`), or whose
         planned votes would exceed the private data set's remaining budget (``privacy.check_dataset_plan``)."""
         check_separation(config, pipeline_root)
-        layout = RunLayout(config.run_root, run_id, config.private_root)
+        layout = layout_for(config, run_id)
         if not resume and storage.exists(layout.run_json):
             owner = storage.read_json(layout.run_json).get("started_by")
             if started_by is None or owner != started_by:
@@ -86,7 +86,7 @@ class Run:
             raise UserError(f"no run {run_id} under {run_root} (missing {probe.run_json})")
         config = parse_config(storage.read_json(probe.run_json)["config"], source=probe.run_json)
         config = config.model_copy(update={"run_root": run_root})
-        return cls(config, RunLayout(run_root, run_id, config.private_root))
+        return cls(config, layout_for(config, run_id, run_root))
 
     def amend(self, overrides: list[str]) -> Run:
         """This run with ``--set`` overrides of what a resume may change (:data:`RESUMABLE_KEYS`), stored in run.json
@@ -155,6 +155,11 @@ class Run:
         words = [self.config.seed] + [k if isinstance(k, int) else _stable_hash(k) for k in keys]
         return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0])
 
+    @property
+    def modality(self) -> Modality:
+        """The run's data type (``config.modality``)."""
+        return get_modality(self.config)
+
     def ledger(self) -> Ledger:
         """The run's privacy ledger (empty before the first vote)."""
         return Ledger.load(self.layout.ledger_json, self.config.privacy.delta)
@@ -169,10 +174,16 @@ class Run:
         return [names.index(c) for c in wanted]
 
 
+def layout_for(config: Config, run_id: str, run_root: str | None = None) -> RunLayout:
+    """The layout of run ``run_id`` of ``config`` (under ``run_root``, default the config's), with its modality's
+    population suffix."""
+    return RunLayout(run_root or config.run_root, run_id, config.private_root, get_modality(config).population_suffix)
+
+
 def check_separation(config: Config, pipeline_root: str | None = None) -> None:
     """Refuse, in one line, a private root outside ``privacy.private_root_prefixes`` (when set) or overlapping the
     pipeline root (``kubernetes.pipeline_root`` and ``pipeline_root``, kfp.local's) or the evaluation reference data,
-    and a reference that may share images with the private data: each would put the private tier or private images
+    and a reference that may share records with the private data: each would put the private tier or private images
     where public steps read or write (:class:`RunLayout` refuses a private root overlapping the run root). Local
     paths and gs:// URIs; messages name only config paths."""
     private_root, reference = config.private_root, config.evaluation.reference
@@ -187,7 +198,7 @@ def check_separation(config: Config, pipeline_root: str | None = None) -> None:
         if root and overlaps(private_root, root):
             raise UserError(f"private_root {private_root} overlaps {name} {root}: keep the private tier in a separate "
                             "folder or bucket")
-    if reference is not None and may_share_images(reference, config.private):
+    if reference is not None and get_modality(config).may_share_records(reference, config.private):
         raise UserError(f"evaluation.reference ({reference.source} {reference.path}) may share images with private.path "
                         f"{config.private.path}: point it at held-out data, or take disjoint classes or rows of the "
                         "same source")

@@ -3,7 +3,7 @@
 FastAPI + uvicorn. ``GET /v2/health/live`` answers as soon as the port is open;
 ``GET /v2/health/ready`` (and ``/v2/models/{model}/ready``) once the model has loaded.
 ``POST /v2/models/{model}/infer`` runs the ``random`` or ``variation`` call of
-:mod:`privevo.protocol` on the loaded :class:`~privevo.models.base.FoundationModel`, which
+:mod:`privevo.image.protocol` on the loaded :class:`~privevo.image.models.base.FoundationModel`, which
 batches the request by its ``batch_size``; one call runs at a time (the model owns the CPU
 or GPU), the others wait in line while health checks still answer. SIGTERM/SIGINT stop
 accepting connections, finish the calls in flight (up to ``--graceful-timeout``), then exit.
@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import FastAPI, Request, Response  # at import: FastAPI reads the routes' annotations
 
-from privevo import protocol
 from privevo.errors import UserError
+from privevo.image import protocol
 
 if TYPE_CHECKING:
     from privevo.config import Config
-    from privevo.models.base import FoundationModel
+    from privevo.image.models.base import FoundationModel
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name:
     """Serve ``config.model`` until SIGTERM/SIGINT; 0 on a clean stop, 2 when the model cannot load."""
     import uvicorn
 
-    from privevo.models import load_model
+    from privevo.image.models import load_model
 
     if config.model.kind == "remote":
         raise UserError("serve needs a local model kind (ddpm_unet, stable_diffusion), not remote")

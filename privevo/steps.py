@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +26,13 @@ from privevo import privacy, runtime, storage
 from privevo.config import Config, config_to_dict
 from privevo.errors import UserError
 from privevo.layout import step_name
+from privevo.modalities import get_modality
 from privevo.population import Population
 from privevo.run_record import Run, utc_now
+
+if TYPE_CHECKING:
+    from privevo.data_quality import DataQuality
+    from privevo.modalities import SampleSet
 
 logger = logging.getLogger(__name__)
 runtime.prefer_passive_waiting()  # every step process imports this module before torch or faiss
@@ -142,17 +147,14 @@ def _load_once(kind: str, config: Config, load: Any) -> Any:
 
 
 def load_model(config: Config) -> Any:
-    """The foundation model the config names (imported here: steps without a model never load torch)."""
-    from privevo.models import load_model as load
-
-    return _load_once("model", config, load)
+    """The foundation model the config names, from its modality (imported then: steps without a model never load
+    torch)."""
+    return _load_once("model", config, get_modality(config).load_model)
 
 
 def load_embedding(config: Config) -> Any:
-    """The vote's embedding the config names (imported here: steps without one never load torch)."""
-    from privevo.embeddings import load_embedding as load
-
-    return _load_once("embedding", config, load)
+    """The vote's embedding the config names, from its modality (imported then: steps without one never load torch)."""
+    return _load_once("embedding", config, get_modality(config).load_embedding)
 
 
 def _model_labels(model, labels: np.ndarray) -> np.ndarray | None:
@@ -180,27 +182,27 @@ def embed_private(run: Run) -> dict[str, Any]:
         if not storage.exists(run.layout.private_embeddings_digest):  # a crash between the two writes
             storage.write_bytes(run.layout.private_embeddings_digest, storage.sha256_uri(uri).encode())
         return {"uri": uri}
-    from privevo.data import DataQuality
+    from privevo.data_quality import DataQuality
 
     started = time.time()
     config = run.config
     quality = DataQuality()
-    images = load_private_set(run, "embed_private", quality)
-    with private_failures(run, "embed_private", "the private images failed a check before embedding"):
-        if config.population.conditional and images.labels is None:
+    private = load_private_set(run, "embed_private", quality)
+    with private_failures(run, "embed_private", "the private records failed a check before embedding"):
+        if config.population.conditional and private.labels is None:
             raise UserError("population.conditional needs labelled private data, but the private set has no labels")
-    pixels, real = _padded(images.images, config.privacy.max_private_rows)
+    samples, real = _padded(run, private.samples, config.privacy.max_private_rows)
     embedding = load_embedding(config)
-    with private_failures(run, "embed_private", "embedding the private images failed"):
-        embeddings = embedding.embed(pixels, config.embedding.batch_size, progress=False)
+    with private_failures(run, "embed_private", "embedding the private records failed"):
+        embeddings = embedding.embed(samples, config.embedding.batch_size, progress=False)
     finite = np.isfinite(embeddings).all(axis=1)
     for row in np.flatnonzero(real & ~finite):  # a record the embedding cannot read: left out, like a corrupt file
         quality.skip(f"row {row} of the selected set", "its embedding has NaN or infinite values")
     real &= finite
     embeddings[~finite] = 0.0
     labels = np.full(len(embeddings), -1, np.int64)
-    if images.labels is not None:
-        labels[: len(images.labels)] = images.labels
+    if private.labels is not None:
+        labels[: len(private.labels)] = private.labels
     try:
         sha = storage.write_npz(uri, {"embeddings": embeddings, "labels": labels, "real": real}, exclusive=True)
     except storage.AlreadyExists:
@@ -214,18 +216,19 @@ def embed_private(run: Run) -> dict[str, Any]:
     return {"uri": uri}
 
 
-def _padded(images: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The private images padded with blank rows to ``rows`` (``privacy.max_private_rows``), and which rows are real.
+def _padded(run: Run, samples: np.ndarray, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The private samples padded with the modality's blank rows to ``rows`` (``privacy.max_private_rows``), and which
+    rows are real.
 
     The blank rows are embedded and searched like real ones and vote nothing: the private steps' work is that of
     ``rows`` rows whatever the private set's size up to it. A larger set is not cut (that would change the
     selected set): it is used whole, and its data-quality report says the bound did not hold. An empty set gets one
     blank row, so that it runs like any other, with zero counts."""
-    real = np.ones(max(len(images), rows or 0, 1), bool)
-    if len(real) == len(images):
-        return images, real
-    real[len(images):] = False
-    return np.concatenate([images, np.zeros((len(real) - len(images), *images.shape[1:]), images.dtype)]), real
+    real = np.ones(max(len(samples), rows or 0, 1), bool)
+    if len(real) == len(samples):
+        return samples, real
+    real[len(samples):] = False
+    return np.concatenate([samples, run.modality.blank_rows(samples, len(real) - len(samples))]), real
 
 
 def _within_bound(rows: int, config: Config) -> bool | None:
@@ -234,23 +237,20 @@ def _within_bound(rows: int, config: Config) -> bool | None:
     return None if bound is None else rows == bound
 
 
-def load_private_set(run: Run, step: str, quality: Any = None) -> Any:
-    """The private images (PRIVATE: never log, return or release them); problems go to the private tier's log.
+def load_private_set(run: Run, step: str, quality: DataQuality | None = None) -> SampleSet:
+    """The private set in its modality's form (PRIVATE: never log, return or release it); problems go to the private
+    tier's log.
 
-    Problems of single records are skipped, never refused (counted in ``quality``, a ``privevo.data.DataQuality``, when
-    given): whether a step fails depends on the config and the set's form, not on one private record."""
-    from privevo.data import DataQuality, load_image_set
+    Problems of single records are skipped, never refused (counted in ``quality`` when given): whether a step fails
+    depends on the config and the set's form, not on one private record."""
+    from privevo.data_quality import DataQuality
 
-    config, p = run.config, run.config.private
+    p = run.config.private
     storage.mark_private(p.path)  # its file names may describe the private set: storage errors name only the tier
     if not storage.is_gcs(p.path) and not os.path.exists(p.path):  # where the data should be is config, not data
         raise UserError(f"private.path {p.path} does not exist: fix private.path or mount the private data there")
-    with private_failures(run, step, "the private images could not be loaded"):
-        return load_image_set(
-            p.source, p.path, config.image_size, config.channels, split=p.split, classes=p.classes,
-            limit=p.limit, seed=run.seed("private-subset"), class_names=config.class_names, rows=p.rows,
-            quality=quality if quality is not None else DataQuality(),
-        )
+    with private_failures(run, step, "the private records could not be loaded"):
+        return run.modality.load_private(run, quality if quality is not None else DataQuality())
 
 
 @contextlib.contextmanager
@@ -324,9 +324,9 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     model = load_model(run.config)
     model.record_calls(run.layout, 0, "generate_initial", shard)  # remote models: call ledger and stored results
     seed = run.seed(0, "random")  # with the global sample index: the same samples however many shards
-    images = model.random(len(labels), labels=_model_labels(model, labels), seed=seed, first_index=part.start)
-    population = Population(images, labels, np.full(len(labels), -1, np.int64), generation=0)
-    sha = storage.write_bytes(uri, population.to_bytes())
+    samples = model.random(len(labels), labels=_model_labels(model, labels), seed=seed, first_index=part.start)
+    population = Population(samples, labels, np.full(len(labels), -1, np.int64), generation=0)
+    sha = storage.write_bytes(uri, run.modality.encode_population(population))
     _record_step(run, 0, "generate_initial", {"size": len(labels), "shard": shard, "seed": seed, **model.call_summary()},
                  started, shard)
     logger.info("generation 0 shard %d: %d samples from the public model", shard, len(labels))
@@ -341,7 +341,7 @@ def load_population(run: Run, generation: int) -> Population:
     uri = run.layout.population(generation)
     if not storage.exists(uri):
         return merge_shards(run, generation)
-    return Population.from_bytes(storage.read_bytes(uri), source=uri)
+    return run.modality.decode_population(storage.read_bytes(uri), uri)
 
 
 MERGE_WRITER = "merge_shards"  # the manifest part of a merged population
@@ -357,13 +357,14 @@ def merge_shards(run: Run, generation: int) -> Population:
             f"generation {generation} is incomplete: {missing[0]} is missing; "
             f"rerun {'generate_initial' if generation == 0 else 'generate_variations'} for generation {generation}"
         )
-    parts = [Population.from_bytes(data, source=u) for u, data in zip(uris, storage.read_many(uris), strict=True)]
+    modality = run.modality
+    parts = [modality.decode_population(data, u) for u, data in zip(uris, storage.read_many(uris), strict=True)]
     merged = Population.concatenate(parts)
     uri = run.layout.population(generation)
     try:
-        storage.write_bytes(uri, merged.to_bytes(), exclusive=True)
+        storage.write_bytes(uri, modality.encode_population(merged), exclusive=True)
     except storage.AlreadyExists:  # another step merged first: its file is the population
-        return Population.from_bytes(storage.read_bytes(uri), source=uri)
+        return modality.decode_population(storage.read_bytes(uri), uri)
     record_manifest(run, generation, MERGE_WRITER)
     return merged
 
@@ -407,7 +408,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     if storage.exists(uri):
         logger.warning("generation %d shard %d: the population changed since it was embedded: embedding it again",
                        generation, shard)
-    population = Population.from_bytes(population_bytes, source=population_uri)
+    population = run.modality.decode_population(population_bytes, population_uri)
     offset = shard_slice(config.population.size, shard, config.population.num_shards).start
     lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
@@ -417,7 +418,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
         model.record_calls(run.layout, generation, "embed_synthetic", shard)  # remote models: call ledger, results
 
     keep = config.population.reuse_lookahead and lookahead > 0
-    kept = np.empty((lookahead if keep else 0, *population.images.shape), np.uint8)
+    kept = np.empty((lookahead if keep else 0, *population.samples.shape), population.samples.dtype)
 
     def vary(batch: np.ndarray, repeat: int, start: int) -> np.ndarray:
         assert model is not None  # lookahead_embeddings varies only when lookahead > 0
@@ -430,7 +431,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
         return varied
 
     embeddings = lookahead_embeddings(
-        population.images, lookahead, vary, lambda x: embedding.embed(x, config.embedding.batch_size),
+        population.samples, lookahead, vary, lambda x: embedding.embed(x, config.embedding.batch_size),
         batch_size=max(config.model.batch_size, 1),
     )
     if keep:  # the next generation's children may reuse them (population.reuse_lookahead); written first
@@ -582,9 +583,9 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     labels = selection["labels"][part]
     degree = config.population.degree_schedule()[generation - 1]
     reused, fresh_offset = _reused_lookahead(run, generation, selection["parent_ids"], part)
-    images = np.empty((len(parent_ids), *previous.images.shape[1:]), np.uint8)
-    for i, image in reused.items():
-        images[i] = image
+    samples = np.empty((len(parent_ids), *previous.samples.shape[1:]), previous.samples.dtype)
+    for i, sample in reused.items():
+        samples[i] = sample
     fresh = np.array([i for i in range(len(parent_ids)) if i not in reused], np.int64)
     seed = run.seed(generation, "variation")  # with the global index among fresh children: independent of sharding
     calls: dict[str, Any] = {}
@@ -592,16 +593,16 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
         runtime.configure_torch_threads(runtime.shard_cpu_budget())
         model = load_model(config)
         model.record_calls(run.layout, generation, "generate_variations", shard)  # remote models: call ledger, results
-        images[fresh] = model.variation(previous.images[parent_ids[fresh]], degree,
+        samples[fresh] = model.variation(previous.samples[parent_ids[fresh]], degree,
                                         labels=_model_labels(model, labels[fresh]), seed=seed, first_index=fresh_offset)
         calls = model.call_summary()
-    population = Population(images, labels, parent_ids, generation=generation)
-    sha = storage.write_bytes(uri, population.to_bytes())
+    population = Population(samples, labels, parent_ids, generation=generation)
+    sha = storage.write_bytes(uri, run.modality.encode_population(population))
     _record_step(run, generation, "generate_variations",
                  {"degree": degree, "shard": shard, "num_shards": config.population.num_shards, "seed": seed,
                   "selection_sha256": selection_sha, "reused_lookahead": len(reused), "fresh_variations": len(fresh),
                   **calls}, started, shard)
-    logger.info("generation %d shard %d: %d variations at degree %.3g", generation, shard, len(images), degree)
+    logger.info("generation %d shard %d: %d variations at degree %.3g", generation, shard, len(samples), degree)
     return _reference(uri, sha, generation=generation, shard=shard, **calls)
 
 

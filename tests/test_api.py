@@ -32,10 +32,10 @@ def test_run_returns_the_run_folder_epsilon_metrics_and_populations(finished):
     assert len(finished.run.ledger().events) == 2
     assert finished.metrics["generations_complete"] == 2 and finished.metrics["final"]["generation"] == 2
     last = finished.population()
-    assert last.generation == 2 and last.images.shape == (24, 28, 28, 1) and last.images.dtype == np.uint8
+    assert last.generation == 2 and last.samples.shape == (24, 28, 28, 1) and last.samples.dtype == np.uint8
     assert np.all(last.labels == -1)  # tiny is unconditional
     assert finished.population(0).generation == 0
-    assert not np.array_equal(finished.population(0).images, last.images)
+    assert not np.array_equal(finished.population(0).samples, last.samples)
 
 
 def test_open_run_reads_the_same_run(finished):
@@ -43,7 +43,7 @@ def test_open_run_reads_the_same_run(finished):
     assert opened.path == finished.path and opened.run_id == "api"
     assert opened.epsilon == finished.epsilon and opened.metrics == finished.metrics
     for generation in (0, 1, -1):
-        assert np.array_equal(opened.population(generation).images, finished.population(generation).images)
+        assert np.array_equal(opened.population(generation).samples, finished.population(generation).samples)
     assert privevo.open_run(finished.path + "/").path == finished.path
 
 

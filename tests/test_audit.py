@@ -150,7 +150,7 @@ def test_kill_mid_generation_then_resume(tmp_path, run_cli, marker, during):
 
 def test_canary_never_reaches_a_released_file(tmp_path, run_cli):
     """A distinctive private image and its embedding appear in no released byte."""
-    from privevo.embeddings.pixels import PixelEmbedding
+    from privevo.image.embeddings.pixels import PixelEmbedding
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from privevo.classifier import SmallCNN, load_classifier, predict_proba, save_classifier, train_classifier
 from privevo.errors import UserError
+from privevo.image.classifier import SmallCNN, load_classifier, predict_proba, save_classifier, train_classifier
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from privevo import data, storage
+from privevo import storage
 from privevo.errors import UserError
+from privevo.image import data
 
 
 def _save(path: Path, mode: str = "L", size: tuple[int, int] = (8, 8), value: int = 100) -> Path:

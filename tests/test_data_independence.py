@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from privevo import data
+from privevo.data_quality import DataQuality
 from privevo.errors import UserError
+from privevo.image import data
 from privevo.voting import nearest_neighbour_histogram
 from tests.test_timing_channel import RUN_ID, vote_on
 
@@ -92,7 +93,7 @@ def test_the_loader_counts_what_it_skips_instead_of_refusing(tmp_path):
     folder = str(tmp_path / "private-images")
     with pytest.raises(UserError, match="cannot decode image"):  # public data: refused, naming the file
         data.load_image_set("folder", folder, 28, 1, classes=list(CLASSES), class_names=list(CLASSES))
-    quality = data.DataQuality()
+    quality = DataQuality()
     loaded = data.load_image_set("folder", folder, 28, 1, classes=list(CLASSES), class_names=list(CLASSES),
                                  quality=quality)
     assert len(loaded.images) == 3

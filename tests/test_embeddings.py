@@ -6,10 +6,10 @@ import torch
 from conftest import ROOT
 
 from privevo.config import load_config
-from privevo.embeddings import EMBEDDINGS, embedding_class, load_embedding
-from privevo.embeddings.effnet_lite0 import EfficientNetLite0Embedding
-from privevo.embeddings.pixels import PixelEmbedding
 from privevo.errors import UserError
+from privevo.image.embeddings import EMBEDDINGS, embedding_class, load_embedding
+from privevo.image.embeddings.effnet_lite0 import EfficientNetLite0Embedding
+from privevo.image.embeddings.pixels import PixelEmbedding
 
 TINY = ROOT / "configs" / "tiny.yaml"
 
@@ -50,7 +50,7 @@ def effnet() -> EfficientNetLite0Embedding:
 
 def fashion(classes: list[str], rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``rows`` Fashion-MNIST test images of ``classes`` (the shipped dataset), with their labels."""
-    from privevo.data import load_image_set
+    from privevo.image.data import load_image_set
 
     config = load_config(TINY)
     images = load_image_set("fashion_mnist", config.private.path, 28, 1, split="test", classes=classes,

@@ -13,7 +13,7 @@ from PIL import Image
 import privevo
 from privevo import api
 from privevo.cli import main
-from privevo.export import label_names
+from privevo.image.export import label_names
 from privevo.population import Population
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_imagefolder_holds_the_last_generation_with_class_names(finished, tmp_pa
     rows, images = read_imagefolder(folder)
     assert sorted(p.name for p in folder.glob("*.png")) == [row["file_name"] for row in rows]
     assert len(rows) == len(population) == 24 and list(rows[0]) == ["file_name", "label"]
-    assert np.array_equal(images, population.images)
+    assert np.array_equal(images, population.samples)
     names = finished.run.config.class_names
     assert [row["label"] for row in rows] == [names[i] for i in population.labels]
     assert {row["label"] for row in rows} == {"Trouser", "Sneaker", "Bag"}
@@ -60,7 +60,7 @@ def test_npz_of_an_earlier_generation_through_the_command_line(finished, tmp_pat
     assert f"exported: {folder}" in capsys.readouterr().out
     with np.load(folder / "synthetic.npz") as npz:
         population = finished.population(1)
-        assert np.array_equal(npz["images"], population.images) and np.array_equal(npz["labels"], population.labels)
+        assert np.array_equal(npz["images"], population.samples) and np.array_equal(npz["labels"], population.labels)
         assert int(npz["generation"]) == 1 and list(npz["class_names"]) == finished.run.config.class_names
     statement = json.loads((folder / "privacy.json").read_text())
     assert statement["generation"] == 1 and statement["epsilon_through_this_generation"] < statement["epsilon"]
@@ -69,7 +69,7 @@ def test_npz_of_an_earlier_generation_through_the_command_line(finished, tmp_pat
 def test_unlabelled_samples_have_no_label_column():
     population = Population(np.zeros((2, 4, 4, 1), np.uint8), np.full(2, -1), np.full(2, -1), generation=0)
     assert label_names(population, ["a", "b"]) is None
-    labelled = Population(population.images, np.array([1, 0]), population.parent_ids, generation=0)
+    labelled = Population(population.samples, np.array([1, 0]), population.parent_ids, generation=0)
     assert label_names(labelled, ["a", "b"]) == ["b", "a"] and label_names(labelled, None) == ["1", "0"]
 
 
@@ -109,7 +109,7 @@ def test_a_failed_export_leaves_nothing(finished, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("privevo.export._write_imagefolder", broken)
+    monkeypatch.setattr("privevo.image.export.write_imagefolder", broken)
     with pytest.raises(OSError, match="disk full"):
         finished.export(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -124,4 +124,4 @@ def test_the_run_summary_says_where_the_synthetic_set_is_and_how_to_export_it(ti
     assert command in lines
     assert main(["export", str(tiny_run.run_dir), "--to", str(tmp_path / "set")]) == 0
     rows, images = read_imagefolder(tmp_path / "set")
-    assert len(rows) == 24 and np.array_equal(images, privevo.open_run(tiny_run.run_dir).population().images)
+    assert len(rows) == 24 and np.array_equal(images, privevo.open_run(tiny_run.run_dir).population().samples)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXTRA_MODULES = ("kfp", "google.cloud.storage", "fastapi", "uvicorn")
 LIBRARY = ("privevo", "privevo.api", "privevo.export", "privevo.shipped", "privevo.steps", "privevo.storage",
            "privevo.audit", "privevo.model_store", "privevo.config", "privevo.run_record", "privevo.privacy",
-           "privevo.evaluation", "privevo.report", "privevo.models", "privevo.embeddings", "privevo.step_table",
+           "privevo.evaluation", "privevo.report", "privevo.image.models", "privevo.image.embeddings", "privevo.step_table",
            "privevo.cli", "privevo.dag", "privevo.kfp_client")
 
 

@@ -10,6 +10,7 @@ from torchmetrics.image.fid import _compute_fid
 
 from privevo import metrics
 from privevo.errors import UserError
+from privevo.image import evaluation as image_evaluation
 
 
 def _random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -188,7 +189,7 @@ def test_downstream_accuracy_on_easy_data():
     train_images, train_labels = _easy_images(rng, 20)
     test_images, test_labels = _easy_images(rng, 20)
     keep = test_labels != 2  # class 2 absent from the test set
-    result = metrics.downstream_accuracy(
+    result = image_evaluation.downstream_accuracy(
         train_images, train_labels, test_images[keep], test_labels[keep], num_classes=4, epochs=8
     )
     assert result["accuracy"] > 0.9
@@ -198,7 +199,7 @@ def test_downstream_accuracy_on_easy_data():
 
 
 def test_downstream_protocol_is_printable():
-    assert {"model", "epochs", "seed"} <= metrics.DOWNSTREAM_PROTOCOL.keys()
+    assert {"model", "epochs", "seed"} <= image_evaluation.DOWNSTREAM_PROTOCOL.keys()
 
 
 def test_low_rank_path_equals_the_full_computation():

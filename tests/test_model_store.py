@@ -116,7 +116,7 @@ def test_digest_is_sha256sum_of_the_listing_and_the_same_on_gcs(gcs_server, loca
 def test_gcs_model_is_copied_once_and_samples_like_the_local_folder(
     gcs_server, local_model: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from privevo.models import load_model
+    from privevo.image.models import load_model
 
     uri = _upload(gcs_server, local_model)
     digest = model_store.folder_digest(str(local_model))
@@ -161,7 +161,7 @@ def test_tampered_object_is_refused_in_one_line_and_nothing_is_cached(
 
 
 def test_local_folder_with_sha256_is_verified(local_model: Path, tmp_path: Path) -> None:
-    from privevo.models.base import resolve_model_dir
+    from privevo.image.models.base import resolve_model_dir
 
     digest = model_store.folder_digest(str(local_model))
     assert resolve_model_dir(str(local_model), digest) == local_model

@@ -13,10 +13,10 @@ import torch
 from privevo import runtime
 from privevo.config import Config, parse_config
 from privevo.errors import UserError
-from privevo.models import MODEL_BACKENDS, backend_class, load_model
-from privevo.models.base import resolve_autocast
-from privevo.models.ddpm_unet import DDPMUNetModel
-from privevo.models.stable_diffusion import StableDiffusionModel
+from privevo.image.models import MODEL_BACKENDS, backend_class, load_model
+from privevo.image.models.base import resolve_autocast
+from privevo.image.models.ddpm_unet import DDPMUNetModel
+from privevo.image.models.stable_diffusion import StableDiffusionModel
 from privevo.testing import assert_close_images, build_tiny_stable_diffusion, build_tiny_unet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -283,12 +283,12 @@ def test_sd_grayscale_and_resize(sd_dir: str) -> None:
 
 
 def test_registry_names_every_backend_and_configs_need_no_torch() -> None:
-    from privevo.models.remote import RemoteModel
+    from privevo.image.models.remote import RemoteModel
 
     assert {kind: backend_class(kind) for kind in MODEL_BACKENDS} == {
         "ddpm_unet": DDPMUNetModel, "stable_diffusion": StableDiffusionModel, "remote": RemoteModel,
     }
-    probe = "import sys, privevo.config, privevo.models, privevo.embeddings; print('torch' in sys.modules)"
+    probe = "import sys, privevo.config, privevo.image.models, privevo.image.embeddings; print('torch' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert found.strip() == "False"
 
@@ -367,7 +367,7 @@ def test_shipped_model_matches_its_card(shipped: DDPMUNetModel) -> None:
 def test_shipped_model_samples_are_recognisable_clothes(shipped: DDPMUNetModel) -> None:
     if not (SHIPPED_CLASSIFIER / "model.safetensors").is_file():
         pytest.skip(f"{SHIPPED_CLASSIFIER} is absent: train it with models/train_public_classifier.py")
-    from privevo.classifier import load_classifier, predict_proba
+    from privevo.image.classifier import load_classifier, predict_proba
 
     classifier = load_classifier(SHIPPED_CLASSIFIER)
     samples = shipped.random(200, seed=0)

@@ -156,7 +156,7 @@ def test_private_embedding_shows_no_progress(tmp_path, capsys, caplog):
     """
     import logging
 
-    from privevo.embeddings import load_embedding
+    from privevo.image.embeddings import load_embedding
 
     caplog.set_level(logging.INFO, logger="privevo.progress")
     config = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -208,15 +208,21 @@ def test_a_failing_non_dp_evaluation_ends_the_step_as_a_working_one_would(tmp_pa
     from privevo import evaluation
 
     run = _one_generation_to_evaluate(tmp_path, "nondp-fails")
-    score = evaluation._score
+    modality = type(run.modality)
+    scorer = modality.scorer
     working_lines = []
     for broken in (False, True):
-        def scored(run_, reference, *args, broken=broken, **kwargs):
-            if broken and kwargs.get("log_rows") is False:  # the scoring against the private set
-                raise ValueError("a private record's detail")
-            return score(run_, reference, *args, **kwargs)
+        def scoring(self, run_, broken=broken):
+            score = scorer(self, run_)
 
-        monkeypatch.setattr(evaluation, "_score", scored)
+            def scored(reference, last, log_rows):
+                if broken and log_rows is False:  # the scoring against the private set
+                    raise ValueError("a private record's detail")
+                return score(reference, last, log_rows)
+
+            return scored
+
+        monkeypatch.setattr(modality, "scorer", scoring)
         caplog.clear()
         with caplog.at_level("INFO", logger=evaluation.logger.name):
             evaluation.evaluate_run(run)

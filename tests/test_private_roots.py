@@ -9,8 +9,8 @@ from conftest import ROOT
 
 from privevo.components.resolve_config import resolve_config
 from privevo.config import load_config
-from privevo.data import may_share_images
 from privevo.errors import UserError
+from privevo.image.data import may_share_images
 from privevo.layout import normalised, overlaps
 from privevo.parameters import PARAMETER_NAMES, apply_parameters, parameter_defaults
 from privevo.run_record import check_separation

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privevo import protocol, storage
+from privevo import storage
 from privevo.config import RemoteConfig, load_config, parse_config
 from privevo.errors import UserError
+from privevo.image import protocol
 from privevo.testing import assert_close_images
 from tests.conftest import ROOT, _free_port, _run_cli, tiny_args, wait_for_http
 
@@ -172,7 +173,7 @@ def faulty(fault_server: InProcessServer) -> Iterator[InProcessServer]:
 
 def remote(url: str, batch_size: int = 8, sleeps: list[float] | None = None, **settings):
     """A RemoteModel with fast backoff; ``sleeps`` records the waits instead of sleeping them."""
-    from privevo.models.remote import RemoteModel
+    from privevo.image.models.remote import RemoteModel
 
     options = {"url": url, "backoff_s": 0.01, "max_backoff_s": 0.05, "max_retries": 2, **settings}
     sleep = sleeps.append if sleeps is not None else time.sleep
@@ -181,7 +182,7 @@ def remote(url: str, batch_size: int = 8, sleeps: list[float] | None = None, **s
 
 def local_model(batch_size: int):
     """The served model in this process, at the servers' steps and the given batch size."""
-    from privevo.models.ddpm_unet import DDPMUNetModel
+    from privevo.image.models.ddpm_unet import DDPMUNetModel
 
     return DDPMUNetModel.from_pretrained(MODEL, batch_size=batch_size, num_inference_steps=STEPS, autocast="off")
 
@@ -368,10 +369,9 @@ def test_killed_server_fails_one_line_then_resume_pays_only_for_the_rest(fault_s
     assert record["api_reused_images"] == 4 * kept and record["api_images"] == 24 - 4 * kept
     ledger = storage.read_json(run.layout.calls(0, "generate_initial", 0))
     assert ledger["images"] == 24 and ledger["estimated_cost"] == pytest.approx(0.24)
-    from privevo.population import Population
 
-    population = Population.from_bytes(storage.read_bytes(run.layout.shard(0, 0)))
-    assert_close_images(population.images, local_model(4).random(24, seed=run.seed(0, "random")))
+    population = run.modality.decode_population(storage.read_bytes(run.layout.shard(0, 0)), "population")
+    assert_close_images(population.samples, local_model(4).random(24, seed=run.seed(0, "random")))
 
 
 # ------------------------------------------------------------------ faults
@@ -436,7 +436,7 @@ def test_failed_request_loses_no_received_image(faulty: InProcessServer, in_proc
 
 
 def test_rate_limit_spaces_requests() -> None:
-    from privevo.models.remote import RateLimiter
+    from privevo.image.models.remote import RateLimiter
 
     limiter = RateLimiter(per_minute=1200)  # one start every 50 ms
     started = time.monotonic()
@@ -452,7 +452,6 @@ def test_rate_limit_spaces_requests() -> None:
 @pytest.mark.model_outputs
 def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: Path) -> None:
     """configs/tiny.yaml with model.kind remote through kfp.local: the in-process samples, an audit that passes."""
-    from privevo.population import Population
     from privevo.run_record import Run
 
     non_private = ["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0",  # a vote without noise,
@@ -470,11 +469,12 @@ def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: P
     # Generation 0 is this process's model at the run's seed, up to CPU rounding. (Later generations
     # follow votes on those images' embeddings, where a one-level difference may flip a near tie.)
     remote_run = Run.open(str(tmp_path / "runs"), "remote")
-    initial = Population.from_bytes(storage.read_bytes(remote_run.layout.population(0)))
-    assert_close_images(initial.images, local_model(8).random(24, seed=remote_run.seed(0, "random")))
+    initial = remote_run.modality.decode_population(storage.read_bytes(remote_run.layout.population(0)), "population")
+    assert_close_images(initial.samples, local_model(8).random(24, seed=remote_run.seed(0, "random")))
     for generation in range(1, remote_run.config.population.generations + 1):
-        population = Population.from_bytes(storage.read_bytes(remote_run.layout.population(generation)))
-        assert population.images.shape == initial.images.shape and population.images.dtype == np.uint8
+        population = remote_run.modality.decode_population(
+            storage.read_bytes(remote_run.layout.population(generation)), "population")
+        assert population.samples.shape == initial.samples.shape and population.samples.dtype == np.uint8
         assert population.parent_ids.min() >= 0 and population.parent_ids.max() < 24
     # the shard's 12 children: those that reuse the vote's lookahead variations cost no call (reuse_lookahead)
     ledger = storage.read_json(remote_run.layout.calls(1, "generate_variations", 0))

@@ -11,7 +11,8 @@ from conftest import ROOT, make_tiny_run
 
 from privevo import report, steps, storage
 from privevo.config import load_config
-from privevo.evaluation import FD_KEY
+from privevo.image.evaluation import FD_KEY
+from privevo.image.report import sample_grid_png
 from privevo.layout import CLASS_COUNTS_PNG, REFERENCE_GRID_PNG
 from privevo.run_record import Run
 
@@ -53,10 +54,10 @@ def test_grids_show_a_seeded_choice_of_the_population_not_its_first_rows(tiny_ru
     assert np.array_equal(chosen, report.shown_indices(24, 16, seed=7))
     assert sorted(report.shown_indices(5, 16, seed=7).tolist()) == [0, 1, 2, 3, 4]  # a small population: all of it
     run = Run.open(tiny_run.run_root, tiny_run.run_id)
-    images = steps.load_population(run, 2).images
+    images = steps.load_population(run, 2).samples
     written = (tiny_run.run_dir / "report" / "samples-gen-002.png").read_bytes()
-    assert written != report.sample_grid_png(images[:16], 16, seed=0)  # any order of the first 16 rows
-    assert written == report.sample_grid_png(images, 16, run.seed("report-samples"))
+    assert written != sample_grid_png(images[:16], 16, seed=0)  # any order of the first 16 rows
+    assert written == sample_grid_png(images, 16, run.seed("report-samples"))
 
 
 def test_curves_draw_only_metrics_with_values():

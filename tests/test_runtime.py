@@ -118,7 +118,7 @@ def test_embed_synthetic_without_lookahead_embeds_the_images_without_the_model(t
 
     monkeypatch.setattr(steps, "load_model", no_model)
     reference = steps.embed_synthetic(run, 1, 1)
-    shard = steps.load_population(run, 0).images[steps.shard_slice(run.config.population.size, 1, 2)]
+    shard = steps.load_population(run, 0).samples[steps.shard_slice(run.config.population.size, 1, 2)]
     expected = steps.load_embedding(run.config).embed(shard)
     assert np.array_equal(np.load(reference["uri"])["embeddings"], expected)
 

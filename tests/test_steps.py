@@ -25,14 +25,14 @@ def test_lookahead_embeddings_do_not_depend_on_the_sharding(tmp_path):
     two = make_tiny_run(tmp_path / "two", "two-shards", "population.num_shards=2", *options)
     one = make_tiny_run(tmp_path / "one", "one-shard", "population.num_shards=1", *options)
     # shards run at other batch sizes than the whole: equal within the suite's float-kernel tolerance
-    assert_close_images(steps.load_population(two, 0).images, steps.load_population(one, 0).images)
+    assert_close_images(steps.load_population(two, 0).samples, steps.load_population(one, 0).samples)
     sharded, whole = _vote_embeddings(two, 1), _vote_embeddings(one, 1)
     assert sharded.shape == (two.config.population.size, whole.shape[1])
     # pixel embeddings (x / 255) of lookahead variations: the same tolerance, in embedding units
     assert np.abs(sharded - whole).max() <= BATCH_TOLERANCE.max_levels / 255 + 1e-6
     assert np.mean(sharded != whole) <= BATCH_TOLERANCE.max_fraction
     # the lookahead means are of variations, not of the images themselves
-    assert not np.allclose(whole, steps.load_embedding(one.config).embed(steps.load_population(one, 0).images))
+    assert not np.allclose(whole, steps.load_embedding(one.config).embed(steps.load_population(one, 0).samples))
 
 
 def test_the_vote_refuses_embeddings_of_a_population_that_changed(tmp_path):
@@ -40,10 +40,10 @@ def test_the_vote_refuses_embeddings_of_a_population_that_changed(tmp_path):
     _vote_embeddings(run, 1)
     shard_uri = run.layout.shard(0, 1)
     with open(shard_uri, "rb") as handle:
-        shard = Population.from_bytes(handle.read(), source=shard_uri)
-    changed = Population(255 - shard.images, shard.labels, shard.parent_ids, generation=0)
+        shard = run.modality.decode_population(handle.read(), shard_uri)
+    changed = Population(255 - shard.samples, shard.labels, shard.parent_ids, generation=0)
     with open(shard_uri, "wb") as handle:
-        handle.write(changed.to_bytes())
+        handle.write(run.modality.encode_population(changed))
 
     with pytest.raises(UserError, match="run embed_synthetic for generation 1 shard 1 first"):
         steps.dp_vote(run, 1, steps.private_reference(run))
@@ -90,7 +90,7 @@ def test_reuse_lookahead_makes_the_first_children_from_the_votes_variations(tmp_
         seen[parent] = k + 1
         if k < 2:  # the parent's first two children are its lookahead variations, exactly
             expected_reused += 1
-            assert np.array_equal(population.images[child], lookahead[k, parent])
+            assert np.array_equal(population.samples[child], lookahead[k, parent])
     assert sum(r["reused_lookahead"] for r in records) == expected_reused > 0
     assert sum(r["reused_lookahead"] + r["fresh_variations"] for r in records) == run.config.population.size
 

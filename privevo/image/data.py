@@ -9,13 +9,14 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from privevo import storage
+from privevo.data_quality import DataQuality
 from privevo.errors import UserError
 from privevo.layout import normalised, overlaps
 
@@ -51,41 +52,6 @@ class ImageSet:
     labels: np.ndarray | None
     class_names: list[str] | None
     source: str
-
-
-@dataclass
-class DataQuality:
-    """What loading a private set found: kept for the private tier only (it describes the private set).
-
-    Handed to :func:`load_image_set`, it turns problems of single records (a corrupt or
-    unreadable image, a label outside class_names, a configured class with no images, an
-    empty selection) into skips counted here instead of errors, so that whether a run fails
-    never depends on one private record. Problems of the whole set's form (a missing path,
-    an array of the wrong dtype or channel count) stay errors: they are configuration.
-    """
-
-    records_read: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    missing_classes: list[str] = field(default_factory=list)
-    classes: dict[str, int] = field(default_factory=dict)
-    records_kept: int = 0
-
-    def skip(self, record: str, reason: str) -> None:
-        """Count one record left out, and why."""
-        self.skipped.append({"record": record, "reason": reason})
-
-    def found(self, image_set: ImageSet) -> None:
-        """Note what the loaded set holds: its size and the images per class."""
-        self.records_kept = len(image_set.images)
-        if image_set.labels is not None and image_set.class_names is not None:
-            names, counts = np.unique(image_set.labels, return_counts=True)
-            self.classes = {image_set.class_names[int(i)]: int(c) for i, c in zip(names, counts, strict=True)}
-
-    def to_dict(self) -> dict[str, object]:
-        """The report as JSON-ready data."""
-        return {"records_read": self.records_read, "records_kept": self.records_kept,
-                "records_skipped": len(self.skipped), "skipped": self.skipped,
-                "classes": self.classes, "missing_classes": self.missing_classes}
 
 
 # ---------------------------------------------------------------------------- array helpers
@@ -449,7 +415,7 @@ def load_image_set(
     if limit is not None:
         image_set = _subset(image_set, limit, seed)
     if quality is not None:
-        quality.found(image_set)
+        quality.found(len(image_set.images), image_set.labels, image_set.class_names)
     elif len(image_set.images) == 0:
         raise UserError(f"no images found in {path}: check path, source and the classes filter")
     return image_set

@@ -1,6 +1,6 @@
 """The wire format of a foundation model behind an API: the KServe v2 / Open Inference Protocol.
 
-Both sides use this module: the ``remote`` backend (:mod:`privevo.models.remote`) and
+Both sides use this module: the ``remote`` backend (:mod:`privevo.image.models.remote`) and
 ``pipeline.py serve`` (:mod:`privevo.serve`). It never imports torch.
 
 A request is ``POST /v2/models/{model}/infer`` with a JSON body

@@ -1,6 +1,6 @@
 """Image embeddings: the feature space in which private samples vote.
 
-One interface, :class:`~privevo.embeddings.base.Embedding`: ``name``, ``dim``,
+One interface, :class:`~privevo.image.embeddings.base.Embedding`: ``name``, ``dim``,
 ``from_config(config)`` and ``embed(images, batch_size) -> float32 (N, dim)`` on uint8 NHWC
 images. Adding an extractor (Inception-v3 pool3, CLIP) is one module
 ``privevo/embeddings/<name>.py`` with a subclass that loads its weights from a local path,
@@ -15,12 +15,12 @@ from privevo import registry
 
 if TYPE_CHECKING:
     from privevo.config import Config
-    from privevo.embeddings.base import Embedding
+    from privevo.image.embeddings.base import Embedding
 
 #: embedding.name -> "module:class", imported only when an embedding is loaded (configs stay torch-free).
 EMBEDDINGS: dict[str, str] = {
-    "pixels": "privevo.embeddings.pixels:PixelEmbedding",
-    "effnet_lite0": "privevo.embeddings.effnet_lite0:EfficientNetLite0Embedding",
+    "pixels": "privevo.image.embeddings.pixels:PixelEmbedding",
+    "effnet_lite0": "privevo.image.embeddings.effnet_lite0:EfficientNetLite0Embedding",
 }
 
 

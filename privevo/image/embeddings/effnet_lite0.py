@@ -10,7 +10,7 @@ runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runti
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from privevo.embeddings.base import Embedding  # noqa: E402
+from privevo.image.embeddings.base import Embedding  # noqa: E402
 
 if TYPE_CHECKING:
     from privevo.config import Config

@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
-from privevo.embeddings.base import Embedding
+from privevo.image.embeddings.base import Embedding
 
 if TYPE_CHECKING:
     from privevo.config import Config
@@ -21,7 +21,9 @@ class PixelEmbedding(Embedding):
     @classmethod
     def from_config(cls, config: "Config") -> Self:
         """One feature per pixel and channel of the experiment's images."""
-        return cls(config.image_size, config.channels)
+        from privevo.image import image_shape
+
+        return cls(*image_shape(config))
 
     def embed(self, images: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
         self._check_images(images)

@@ -13,29 +13,29 @@ images; at another batch size (or sharding) CPU kernels may round differently, s
 agree only up to :data:`privevo.testing.BATCH_TOLERANCE`.
 
 Backends (:data:`MODEL_BACKENDS`, the config's ``model.kind``):
-- ``ddpm_unet`` (:mod:`privevo.models.ddpm_unet`): a diffusers ``UNet2DModel`` (unconditional or
+- ``ddpm_unet`` (:mod:`privevo.image.models.ddpm_unet`): a diffusers ``UNet2DModel`` (unconditional or
   class-conditional) with DDIM sampling and SDEdit variations; the layout
   ``DDPMPipeline.save_pretrained`` writes.
-- ``stable_diffusion`` (:mod:`privevo.models.stable_diffusion`): text-to-image with one prompt
+- ``stable_diffusion`` (:mod:`privevo.image.models.stable_diffusion`): text-to-image with one prompt
   per class, img2img variations.
-- ``remote`` (:mod:`privevo.models.remote`): any of these behind a KServe v2 / Open Inference
+- ``remote`` (:mod:`privevo.image.models.remote`): any of these behind a KServe v2 / Open Inference
   Protocol server (``pipeline.py serve``), called over HTTP with retries, a rate limit, a call
-  ledger and a store of received images (:mod:`privevo.protocol`).
+  ledger and a store of received images (:mod:`privevo.image.protocol`).
 
 Adding a backend (for example a DiT or a consistency model) is one new module and one line:
 
-1. ``privevo/models/<kind>.py`` with a subclass of :class:`~privevo.models.base.FoundationModel`
+1. ``privevo/models/<kind>.py`` with a subclass of :class:`~privevo.image.models.base.FoundationModel`
    that sets ``image_size``, ``channels``, ``num_classes``, ``name``, ``batch_size`` and ``device``
    (:func:`privevo.runtime.resolve_device`; and, for mixed precision, ``autocast_dtype`` from
-   :func:`~privevo.models.base.resolve_autocast`) in ``__init__``, and implements
+   :func:`~privevo.image.models.base.resolve_autocast`) in ``__init__``, and implements
    ``_random_batch(labels, generators)`` and ``_variation_batch(images, degree, labels,
    generators)``. Each receives one ``torch.Generator`` per sample (draw that sample's noise
    from it, on the CPU, so CPU and CUDA runs agree) and returns uint8 NHWC. The base class
    validates inputs, batches, and shows progress. Its classmethod ``from_config(config)``
    loads the model from ``config.model`` (and ``config.image_size`` / ``channels``), offline,
-   turning bad paths into one-line ``UserError``s (:func:`~privevo.models.base.resolve_model_dir`,
-   :func:`~privevo.models.base.check_model_index`).
-2. Its line in :data:`MODEL_BACKENDS`: ``"<kind>": "privevo.models.<kind>:<Class>"``. Configs can
+   turning bad paths into one-line ``UserError``s (:func:`~privevo.image.models.base.resolve_model_dir`,
+   :func:`~privevo.image.models.base.check_model_index`).
+2. Its line in :data:`MODEL_BACKENDS`: ``"<kind>": "privevo.image.models.<kind>:<Class>"``. Configs can
    then name it as ``model.kind``; the registry is plain strings so that validating a config
    does not import torch.
 """
@@ -48,13 +48,13 @@ from privevo import registry, runtime
 
 if TYPE_CHECKING:
     from privevo.config import Config
-    from privevo.models.base import FoundationModel
+    from privevo.image.models.base import FoundationModel
 
 #: model.kind -> "module:class" of its backend, imported only when a model is loaded.
 MODEL_BACKENDS: dict[str, str] = {
-    "ddpm_unet": "privevo.models.ddpm_unet:DDPMUNetModel",
-    "stable_diffusion": "privevo.models.stable_diffusion:StableDiffusionModel",
-    "remote": "privevo.models.remote:RemoteModel",
+    "ddpm_unet": "privevo.image.models.ddpm_unet:DDPMUNetModel",
+    "stable_diffusion": "privevo.image.models.stable_diffusion:StableDiffusionModel",
+    "remote": "privevo.image.models.remote:RemoteModel",
 }
 
 

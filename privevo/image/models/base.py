@@ -2,7 +2,7 @@
 
 :class:`FoundationModel` validates inputs, batches, seeds one generator per sample and shows
 progress; a backend implements ``from_config``, ``_random_batch`` and ``_variation_batch``
-(see :mod:`privevo.models` for the steps of adding one).
+(see :mod:`privevo.image.models` for the steps of adding one).
 """
 
 import abc

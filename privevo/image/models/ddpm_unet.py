@@ -14,7 +14,7 @@ runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runti
 import torch  # noqa: E402
 
 from privevo.errors import UserError  # noqa: E402
-from privevo.models.base import (  # noqa: E402
+from privevo.image.models.base import (  # noqa: E402
     FoundationModel,
     check_model_index,
     check_sampling_options,

@@ -2,7 +2,7 @@
 
 The data owner never holds the weights: ``random`` and ``variation`` become HTTP requests
 to a server (``pipeline.py serve``, KServe, Triton, or any server speaking the two calls of
-:mod:`privevo.protocol`). Only public data crosses the wire: counts, seeds, labels of the
+:mod:`privevo.image.protocol`). Only public data crosses the wire: counts, seeds, labels of the
 synthetic population and the population's images; never a private image or embedding.
 
 What a call does:
@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from privevo import protocol, storage
+from privevo import storage
 from privevo.errors import UserError
+from privevo.image import protocol
+from privevo.image.models.base import FoundationModel, Labels
 from privevo.layout import step_name
-from privevo.models.base import FoundationModel, Labels
 
 if TYPE_CHECKING:
     import requests

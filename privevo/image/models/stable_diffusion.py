@@ -14,7 +14,8 @@ runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runti
 import torch  # noqa: E402
 
 from privevo.errors import UserError  # noqa: E402
-from privevo.models.base import (  # noqa: E402
+from privevo.image import image_shape  # noqa: E402
+from privevo.image.models.base import (  # noqa: E402
     FoundationModel,
     check_model_index,
     check_sampling_options,
@@ -74,8 +75,9 @@ class StableDiffusionModel(FoundationModel):
         """The pipeline at ``config.model.path``, one prompt per class (default: the experiment's name)."""
         m = config.model
         assert m.path is not None  # the config requires a path for in-process kinds
+        image_size, channels = image_shape(config)
         return cls.from_pretrained(
-            m.path, prompts=m.prompts or [config.name], image_size=config.image_size, channels=config.channels,
+            m.path, prompts=m.prompts or [config.name], image_size=image_size, channels=channels,
             num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale, batch_size=m.batch_size,
             device=m.device, disable_safety_checker=m.disable_safety_checker, autocast=m.autocast, sha256=m.sha256,
         )
