@@ -79,6 +79,8 @@ def build_pipeline(config, local: bool = False):
         if spec is not None and spec.calls_model and k8s.model_token_secret:  # the remote model's token
             kubernetes.use_secret_as_volume(task, secret_name=k8s.model_token_secret,
                                             mount_path=os.path.dirname(config.model.remote.token_file))
+        if spec is not None and spec.reads_private(config):  # the cluster's policy moves it to the private account
+            kubernetes.add_pod_label(task, *PRIVATE_TIER_LABEL)
         if spec is not None and spec.reads_private(config) and k8s.private_secret:
             kubernetes.use_secret_as_volume(task, secret_name=k8s.private_secret, mount_path=PRIVATE_SECRET_MOUNT)
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
@@ -150,5 +152,8 @@ def build_pipeline(config, local: bool = False):
 
 
 PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
+#: the pod label of the steps that read the private tier: an admission policy on the cluster
+#: (manifests/components/private-step-account) moves exactly those pods to kubernetes.private_service_account.
+PRIVATE_TIER_LABEL = ("privevo.io/tier", "private")
 #: resolve_config's fixed resources: a few seconds of work (it reads no data), which should not hold a node's CPUs.
 LIGHT_STEP = ResourcesConfig(cpu="1", memory="2Gi", cpu_request="250m", memory_request="1Gi", timeout_s=1800)

@@ -132,6 +132,33 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
         "activeDeadlineSeconds": cfg.kubernetes.pipeline_timeout_s}
 
 
+@pytest.mark.parametrize("against_private", [False, True])
+def test_exactly_the_private_steps_carry_the_tier_label(tmp_path, against_private):
+    """The pods of the steps that read the private tier, and no other, carry the label the cluster's admission
+    policy (manifests/components/private-step-account) selects to move them to the private service account."""
+    from kfp import compiler
+
+    from privevo.config import load_config
+    from privevo.dag import build_pipeline
+
+    config = load_config(ROOT / "configs" / "tiny.yaml", [f"evaluation.against_private={str(against_private).lower()}"])
+    package = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(build_pipeline(config), package_path=str(package))
+    spec, platform = yaml.safe_load_all(package.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    policy = yaml.safe_load((ROOT / "manifests" / "components" / "private-step-account" / "policy.yaml").read_text())
+    (rule,) = policy["spec"]["rules"]
+    (match,) = rule["match"]["any"]
+    tier = {"labels": match["resources"]["selector"]["matchLabels"]}
+    metadata = {name: executor["podMetadata"] for name, executor in executors.items() if "podMetadata" in executor}
+    assert all(value == tier for value in metadata.values()), metadata
+    labelled = set(metadata)
+    groups = executors_by_step(spec)
+    private = {"embed_private", "dp_vote"} | ({"evaluate"} if against_private else set())
+    assert labelled == {name for kind in private for name in groups[kind]}
+    assert len(labelled) == 1 + config.population.generations + against_private
+
+
 def test_tiny_run_writes_the_run_layout(tiny_run):
     run_dir = tiny_run.run_dir
     assert "epsilon spent:" in tiny_run.stdout and "run path:" in tiny_run.stdout
