@@ -306,14 +306,21 @@ class KubernetesConfig(_Strict):
     model_step: ModelStepResources = ModelStepResources()
     node_selector: dict[str, str] = Field(default={}, description="applied to the model steps")
     tolerations: list[dict[str, str]] = Field(default=[], description="applied to the model steps")
-    private_secret: str | None = Field(default=None, description="secret with private-bucket credentials")
+    private_secret: str | None = Field(
+        default=None, description="opt-in for clusters without Workload Identity: a Secret holding key.json, a key of "
+                                  "the private bucket's Google account, mounted on the private steps only (anyone who "
+                                  "can start a run in the namespace can mount it; docs/cluster.md)")
     model_token_secret: str | None = Field(
         default=None,
         description="secret holding a remote model's token, mounted at model.remote.token_file's folder in the steps "
                     "that call the model, and only there",
     )
     private_service_account: str | None = Field(
-        default=None, description="for jobs outside a run (e.g. `rerun --step dp_vote`); KFP v2 has no per-step account"
+        default=None,
+        description="the account the private steps run as on a cluster: KFP v2 sets one account per run, so the "
+                    "compiled pipeline labels their pods privevo.io/tier=private and the cluster's admission policy "
+                    "(manifests/components/private-step-account) moves them to this account, which Workload Identity "
+                    "binds to the private bucket; also the account for a step rerun in the cluster",
     )
     public_service_account: str | None = Field(default=None, description="the account every pipeline step runs as")
     model_pvc: PvcMount | None = Field(

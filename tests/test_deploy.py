@@ -326,44 +326,58 @@ def test_private_secret_on_exactly_the_private_steps(compiled, rendered):
         assert executor["container"]["image"] == config.kubernetes.image
 
 
-def test_configs_agree_with_manifests(rendered):
-    """Every config that wires a cluster names the accounts, Secret and roots the manifests define.
+def _policy_account(docs: list[dict]) -> str | None:
+    """The account the overlay's Kyverno policy moves the private steps' pods to (by their label); None: no policy."""
+    from privevo.dag import PRIVATE_TIER_LABEL
 
-    A config is meant for the cluster when it sets kubernetes.pipeline_root or is named
-    cluster-<overlay>.yaml (then it is checked against that overlay only).
+    for policy in (d for d in docs if (d["apiVersion"], d["kind"]) == KYVERNO_POLICY):
+        for rule in policy["spec"]["rules"]:
+            selectors = [m["resources"].get("selector", {}).get("matchLabels") for m in rule["match"]["any"]]
+            if dict([PRIVATE_TIER_LABEL]) in selectors:
+                return rule["mutate"]["patchStrategicMerge"]["spec"]["serviceAccountName"]
+    return None
+
+
+def test_configs_agree_with_manifests(rendered):
+    """Every config meant for a cluster names the accounts and roots the manifests define, and its private steps get
+    the private identity there.
+
+    A config is meant for the cluster when it sets kubernetes.pipeline_root or is named cluster-<overlay>.yaml (then
+    it is checked against that overlay only). With Workload Identity (gke) the overlay's policy moves the private
+    steps to kubernetes.private_service_account and no Secret is needed; the opt-in overlay without a policy
+    (generic) holds the key as a Secret, which the config then names in kubernetes.private_secret (checked with it
+    set, as `--set kubernetes.private_secret=...` would).
     """
     from privevo.config import load_config
 
     checked = 0
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        config = load_config(path)
-        k8s = config.kubernetes
         overlay = path.stem.removeprefix("cluster-") if path.stem.startswith("cluster-") else None
+        if overlay is None and not load_config(path).kubernetes.pipeline_root:
+            continue  # not meant for a cluster
         for name in OVERLAYS if overlay is None else (overlay,):
             if name not in rendered:
                 pytest.fail(f"{path.name} names overlay {name}, but manifests/overlays/{name} does not exist")
             docs = rendered[name]
+            policy_account = _policy_account(docs)
+            config = load_config(path, [] if policy_account else [f"kubernetes.private_secret={PRIVATE_SECRET}"])
+            k8s = config.kubernetes
             accounts = set(_by_kind(docs, "ServiceAccount"))
-            secrets = set(_by_kind(docs, "Secret"))
-            if k8s.public_service_account:
-                assert k8s.public_service_account == PUBLIC_SA, f"{path.name}: runs must execute as {PUBLIC_SA}"
-                assert k8s.public_service_account in accounts
-                checked += 1
-            if k8s.private_service_account:
-                assert k8s.private_service_account in accounts and k8s.private_service_account != k8s.public_service_account
-                checked += 1
+            assert k8s.public_service_account == PUBLIC_SA, f"{path.name}: runs must execute as {PUBLIC_SA}"
+            assert k8s.private_service_account and k8s.private_service_account != k8s.public_service_account
+            assert {k8s.public_service_account, k8s.private_service_account} <= accounts, f"{path.name}, {name}"
             if k8s.private_secret:
+                secrets = set(_by_kind(docs, "Secret"))
                 assert k8s.private_secret in secrets, f"{path.name}: no Secret {k8s.private_secret} in overlay {name}"
-                checked += 1
-            if overlay is not None or k8s.pipeline_root:  # a config meant for the cluster
-                roots = _by_kind(docs, "ConfigMap")["privevo-config"]["data"]
-                found = {"pipeline_root": k8s.pipeline_root, "run_root": config.run_root,
-                         "private_root": config.private_root}
-                assert found == roots, f"{path.name} and manifests/overlays/{name} (privevo-config) disagree"
-                assert k8s.public_service_account and k8s.private_secret, f"{path.name} must set both"
-                checked += 1
-    if not checked:
-        pytest.skip("no config under configs/ wires a cluster yet (kubernetes.public_service_account, private_secret)")
+            else:
+                assert policy_account == k8s.private_service_account, (
+                    f"{path.name}: overlay {name} moves no private step to {k8s.private_service_account}, "
+                    "and the config names no Secret")
+            roots = _by_kind(docs, "ConfigMap")["privevo-config"]["data"]
+            found = {"pipeline_root": k8s.pipeline_root, "run_root": config.run_root, "private_root": config.private_root}
+            assert found == roots, f"{path.name} and manifests/overlays/{name} (privevo-config) disagree"
+            checked += 1
+    assert checked, "no config under configs/ is meant for a cluster (kubernetes.pipeline_root or cluster-*.yaml)"
 
 
 # ----------------------------------------------------------------------- Dockerfiles
