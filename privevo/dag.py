@@ -19,6 +19,7 @@ def build_pipeline(config, local: bool = False):
     ``local``: for kfp.local on this machine, whose retries do not wait (the failures a backoff waits out are a
     cluster's) and need no guard against repeating a user error."""
     import importlib
+    import inspect
     import json
 
     from kfp import dsl, kubernetes
@@ -86,21 +87,22 @@ def build_pipeline(config, local: bool = False):
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{PRIVATE_SECRET_MOUNT}/key.json")
         return task
 
-    def private_evolution(
-        run_id: str = "", resume: bool = False, force_new_noise: bool = False,
-        epsilon: float = defaults["epsilon"], delta: float = defaults["delta"],
-        noise_multiplier: float = defaults["noise_multiplier"], population_size: int = defaults["population_size"],
-        private_data_uri: str = defaults["private_data_uri"], run_root: str = defaults["run_root"],
-        seed: int = defaults["seed"], degrees: list = defaults["degrees"],
-    ):
+    # The pipeline's parameters: the run's identity, then the run parameters with the config's values as defaults.
+    signature = inspect.Signature([
+        inspect.Parameter("run_id", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="", annotation=str),
+        inspect.Parameter("resume", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=bool),
+        inspect.Parameter("force_new_noise", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False, annotation=bool),
+        *(inspect.Parameter(parameter.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[parameter.name],
+                            annotation=parameter.type) for parameter in RUN_PARAMETERS),
+    ])
+
+    def private_evolution(*args):
+        values = signature.bind(*args).arguments  # kfp calls the pipeline with one channel per parameter, in order
         # kfp.local (2.17) replaces "python3" in every argument with its interpreter's path, which would break a path
         # such as .../lib/python3.11/site-packages/privevo/_shipped/...: one escaped letter keeps it (JSON reads it back).
         config_json = json.dumps(config_to_dict(config), sort_keys=True).replace("python3", "pyth\\u006fn3")
         resolve = configure(resolve_config(
-            config_json=config_json, run_id=run_id, resume=resume,
-            force_new_noise=force_new_noise, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, epsilon=epsilon, delta=delta,
-            noise_multiplier=noise_multiplier, population_size=population_size, private_data_uri=private_data_uri,
-            run_root=run_root, seed=seed, degrees=degrees,
+            config_json=config_json, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **values,
         ), "resolve-config")
         run_inputs = {"resolved": resolve.outputs["resolved"]}
         generations = config.population.generations
@@ -133,6 +135,7 @@ def build_pipeline(config, local: bool = False):
                                             generation=generation, shard=shard, selection=vote.outputs["selection"])
         add("evaluate", "evaluate", population_shards=dsl.Collected(population.outputs["population"]))
 
+    private_evolution.__signature__ = signature  # type: ignore[attr-defined]
     private_evolution.__doc__ = "\n".join([
         "Private Evolution: DP synthetic images. T and the shard count are fixed at compile time.",
         "",

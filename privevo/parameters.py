@@ -13,10 +13,11 @@ the compiled config allows it) and ``privacy.max_delta`` (the cap on the ``delta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from privevo.config import Config, config_to_dict, parse_config, set_key
+from privevo.config import Config, config_to_dict, get_key, parse_config, set_key
 
 #: ``epsilon`` at or below this means "not set" (KFP parameters cannot be None): sigma is then ``noise_multiplier``.
 EPSILON_UNSET = 0.0
@@ -26,24 +27,42 @@ NOISE_MULTIPLIER_UNSET = -1.0
 
 @dataclass(frozen=True)
 class RunParameter:
-    """One pipeline parameter and the config key it sets."""
+    """One pipeline parameter: the config key it sets, its KFP type, and how "not set" is written (KFP parameters
+    cannot be None)."""
 
     name: str
     key: str  # dotted config key
+    type: type  # the pipeline parameter's type (and resolve_config's argument's)
     description: str
+    unset: Any = None  # the default written for a config value of None
+    is_unset: Callable[[Any], bool] | None = None  # a value that means None
+    default_of: Callable[[Config], Any] | None = None  # the default, where it is not the key's value
+
+    def default(self, config: Config, data: dict[str, Any]) -> Any:
+        """This parameter's default: the config's value (``data`` is the config as a dict), or :attr:`unset`."""
+        value = self.default_of(config) if self.default_of else get_key(data, self.key)
+        return self.unset if value is None else value
+
+    def config_value(self, value: Any) -> Any:
+        """What a run's ``value`` sets the config key to (None for a value that means "not set")."""
+        return None if value is not None and self.is_unset is not None and self.is_unset(value) else value
 
 
 RUN_PARAMETERS: tuple[RunParameter, ...] = (
-    RunParameter("epsilon", "privacy.epsilon", "target epsilon, which calibrates the noise; 0 = use noise_multiplier"),
-    RunParameter("delta", "privacy.delta", "target delta, at most the compiled privacy.max_delta"),
-    RunParameter("noise_multiplier", "privacy.noise_multiplier",
+    RunParameter("epsilon", "privacy.epsilon", float,
+                 "target epsilon, which calibrates the noise; 0 = use noise_multiplier",
+                 unset=EPSILON_UNSET, is_unset=lambda value: value <= EPSILON_UNSET),
+    RunParameter("delta", "privacy.delta", float, "target delta, at most the compiled privacy.max_delta"),
+    RunParameter("noise_multiplier", "privacy.noise_multiplier", float,
                  "explicit noise multiplier (0 = non-private, refused unless the compiled config has "
-                 "privacy.allow_non_private); -1 = calibrate from epsilon"),
-    RunParameter("population_size", "population.size", "synthetic samples per generation"),
-    RunParameter("private_data_uri", "private.path", "where the private images are (a folder, npz or gs:// prefix)"),
-    RunParameter("run_root", "run_root", "where runs are written (local folder or gs:// prefix)"),
-    RunParameter("seed", "seed", "seed of the non-DP randomness (DP noise never uses it)"),
-    RunParameter("degrees", "population.degrees", "variation degree per generation (a list of T values)"),
+                 "privacy.allow_non_private); -1 = calibrate from epsilon",
+                 unset=NOISE_MULTIPLIER_UNSET, is_unset=lambda value: value < 0),
+    RunParameter("population_size", "population.size", int, "synthetic samples per generation"),
+    RunParameter("private_data_uri", "private.path", str, "where the private images are (a folder, npz or gs:// prefix)"),
+    RunParameter("run_root", "run_root", str, "where runs are written (local folder or gs:// prefix)"),
+    RunParameter("seed", "seed", int, "seed of the non-DP randomness (DP noise never uses it)"),
+    RunParameter("degrees", "population.degrees", list, "variation degree per generation (a list of T values)",
+                 default_of=lambda config: config.population.degree_schedule()),
 )
 
 PARAMETER_NAMES: tuple[str, ...] = tuple(parameter.name for parameter in RUN_PARAMETERS)
@@ -51,17 +70,8 @@ PARAMETER_NAMES: tuple[str, ...] = tuple(parameter.name for parameter in RUN_PAR
 
 def parameter_defaults(config: Config) -> dict[str, Any]:
     """Each run parameter's default: the config's value, with the sentinels above for unset values."""
-    privacy = config.privacy
-    return {
-        "epsilon": privacy.epsilon if privacy.epsilon is not None else EPSILON_UNSET,
-        "delta": privacy.delta,
-        "noise_multiplier": privacy.noise_multiplier if privacy.noise_multiplier is not None else NOISE_MULTIPLIER_UNSET,
-        "population_size": config.population.size,
-        "private_data_uri": config.private.path,
-        "run_root": config.run_root,
-        "seed": config.seed,
-        "degrees": config.population.degree_schedule(),
-    }
+    data = config_to_dict(config)
+    return {parameter.name: parameter.default(config, data) for parameter in RUN_PARAMETERS}
 
 
 def apply_parameters(config: Config, values: dict[str, Any]) -> Config:
@@ -73,10 +83,5 @@ def apply_parameters(config: Config, values: dict[str, Any]) -> Config:
     for parameter in RUN_PARAMETERS:
         if parameter.name not in values or values[parameter.name] == defaults[parameter.name]:
             continue  # an unchanged value leaves the config as written (a scalar degree stays a scalar)
-        value = values[parameter.name]
-        if parameter.name == "epsilon" and value is not None and value <= EPSILON_UNSET:
-            value = None
-        if parameter.name == "noise_multiplier" and value is not None and value < 0:
-            value = None
-        set_key(data, parameter.key, value)
+        set_key(data, parameter.key, parameter.config_value(values[parameter.name]))
     return parse_config(data, source="run parameters")

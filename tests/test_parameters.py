@@ -101,3 +101,15 @@ def test_a_refused_write_under_a_gs_run_root_names_the_bucket_and_the_account(co
     assert "\n" not in message and message.startswith(f"no permission to write {bucket}/runs/"), message
     assert f"grant the service account {named} roles/storage.objectViewer" in message
     assert f"on {bucket}; a run started from the KFP UI runs as the service account picked in its run form" in message
+
+
+def test_resolve_config_takes_every_run_parameter_with_its_type():
+    import inspect
+
+    from privevo.components.resolve_config import resolve_config
+    from privevo.parameters import RUN_PARAMETERS
+
+    arguments = inspect.signature(resolve_config).parameters
+    declared = {name: arguments[name].annotation for name in arguments
+                if name not in {"config_json", "run_id", "resume", "force_new_noise", "kfp_run_id", "resolved"}}
+    assert declared == {parameter.name: parameter.type for parameter in RUN_PARAMETERS}

@@ -11,17 +11,19 @@ def resolve_config(
     """Validates the config with this run's parameters, refuses a private root or reference data that could reach a
     released place, calibrates the noise, checks the budget and writes run.json; ``resolved`` (the run id and resolved
     config) goes to every other step. Reads no data: the private root is compiled in, never a run parameter."""
+    # kfp ships this function's source, so its signature spells the run parameters out (a test holds it to
+    # privevo.parameters.RUN_PARAMETERS); the body takes them by name from the table.
+    arguments = dict(locals())
     import json
 
     from privevo import steps
     from privevo.cluster import user_error_ends_task
     from privevo.components.common import log_setup, write_resolved
     from privevo.config import parse_config
+    from privevo.parameters import PARAMETER_NAMES
 
     log_setup()
-    parameters = {"epsilon": epsilon, "delta": delta, "noise_multiplier": noise_multiplier,
-                  "population_size": population_size, "private_data_uri": private_data_uri, "run_root": run_root,
-                  "seed": seed, "degrees": degrees}
+    parameters = {name: arguments[name] for name in PARAMETER_NAMES}
     with user_error_ends_task("resolve_config", run_root, kfp_run_id):
         run = steps.resolve_run(parse_config(json.loads(config_json), source="pipeline config"), parameters, run_id,
                                 bool(resume), kfp_run_id)
