@@ -58,6 +58,9 @@ PROFILES = ("default", "headline", "quick", "gpu")
 DEMO_SEEDS = ["--seeds", "3", "--compare-reuse"]
 #: kfp.local / in-process pairs in the headline profile (their order alternates; the ratio is of the medians).
 HEADLINE_PAIRS = 3
+#: A "## " section of RESULTS.md holding this line is written by hand (figures no benchmark here takes, e.g.
+#: bench/count_pods.py's): a rewrite keeps it, after the sections it writes.
+HAND_WRITTEN_MARK = "<!-- written by hand: bench/run_all.py keeps this section -->"
 
 
 def demo_repeats(args: argparse.Namespace) -> int:
@@ -406,6 +409,21 @@ def headline(results: dict) -> list[str]:
     return [*out, ""]
 
 
+def hand_written_sections(text: str) -> list[str]:
+    """The "## " sections of a RESULTS.md that hold :data:`HAND_WRITTEN_MARK`, each through to the next "## "
+    heading outside a code block (its "### " subsections included)."""
+    sections: list[list[str]] = []
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("## ") and not fenced:
+            sections.append([])
+        if sections:
+            sections[-1].append(line)
+    return ["\n".join(section).strip() for section in sections if HAND_WRITTEN_MARK in section]
+
+
 def write_markdown(path: Path, results: dict, analysis: str | None) -> None:
     info = results["machine"]
     lines = ["# Benchmark results", "",
@@ -440,6 +458,9 @@ def write_markdown(path: Path, results: dict, analysis: str | None) -> None:
             lines += render(result)
         except (KeyError, IndexError, TypeError) as err:
             lines += [f"## {name}", "", f"(could not render: {err!r}; see results.json)", ""]
+    if path.is_file():
+        for section in hand_written_sections(path.read_text()):
+            lines += [section, ""]
     path.write_text("\n".join(lines) + "\n")
 
 
