@@ -22,6 +22,7 @@ from privevo.modalities import MODALITIES
 from privevo.model_store import check_digest, is_remote
 from privevo.registry import check_registered
 from privevo.tabular.schema import ColumnSpec, CsvOptions
+from privevo.text import TEXT_MODELS
 
 
 class _Strict(BaseModel):
@@ -31,7 +32,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where an image set comes from (``folder``, ``npz`` or ``fashion_mnist``)."""
 
-    source: Literal["folder", "npz", "fashion_mnist", "csv", "parquet"]
+    source: Literal["folder", "npz", "fashion_mnist", "csv", "parquet", "jsonl", "fortunes"]
     path: str
     csv: CsvOptions | None = Field(default=None, description="source csv: how the file is read")
     split: Literal["train", "test"] | None = None
@@ -101,7 +102,9 @@ class ModelConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _registered_kind(cls, kind: str) -> str:
-        return kind if kind == TABULAR_MODEL else check_registered(MODEL_BACKENDS, kind, "foundation model kind")
+        if kind == TABULAR_MODEL or kind in TEXT_MODELS:
+            return kind
+        return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
 
     @field_validator("autocast", mode="before")
     @classmethod
@@ -352,6 +355,54 @@ class TabularConfig(_Strict):
                                                                "per-column distribution (default: uniform)")
 
 
+class TextRandomPrompts(_Strict):
+    """Aug-PE's RANDOM_API prompts: a template whose ``{slot}`` fields take values drawn from public lists."""
+
+    template: str = Field(default="Write a short text about {topic} in about {words} words.",
+                          description="the prompt; {label} is the class name in conditional runs")
+    slots: dict[str, list[str]] = Field(default={}, description="public values of each slot, drawn uniformly")
+    per_class: dict[str, dict[str, list[str]]] = Field(
+        default={}, description="class name -> slot values that replace slots' for that class (conditional runs)")
+    system: str | None = Field(default=None, description="system message of chat models (none: the model's default)")
+
+
+class TextVariationPrompts(_Strict):
+    """Aug-PE's VARIATION_API prompts; each child picks a kind by the weights, and a target length near its parent's."""
+
+    kinds: dict[Literal["paraphrase", "continuation", "fill_blanks"], float] = Field(
+        default={"paraphrase": 1.0}, description="kind -> weight: paraphrase (with a tone), continuation (mask and "
+                                                 "continue: keep a prefix of 1 - degree of the words), fill_blanks "
+                                                 "(mask a fraction degree of the words)")
+    tones: list[str] = Field(default=["plain", "casual", "formal", "witty"], min_length=1)
+    paraphrase: str = "Rewrite the following text in a {tone} tone, in about {words} words:\n{text}"
+    continuation: str = "Continue this text to about {words} words in total:\n{text}"
+    fill_blanks: str = "Fill in each _ of this text with words, in about {words} words in total:\n{text}"
+    length_noise: float = Field(default=0.2, ge=0, lt=1,
+                                description="the target word count is the parent's times U(1 - noise, 1 + noise)")
+
+
+class TextConfig(_Strict):
+    """How texts are read, the language model's generation settings, Aug-PE's prompts and the vote's sentence
+    embedding (``modality: text``); see privevo.text."""
+
+    text_column: str = Field(default="text", description="sources csv and jsonl: the column or key holding the text")
+    label_column: str | None = Field(default="label", description="sources csv and jsonl: the class name's column")
+    split_modulus: int = Field(default=5, ge=2, description="split test keeps texts whose SHA-256 is 0 modulo this")
+    min_words: int | None = Field(default=None, ge=1, description="records with fewer words are skipped")
+    max_words: int | None = Field(default=None, ge=1, description="records with more words are skipped")
+    embedding_path: str = Field(default="models/all-minilm-l6-v2", description="a sentence-transformer model folder")
+    embedding_name: str = Field(default="minilm", pattern=r"^[a-z0-9_]+$",
+                                description="names the embedding space in the metrics (fd_<name>)")
+    embedding_max_length: int = Field(default=128, ge=8, description="tokens per text the embedding reads")
+    threads: int | None = Field(default=None, ge=1, description="torch threads of the language model (none: the "
+                                                                "step's CPU budget)")
+    max_new_tokens: int = Field(default=64, ge=1, description="the most tokens one call writes")
+    temperature: float = Field(default=1.0, ge=0, description="0: greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    random: TextRandomPrompts = TextRandomPrompts()
+    variation: TextVariationPrompts = TextVariationPrompts()
+
+
 class Config(_Strict):
     """One experiment."""
 
@@ -372,6 +423,7 @@ class Config(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     tabular: TabularConfig | None = None
+    text: TextConfig | None = None
 
     @field_validator("modality")
     @classmethod

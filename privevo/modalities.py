@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 MODALITIES: dict[str, str] = {
     "image": "privevo.image:ImageModality",
     "tabular": "privevo.tabular:TabularModality",
+    "text": "privevo.text:TextModality",
 }
 
 #: Per-generation metric rows and the final row, as a scorer returns them (see :meth:`Modality.scorer`).

@@ -1,0 +1,213 @@
+"""Language-model backends for text: what Aug-PE's prompts (privevo.text.augpe) are sent to.
+
+A backend is a :class:`TextModel`: ``complete(requests)`` returns one completion per request,
+each request a user prompt, the most tokens its answer may have and its own seed. The prompt
+logic is the same for every backend; only how a completion is made differs.
+
+``hf_causal_lm`` (:class:`HfCausalLM`) runs a local Hugging Face causal LM in process:
+``AutoModelForCausalLM.from_pretrained(path)`` offline (a local folder, or a gs:// prefix copied
+once per machine), the tokenizer's chat template when it has one, batches of ``model.batch_size``
+prompts left-padded, an explicit torch thread count (``text.threads``), and bfloat16 weights
+only where the hardware runs bfloat16 natively (``model.autocast``; else float32).
+
+Sampling is per request: each row of a batch draws its tokens by inverse-CDF sampling from its
+own generator, seeded by the request's seed, and stops at its own token limit. A request's
+draws therefore do not depend on the other requests of its batch. Its logits do, in their last
+bits: padding and batch shape change the order of float sums, so the same request sent in
+batches of another size or with another thread count gives the same text except where such a
+rounding difference moves a draw across a token's boundary (rare, but not never). Within one
+process, the same requests in the same batches give the same texts.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from privevo.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from privevo.config import Config
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to complete: the user message, the most new tokens of its answer, and its sampling seed."""
+
+    prompt: str
+    max_new_tokens: int
+    seed: int
+
+
+class TextModel(abc.ABC):
+    """A language model that completes prompts (one chat turn each, where the model has a chat template)."""
+
+    #: The backend's ``model.kind``.
+    name: str
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Config) -> TextModel:
+        """The backend ``config.model`` describes, with the generation settings of ``config.text``."""
+
+    @abc.abstractmethod
+    def complete(self, requests: Sequence[Request], system: str | None = None) -> list[str]:
+        """One completion per request, in order (the answer only, without the prompt), each sampled with the
+        request's seed; ``system`` is the system message (None: the model's default)."""
+
+    def record_calls(self, layout: Any, generation: int, step: str, shard: int | None = None) -> None:
+        """Where this step's calls are recorded (in-process backends record nothing)."""
+        return None
+
+    def call_summary(self) -> dict[str, Any]:
+        """The recorded calls' totals (in-process backends: none)."""
+        return {}
+
+
+def sampling_seed(seed: int, index: int) -> np.random.Generator:
+    """The generator of request ``index`` of a call seeded with ``seed`` (independent of batching)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+class HfCausalLM(TextModel):
+    """A local Hugging Face causal LM, in process (``model.kind: hf_causal_lm``)."""
+
+    name = "hf_causal_lm"
+
+    def __init__(self, model: Any, tokenizer: Any, source: str, batch_size: int = 16, temperature: float = 1.0,
+                 top_p: float = 1.0, threads: int | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.batch_size = batch_size
+        self.temperature = temperature
+        self.top_p = top_p
+        self.threads = threads
+        ends = model.generation_config.eos_token_id
+        ends = ends if isinstance(ends, list) else [ends]
+        self.eos_ids = sorted({int(e) for e in [*ends, tokenizer.eos_token_id] if e is not None})
+        if not self.eos_ids:
+            raise UserError(f"the language model at {source} has no end-of-sequence token")
+
+    @classmethod
+    def from_config(cls, config: Config) -> HfCausalLM:
+        """The model at ``model.path`` with ``model.batch_size``, ``device``, ``autocast`` and ``text``'s sampling."""
+        from privevo.text.modality import text_section
+
+        m, section = config.model, text_section(config)
+        assert m.path is not None  # the config requires a path for in-process kinds
+        return cls.from_pretrained(m.path, m.sha256, m.batch_size, m.device, m.autocast, section.temperature,
+                                   section.top_p, section.threads)
+
+    @classmethod
+    def from_pretrained(cls, path: str, sha256: str | None = None, batch_size: int = 16, device: str = "auto",
+                        autocast: str = "auto", temperature: float = 1.0, top_p: float = 1.0,
+                        threads: int | None = None) -> HfCausalLM:
+        """Load a ``save_pretrained`` folder (or a gs:// copy of one) offline; bfloat16 weights where ``autocast``
+        asks for them (auto: where the hardware runs bfloat16 natively), else float32."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from privevo import runtime
+        from privevo.image.models.base import first_line, resolve_autocast, resolve_model_dir
+
+        model_dir = resolve_model_dir(path, sha256)
+        target = runtime.resolve_device(device)
+        dtype = resolve_autocast(autocast, target, torch.float32) or torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"could not load a causal language model from {path} ({first_line(err)}): expected a "
+                            "save_pretrained folder (config.json, weights, tokenizer)") from err
+        model = model.to(target).eval()  # type: ignore[arg-type]  # transformers types .to oddly
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(model, tokenizer, path, batch_size, temperature, top_p, threads)
+
+    def chat_text(self, prompt: str, system: str | None) -> str:
+        """The model's input for one prompt: the chat template's turn when the tokenizer has one, else the prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    def complete(self, requests: Sequence[Request], system: str | None = None) -> list[str]:
+        """Batches of ``batch_size`` requests, left-padded, each row sampled from its own generator."""
+        import torch
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        out: list[str] = []
+        for start in range(0, len(requests), self.batch_size):
+            out += self._batch(requests[start:start + self.batch_size], system)
+        return out
+
+    def _batch(self, requests: Sequence[Request], system: str | None) -> list[str]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        texts = [self.chat_text(r.prompt, system) for r in requests]
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = {k: v.to(self.model.device) for k, v in encoded.items()}
+        sampler = _RowSampler([sampling_seed(r.seed, 0) for r in requests], [r.max_new_tokens for r in requests],
+                              self.eos_ids, self.temperature, self.top_p)
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **encoded, do_sample=False, max_new_tokens=max(r.max_new_tokens for r in requests),
+                logits_processor=LogitsProcessorList([sampler]), pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.eos_ids, num_beams=1, temperature=None, top_p=None, top_k=None)
+        new = generated[:, encoded["input_ids"].shape[1]:]
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+class _RowSampler:
+    """A logits processor that picks each row's next token itself (inverse-CDF draw from the row's generator, after
+    temperature and top-p; argmax at temperature 0; an end token at the row's limit) and hands generate a one-hot
+    score, so that generate's greedy step keeps exactly that token."""
+
+    def __init__(self, generators: list[np.random.Generator], limits: list[int], eos_ids: list[int],
+                 temperature: float, top_p: float) -> None:
+        self.generators = generators
+        self.limits = limits
+        self.eos = eos_ids[0]
+        self.temperature = temperature
+        self.top_p = top_p
+        self.step = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        logits = scores.float()
+        picks = []
+        for row, generator in enumerate(self.generators):
+            u = generator.random()  # drawn at every step, so a row's draws do not depend on when others stop
+            if self.step >= self.limits[row]:
+                picks.append(self.eos)
+            elif self.temperature == 0:
+                picks.append(int(torch.argmax(logits[row])))
+            else:
+                picks.append(self._draw(logits[row], u))
+        self.step += 1
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
+        return chosen
+
+    def _draw(self, logits: torch.Tensor, u: float) -> int:
+        """The token at ``u`` of the tempered top-p distribution's CDF (tokens in descending probability)."""
+        import torch
+
+        probabilities = torch.softmax(logits.double() / self.temperature, dim=-1)
+        ordered, tokens = torch.sort(probabilities, descending=True, stable=True)
+        cumulative = torch.cumsum(ordered, dim=0)
+        keep = int(torch.searchsorted(cumulative, torch.tensor(self.top_p, dtype=torch.float64)).item()) + 1
+        kept = cumulative[:keep]
+        index = int(torch.searchsorted(kept, torch.tensor(u * float(kept[-1]), dtype=torch.float64), right=True).item())
+        return int(tokens[min(index, keep - 1)])
