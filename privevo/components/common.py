@@ -141,5 +141,14 @@ def variation_shard_task(resolved: Any, generation: int, shard: int, selection: 
 
     run = open_run(resolved, model)
     steps.verify_references([read_reference(selection)])
-    write_reference(population, steps.generate_variations(run, int(generation), int(shard)))
-    write_reference(embeddings, steps.embed_synthetic(run, int(generation) + 1, int(shard)))
+    write_shard_outputs("variation_shard", run, int(generation), int(shard), population, embeddings)
+
+
+def write_shard_outputs(name: str, run: Run, generation: int, shard: int, population: Any, embeddings: Any) -> None:
+    """Run the shard step ``name`` (initial_shard or variation_shard) as its row of the step table composes it, and
+    write its population's and embeddings' references to their artifacts."""
+    from privevo.step_table import StepArgs, step
+
+    references = step(name).call(run, StepArgs(generation, shard))
+    write_reference(population, references["population"])
+    write_reference(embeddings, references["embeddings"])

@@ -7,14 +7,11 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 def initial_shard(resolved: Input[Artifact], shard: int, population: Output[Dataset], embeddings: Output[Dataset],
                   model: Input[Model] | None = None):
     """generate_initial then embed_synthetic for vote 1 on one shard, loading each network once; public data only."""
-    from privevo import steps
     from privevo.cluster import resolved_run, task_key, user_error_ends_task
-    from privevo.components.common import open_run, write_reference
+    from privevo.components.common import open_run, write_shard_outputs
 
     with user_error_ends_task(task_key("initial_shard", shard=shard), *resolved_run(resolved)):
-        run = open_run(resolved, model)
-        write_reference(population, steps.generate_initial(run, int(shard)))
-        write_reference(embeddings, steps.embed_synthetic(run, 1, int(shard)))
+        write_shard_outputs("initial_shard", open_run(resolved, model), 0, int(shard), population, embeddings)
 
 
 def main(argv: list[str] | None = None) -> int:
