@@ -75,10 +75,7 @@ def is_gcs(uri: str) -> bool:
 
 def join(root: str, *parts: str) -> str:
     """Join relative parts onto a local folder or gs:// prefix (parts never escape root)."""
-    clean = [p.strip("/") for p in parts if p.strip("/")]
-    if is_gcs(root):
-        return "/".join([root.rstrip("/"), *clean])
-    return os.path.join(root, *clean)
+    return _backend(root).join(root, [p.strip("/") for p in parts if p.strip("/")])
 
 
 def relative_to(uri: str, root: str) -> str:
@@ -86,8 +83,7 @@ def relative_to(uri: str, root: str) -> str:
     base = root.rstrip("/") + "/"
     if not uri.startswith(base):
         raise ValueError(f"{uri} is not under {root}")
-    rel = uri[len(base) :]
-    return rel if is_gcs(uri) else rel.replace(os.sep, "/")
+    return _backend(uri).slashed(uri[len(base) :])
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -302,55 +298,6 @@ def take_written(folder: str) -> dict[str, dict[str, Any]]:
     return {relative_to(uri, folder): _WRITTEN.pop(uri) for uri in mine}
 
 
-def read_bytes(uri: str) -> bytes:
-    """Read a whole file."""
-    if is_gcs(uri):
-        with _gcs_errors("read", uri):
-            return _blob(uri).download_as_bytes(**_limits())
-    with _local_errors("read", uri), open(uri, "rb") as f:
-        return f.read()
-
-
-def download_file(uri: str, path: str) -> str:
-    """Copy a file to a new local path without holding it in memory (model weights run to gigabytes), written through
-    to disk; the sha256 of what arrived."""
-    if is_gcs(uri):
-        with _gcs_errors("read", uri):
-            _blob(uri).download_to_filename(path, **_limits())
-    else:
-        with _local_errors("read", uri):
-            shutil.copyfile(uri, path)
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-    return sha256_uri(path)
-
-
-def read_many(uris: list[str]) -> Iterator[bytes]:
-    """The contents of several files, in order; on gs:// downloaded in parallel (transfer_manager threads, each
-    download retried and bounded), a batch at a time so a large image folder is never all in memory twice."""
-    batch = _TRANSFER_WORKERS * 8
-    for start in range(0, len(uris), batch):
-        yield from _read_batch(uris[start : start + batch])
-
-
-def _read_batch(uris: list[str]) -> list[bytes]:
-    """The contents of a few files, in order (in parallel on gs://)."""
-    if not all(is_gcs(u) for u in uris):
-        return [read_bytes(u) for u in uris]
-    from google.cloud.storage import transfer_manager
-
-    buffers = [io.BytesIO() for _ in uris]
-    with _gcs_errors("read", uris[0]):
-        pairs = [(_blob(u), b) for u, b in zip(uris, buffers, strict=True)]
-        results = transfer_manager.download_many(pairs, download_kwargs=_limits(), max_workers=_TRANSFER_WORKERS,
-                                                 worker_type=transfer_manager.THREAD)
-    for uri, result in zip(uris, results, strict=True):
-        if isinstance(result, Exception):
-            with _gcs_errors("read", uri):
-                raise result
-    return [b.getvalue() for b in buffers]
-
-
 def _recorded_sha256(blob: gcs.Blob) -> str | None:
     """The sha256 recorded in an object's metadata at write time, if the object's content is still the one it was recorded for."""
     metadata = blob.metadata or {}
@@ -376,58 +323,6 @@ def _upload(uri: str, data: bytes, generation: int | None, content_type: str) ->
             raise
 
 
-def write_bytes(uri: str, data: bytes, *, exclusive: bool = False) -> str:
-    """Write a file atomically and return its sha256; exclusive raises AlreadyExists instead of overwriting."""
-    if is_gcs(uri):
-        from google.api_core import exceptions as gexc
-
-        content_type = mimetypes.guess_type(uri)[0] or "application/octet-stream"
-        with _gcs_errors("write", uri):
-            try:
-                _upload(uri, data, 0 if exclusive else None, content_type)
-            except gexc.PreconditionFailed:
-                raise AlreadyExists(uri) from None
-    else:
-        with _local_errors("write", uri):
-            _write_local(uri, data, exclusive)
-    return _journal(uri, data)
-
-
-def exists(uri: str) -> bool:
-    """Whether a file exists (a missing bucket counts as missing)."""
-    if is_gcs(uri):
-        with _gcs_errors("check", uri):
-            return _blob(uri).exists(**_limits())
-    return os.path.isfile(uri)
-
-
-def list_files(prefix_uri: str) -> list[str]:
-    """All files under a folder or gs:// prefix, recursively, as full sorted URIs ([] when there are none)."""
-    root = prefix_uri.rstrip("/") or "/"
-    if is_gcs(root):
-        bucket, name = _split(root)
-        with _gcs_errors("list", root):
-            blobs = _client().list_blobs(bucket, prefix=f"{name}/" if name else "", **_limits())
-            return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
-    found: list[str] = []
-    for folder, _, names in os.walk(root):
-        found.extend(os.path.join(folder, n) for n in names if not _is_internal(n))
-    return sorted(found)
-
-
-def delete(uri: str) -> None:
-    """Delete a file; a file that is already gone is fine."""
-    if is_gcs(uri):
-        from google.api_core import exceptions as gexc
-
-        with _gcs_errors("delete", uri), contextlib.suppress(gexc.NotFound):
-            _blob(uri).delete(**_limits())
-    else:
-        with _local_errors("delete", uri), contextlib.suppress(FileNotFoundError):
-            os.remove(uri)
-    _WRITTEN.pop(uri, None)
-
-
 def _stat(uri: str) -> gcs.Blob:
     """An object's metadata (one request, no content); NotFound when it does not exist."""
     from google.api_core import exceptions as gexc
@@ -445,26 +340,302 @@ def _stored_sha256(uri: str) -> str | None:
         return _recorded_sha256(_stat(uri))
 
 
+def read_bytes(uri: str) -> bytes:
+    """Read a whole file."""
+    return _backend(uri).read_bytes(uri)
+
+
+def download_file(uri: str, path: str) -> str:
+    """Copy a file to a new local path without holding it in memory (model weights run to gigabytes), written through
+    to disk; the sha256 of what arrived."""
+    _backend(uri).download(uri, path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return sha256_uri(path)
+
+
+def read_many(uris: list[str]) -> Iterator[bytes]:
+    """The contents of several files, in order; on gs:// downloaded in parallel (transfer_manager threads, each
+    download retried and bounded), a batch at a time so a large image folder is never all in memory twice."""
+    batch = _TRANSFER_WORKERS * 8
+    for start in range(0, len(uris), batch):
+        yield from _read_batch(uris[start : start + batch])
+
+
+def _read_batch(uris: list[str]) -> list[bytes]:
+    """The contents of a few files, in order (in parallel where their store allows, when they share one)."""
+    backend = _backend(uris[0])
+    if any(_backend(u) is not backend for u in uris[1:]):
+        return [read_bytes(u) for u in uris]
+    return backend.read_batch(uris)
+
+
+def write_bytes(uri: str, data: bytes, *, exclusive: bool = False) -> str:
+    """Write a file atomically and return its sha256; exclusive raises AlreadyExists instead of overwriting."""
+    _backend(uri).write_bytes(uri, data, exclusive)
+    return _journal(uri, data)
+
+
+def exists(uri: str) -> bool:
+    """Whether a file exists (a missing bucket counts as missing)."""
+    return _backend(uri).exists(uri)
+
+
+def list_files(prefix_uri: str) -> list[str]:
+    """All files under a folder or gs:// prefix, recursively, as full sorted URIs ([] when there are none)."""
+    root = prefix_uri.rstrip("/") or "/"
+    return _backend(root).list(root)
+
+
+def delete(uri: str) -> None:
+    """Delete a file; a file that is already gone is fine."""
+    _backend(uri).delete(uri)
+    _WRITTEN.pop(uri, None)
+
+
 def sha256_uri(uri: str, *, from_content: bool = False) -> str:
     """Hex sha256 of a file: on gs:// the one recorded at write time (no download) unless from_content (the audit's way).
 
     A recorded hash counts only while the object's crc32c is the one it was recorded with;
     an object written by another tool is downloaded and hashed.
     """
-    if is_gcs(uri):
-        recorded = None if from_content else _stored_sha256(uri)
-        return recorded or sha256_bytes(read_bytes(uri))
-    with _local_errors("read", uri), open(uri, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return _backend(uri).sha256(uri, from_content)
 
 
 def size(uri: str) -> int:
     """Size of a file in bytes."""
-    if is_gcs(uri):
+    return _backend(uri).size(uri)
+
+
+# ---------------------------------------------------------------------------- backends, one per scheme
+
+
+class _Backend:
+    """The file operations of one kind of store (fsspec-style): the public functions below pick the backend of a
+    URI's scheme once (:func:`_backend`) and add what every store shares (the journal, JSON, npz, manifests)."""
+
+    transfer_workers = 1  # threads worth using for many reads (verify_manifest)
+
+    def join(self, root: str, parts: list[str]) -> str:
+        """root joined with parts (already stripped of slashes)."""
+        raise NotImplementedError
+
+    def slashed(self, relative: str) -> str:
+        """A relative name with '/' separators."""
+        raise NotImplementedError
+
+    def read_bytes(self, uri: str) -> bytes:
+        """A whole file's content."""
+        raise NotImplementedError
+
+    def read_batch(self, uris: list[str]) -> list[bytes]:
+        """A few files' contents, in order."""
+        return [self.read_bytes(uri) for uri in uris]
+
+    def download(self, uri: str, path: str) -> None:
+        """Copy a file to a new local path without holding it in memory."""
+        raise NotImplementedError
+
+    def write_bytes(self, uri: str, data: bytes, exclusive: bool) -> None:
+        """Write a file atomically; exclusive raises AlreadyExists instead of overwriting."""
+        raise NotImplementedError
+
+    def exists(self, uri: str) -> bool:
+        """Whether a file exists."""
+        raise NotImplementedError
+
+    def list(self, root: str) -> list[str]:
+        """All files under root (no trailing slash), recursively, as full sorted URIs."""
+        raise NotImplementedError
+
+    def delete(self, uri: str) -> None:
+        """Delete a file; one already gone is fine."""
+        raise NotImplementedError
+
+    def sha256(self, uri: str, from_content: bool) -> str:
+        """Hex sha256 of a file (a store may answer from what it recorded at write time, unless from_content)."""
+        raise NotImplementedError
+
+    def size(self, uri: str) -> int:
+        """A file's size in bytes."""
+        raise NotImplementedError
+
+    def update_json(self, uri: str, fn: Callable[[Any], Any]) -> str:
+        """Read-modify-write a JSON file against concurrent writers (see :func:`update_json`); the new sha256."""
+        raise NotImplementedError
+
+    def set_modified(self, uri: str, seconds: float) -> None:
+        """Set a file's modification time where the store lets us."""
+        raise NotImplementedError
+
+
+class _LocalBackend(_Backend):
+    """Local folders: fsynced temp files renamed (or linked, when exclusive) into place, flock for updates."""
+
+    def join(self, root: str, parts: list[str]) -> str:
+        return os.path.join(root, *parts)
+
+    def slashed(self, relative: str) -> str:
+        return relative.replace(os.sep, "/")
+
+    def read_bytes(self, uri: str) -> bytes:
+        with _local_errors("read", uri), open(uri, "rb") as f:
+            return f.read()
+
+    def download(self, uri: str, path: str) -> None:
+        with _local_errors("read", uri):
+            shutil.copyfile(uri, path)
+
+    def write_bytes(self, uri: str, data: bytes, exclusive: bool) -> None:
+        with _local_errors("write", uri):
+            _write_local(uri, data, exclusive)
+
+    def exists(self, uri: str) -> bool:
+        return os.path.isfile(uri)
+
+    def list(self, root: str) -> list[str]:
+        found: list[str] = []
+        for folder, _, names in os.walk(root):
+            found.extend(os.path.join(folder, n) for n in names if not _is_internal(n))
+        return sorted(found)
+
+    def delete(self, uri: str) -> None:
+        with _local_errors("delete", uri), contextlib.suppress(FileNotFoundError):
+            os.remove(uri)
+
+    def sha256(self, uri: str, from_content: bool) -> str:
+        with _local_errors("read", uri), open(uri, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    def size(self, uri: str) -> int:
+        with _local_errors("read", uri):
+            return os.path.getsize(uri)
+
+    def update_json(self, uri: str, fn: Callable[[Any], Any]) -> str:
+        folder = os.path.dirname(uri) or "."
+        with _local_errors("update", uri):
+            os.makedirs(folder, exist_ok=True)
+            with open(_lock_path(uri), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current = read_json(uri) if os.path.isfile(uri) else None
+                return write_json(uri, fn(current))
+
+    def set_modified(self, uri: str, seconds: float) -> None:
+        for path in (uri, _lock_path(uri)):  # the update lock's time too
+            if os.path.exists(path):
+                os.utime(path, (seconds, seconds))
+
+
+class _GcsBackend(_Backend):
+    """Cloud Storage: every call retried with backoff and bounded, each object's sha256 recorded in its metadata,
+    generation preconditions for exclusive writes and updates, errors in one line (private objects unnamed)."""
+
+    transfer_workers = _TRANSFER_WORKERS
+
+    def join(self, root: str, parts: list[str]) -> str:
+        return "/".join([root.rstrip("/"), *parts])
+
+    def slashed(self, relative: str) -> str:
+        return relative
+
+    def read_bytes(self, uri: str) -> bytes:
+        with _gcs_errors("read", uri):
+            return _blob(uri).download_as_bytes(**_limits())
+
+    def read_batch(self, uris: list[str]) -> list[bytes]:
+        """In parallel: transfer_manager threads, each download retried and bounded."""
+        from google.cloud.storage import transfer_manager
+
+        buffers = [io.BytesIO() for _ in uris]
+        with _gcs_errors("read", uris[0]):
+            pairs = [(_blob(u), b) for u, b in zip(uris, buffers, strict=True)]
+            results = transfer_manager.download_many(pairs, download_kwargs=_limits(), max_workers=_TRANSFER_WORKERS,
+                                                     worker_type=transfer_manager.THREAD)
+        for uri, result in zip(uris, results, strict=True):
+            if isinstance(result, Exception):
+                with _gcs_errors("read", uri):
+                    raise result
+        return [b.getvalue() for b in buffers]
+
+    def download(self, uri: str, path: str) -> None:
+        with _gcs_errors("read", uri):
+            _blob(uri).download_to_filename(path, **_limits())
+
+    def write_bytes(self, uri: str, data: bytes, exclusive: bool) -> None:
+        from google.api_core import exceptions as gexc
+
+        content_type = mimetypes.guess_type(uri)[0] or "application/octet-stream"
+        with _gcs_errors("write", uri):
+            try:
+                _upload(uri, data, 0 if exclusive else None, content_type)
+            except gexc.PreconditionFailed:
+                raise AlreadyExists(uri) from None
+
+    def exists(self, uri: str) -> bool:
+        with _gcs_errors("check", uri):
+            return _blob(uri).exists(**_limits())
+
+    def list(self, root: str) -> list[str]:
+        bucket, name = _split(root)
+        with _gcs_errors("list", root):
+            blobs = _client().list_blobs(bucket, prefix=f"{name}/" if name else "", **_limits())
+            return sorted(f"{GCS_SCHEME}{bucket}/{b.name}" for b in blobs if not b.name.endswith("/"))
+
+    def delete(self, uri: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        with _gcs_errors("delete", uri), contextlib.suppress(gexc.NotFound):
+            _blob(uri).delete(**_limits())
+
+    def sha256(self, uri: str, from_content: bool) -> str:
+        """The one recorded at write time, else (or from_content) the downloaded content's."""
+        recorded = None if from_content else _stored_sha256(uri)
+        return recorded or sha256_bytes(self.read_bytes(uri))
+
+    def size(self, uri: str) -> int:
         with _gcs_errors("read", uri):
             return int(_stat(uri).size)
-    with _local_errors("read", uri):
-        return os.path.getsize(uri)
+
+    def update_json(self, uri: str, fn: Callable[[Any], Any]) -> str:
+        """Generation preconditions: a read whose object changed before the write is retried after a short backoff."""
+        from google.api_core import exceptions as gexc
+
+        bucket, name = _split(uri)
+        for attempt in range(_UPDATE_ATTEMPTS):
+            with _gcs_errors("update", uri):
+                blob = _client().bucket(bucket).get_blob(name, **_limits())
+                try:
+                    if blob is None:
+                        current, generation = None, 0
+                    else:
+                        generation = blob.generation
+                        current = _decode_json(blob.download_as_bytes(if_generation_match=generation, **_limits()), uri)
+                    data = _encode_json(fn(current))
+                    _upload(uri, data, generation, "application/json")
+                    return _journal(uri, data)
+                except gexc.PreconditionFailed:
+                    time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+        raise UserError(
+            f"{uri} kept changing while updating it ({_UPDATE_ATTEMPTS} tries): another writer is busy; rerun the step"
+        )
+
+    def set_modified(self, uri: str, seconds: float) -> None:
+        """Nothing: an object's times are the store's."""
+
+
+_LOCAL = _LocalBackend()
+#: The backend of each URI scheme; a URI with none of them is a local path.
+_BACKENDS: dict[str, _Backend] = {GCS_SCHEME: _GcsBackend()}
+
+
+def _backend(uri: str) -> _Backend:
+    """The backend of uri's scheme."""
+    return next((backend for scheme, backend in _BACKENDS.items() if uri.startswith(scheme)), _LOCAL)
+
+
+def _lock_path(uri: str) -> str:
+    """The lock file of a local file's updates (update_json)."""
+    return os.path.join(os.path.dirname(uri) or ".", f".{os.path.basename(uri)}{_LOCK_SUFFIX}")
 
 
 # ---------------------------------------------------------------------------- JSON and npz
@@ -518,46 +689,13 @@ def update_json(uri: str, fn: Callable[[Any], Any]) -> str:
     fn gets the current content (None when the file does not exist yet) and returns the new
     content; it may be called more than once, so it must not have side effects.
     """
-    if not is_gcs(uri):
-        folder = os.path.dirname(uri) or "."
-        lock_path = os.path.join(folder, f".{os.path.basename(uri)}{_LOCK_SUFFIX}")
-        with _local_errors("update", uri):
-            os.makedirs(folder, exist_ok=True)
-            with open(lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                current = read_json(uri) if os.path.isfile(uri) else None
-                return write_json(uri, fn(current))
-    from google.api_core import exceptions as gexc
-
-    bucket, name = _split(uri)
-    for attempt in range(_UPDATE_ATTEMPTS):
-        with _gcs_errors("update", uri):
-            blob = _client().bucket(bucket).get_blob(name, **_limits())
-            try:
-                if blob is None:
-                    current, generation = None, 0
-                else:
-                    generation = blob.generation
-                    current = _decode_json(blob.download_as_bytes(if_generation_match=generation, **_limits()), uri)
-                data = _encode_json(fn(current))
-                _upload(uri, data, generation, "application/json")
-                return _journal(uri, data)
-            except gexc.PreconditionFailed:
-                time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
-    raise UserError(
-        f"{uri} kept changing while updating it ({_UPDATE_ATTEMPTS} tries): another writer is busy; rerun the step"
-    )
+    return _backend(uri).update_json(uri, fn)
 
 
 def set_modified(uri: str, seconds: float) -> None:
     """Set a local file's modification time (and its update lock's, if any) to ``seconds`` since the epoch;
     nothing on gs://, where an object's times are the store's."""
-    if is_gcs(uri):
-        return
-    lock_path = os.path.join(os.path.dirname(uri) or ".", f".{os.path.basename(uri)}{_LOCK_SUFFIX}")
-    for path in (uri, lock_path):
-        if os.path.exists(path):
-            os.utime(path, (seconds, seconds))
+    _backend(uri).set_modified(uri, seconds)
 
 
 # ---------------------------------------------------------------------------- manifests
@@ -601,6 +739,6 @@ def verify_manifest(folder: str, parts_folder: str) -> list[str]:
     if not recorded:
         raise UserError(f"{parts_folder} holds no manifest: the generation was never finished; rerun its steps")
     names, present = sorted(recorded), set(list_files(folder))
-    with ThreadPoolExecutor(_TRANSFER_WORKERS if is_gcs(folder) else 1) as pool:
+    with ThreadPoolExecutor(_backend(folder).transfer_workers) as pool:
         actual = pool.map(lambda name: _content_record(join(folder, name), present), names)
         return [name for name, entry in zip(names, actual, strict=True) if entry != recorded[name]]
