@@ -2,7 +2,7 @@
 
 One row per step: its name, the library function it runs, its Kubeflow component,
 whether it reads the private tier, and whether it runs a network. The DAG
-(``pipeline.build_pipeline``), ``pipeline.py rerun``, the private secret's mounts,
+(``privevo.dag.build_pipeline``), ``privevo rerun``, the private secret's mounts,
 per-step resources and images, and every component's command line are derived
 from :data:`STEPS`.
 """
