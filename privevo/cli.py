@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from privevo import runtime
 from privevo.errors import UserError, extra_error, missing_extra
@@ -307,7 +307,7 @@ class _TaskProgress(io.TextIOBase):
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    """Write the KFP IR YAML for a config."""
+    """Write the KFP IR YAML for a config (for Kubeflow Pipelines, or with --target vertex for Vertex AI Pipelines)."""
     from kfp import compiler
 
     from privevo.cluster import check_cluster_paths
@@ -318,12 +318,29 @@ def cmd_compile(args: argparse.Namespace) -> None:
     if "://" in args.output:
         raise UserError(f"--output {args.output}: write the pipeline to a local file (upload sends it to a cluster)")
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config), package_path=args.output)
+    if args.target == "vertex":
+        from privevo import vertex
+
+        vertex.check_config(config, {}, args.allow_local)
+        vertex.compile_pipeline(config, args.output)
+    else:
+        compiler.Compiler().compile(build_pipeline(config), package_path=args.output)
     print(f"compiled {config.name}: {config.population.generations} generations, "
           f"{config.population.num_shards} shard(s) -> {args.output}")
 
 
 KFP_HOST_ENV = "KFP_HOST"  # the default for --host
+
+
+def _by_target(kfp_command: Callable[[argparse.Namespace], None],
+               vertex_command: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """The command that runs ``kfp_command``, or ``vertex_command`` with --target vertex (privevo.vertex)."""
+
+    def command(args: argparse.Namespace) -> None:
+        (vertex_command if args.target == "vertex" else kfp_command)(args)
+
+    command.__doc__ = f"{kfp_command.__doc__} With --target vertex: {vertex_command.__doc__}"
+    return command
 
 
 # ------------------------------------------------------------------ rerun/report
@@ -486,7 +503,7 @@ def _print_budget(sigma: float, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from privevo import kfp_client  # its module imports kfp only when a command runs
+    from privevo import kfp_client, vertex  # their modules import kfp and aiplatform only when a command runs
 
     parser = _OneLineParser(prog=command_name().removeprefix("python "), description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
@@ -533,10 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
 
         sub.add_argument("--allow-local", action="store_true", help=ALLOW_LOCAL_HELP)
 
+    def with_target(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--target", choices=vertex.TARGETS, default="kfp",
+                         help="kfp: Kubeflow Pipelines (default); vertex: Vertex AI Pipelines (docs/vertex.md)")
+
     comp = commands.add_parser("compile", help="write the KFP pipeline YAML")
     with_config(comp)
     with_allow_local(comp)
     comp.add_argument("--output", required=True)
+    with_target(comp)
     comp.set_defaults(func=cmd_compile)
 
     def with_kfp(sub: argparse.ArgumentParser) -> None:
@@ -557,8 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
                          help="set a run parameter, e.g. --param epsilon=2 --param degrees=[0.6,0.5] (repeatable)")
         sub.add_argument("--service-account",
-                         help="the run's Kubernetes service account (default: the config's kubernetes.public_service_account)")
+                         help="the run's Kubernetes service account (default: the config's kubernetes.public_service_account); "
+                              "with --target vertex the job's Google service account, NAME@PROJECT.iam.gserviceaccount.com")
         sub.add_argument("--experiment", default="private-evolution", help="the KFP experiment the runs belong to")
+        with_target(sub)
+        sub.add_argument("--project", help="with --target vertex: the Google Cloud project that runs the job")
+        sub.add_argument("--location", default="us-central1", help="with --target vertex: the job's region")
 
     upload = commands.add_parser("upload", help="register the pipeline and a new version of it on Kubeflow Pipelines")
     with_config(upload)
@@ -569,14 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="start a run on Kubeflow Pipelines")
     with_template(submit)
-    submit.add_argument("--run-id", help="run folder name (default: the KFP run's own id)")
-    submit.set_defaults(func=kfp_client.submit)
+    submit.add_argument("--run-id", help="run folder name (default: the KFP run's own id; NAME-UTCTIME on Vertex AI)")
+    submit.set_defaults(func=_by_target(kfp_client.submit, vertex.submit))
 
     schedule = commands.add_parser("schedule", help="create a recurring run on Kubeflow Pipelines")
     with_template(schedule)
     schedule.add_argument("--cron", required=True, help="cron expression, six fields, seconds first: '0 0 3 * * *'")
     schedule.add_argument("--name", help="the recurring run's name (default: PIPELINE-recurring)")
-    schedule.set_defaults(func=kfp_client.schedule)
+    schedule.set_defaults(func=_by_target(kfp_client.schedule, vertex.schedule))
 
     rerun = commands.add_parser("rerun", help="re-execute one step of a stored run")
     rerun.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")

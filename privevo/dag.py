@@ -13,11 +13,12 @@ RETRY_BACKOFF_FACTOR = 2.0  # each retry of a step waits twice as long as the on
 NO_DEADLINE_RETRY_WINDOW_S = 7 * 24 * 3600  # how long retries may go on in a pipeline without a deadline
 
 
-def build_pipeline(config, local: bool = False):
+def build_pipeline(config, local: bool = False, target: str = "kfp"):
     """The KFP pipeline for ``config``: T generations and the shards unrolled at compile time (the DAG's shape),
     the values of :data:`privevo.parameters.RUN_PARAMETERS` as run parameters with the config's as defaults.
     ``local``: for kfp.local on this machine, whose retries do not wait (the failures a backoff waits out are a
-    cluster's) and need no guard against repeating a user error."""
+    cluster's) and need no guard against repeating a user error. ``target`` "vertex": for Vertex AI Pipelines, the
+    portable spec alone (no kfp-kubernetes platform spec, Vertex's accelerator names; :mod:`privevo.vertex`)."""
     import importlib
     import inspect
     import json
@@ -28,8 +29,10 @@ def build_pipeline(config, local: bool = False):
     from privevo.config import config_to_dict
     from privevo.model_store import is_remote
     from privevo.parameters import RUN_PARAMETERS, parameter_defaults
+    from privevo.vertex import accelerator_type
 
     k8s = config.kubernetes
+    portable_only = target == "vertex"  # Vertex reads no Kubernetes settings: a platform spec would stop it
 
     def component(name: str, runs_network: bool):
         """The step's KFP component, in the GPU image only when it runs a network on GPUs."""
@@ -58,18 +61,21 @@ def build_pipeline(config, local: bool = False):
         task.set_cpu_limit(resources.cpu).set_memory_limit(resources.memory)
         task.set_cpu_request(resources.cpu_request or resources.cpu)
         task.set_memory_request(resources.memory_request or resources.memory)
-        if resources.timeout_s:
+        if resources.timeout_s and not portable_only:
             kubernetes.set_timeout(task, resources.timeout_s)
         if k8s.retries:
             task.set_retry(k8s.retries, backoff_duration=f"{0 if local else k8s.retry_backoff_s}s",
                            backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{retry_window_s}s")
             if not local:  # a user error ends the step: its retries exit at once (privevo.cluster)
                 task.set_env_variable(RETRY_GUARD_ENV, "1")
-        if k8s.image_pull_secret:
+        if k8s.image_pull_secret and not portable_only:
             kubernetes.set_image_pull_secrets(task, [k8s.image_pull_secret])
         if resources.gpu_limit:
-            task.set_accelerator_type(resources.gpu_type or "nvidia.com/gpu")
+            task.set_accelerator_type(accelerator_type(resources.gpu_type) if portable_only
+                                      else resources.gpu_type or "nvidia.com/gpu")
             task.set_accelerator_limit(resources.gpu_limit)
+        if portable_only:  # the rest is Kubernetes': the job's service account reads the private bucket on Vertex
+            return task
         if runs_network:  # node selectors and tolerations steer the model steps to GPU nodes
             for key, value in k8s.node_selector.items():
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
@@ -151,7 +157,8 @@ def build_pipeline(config, local: bool = False):
     # pipelineConfig); a KFP backend that does not read pipelineConfig leaves the run without it.
     pipeline_config = dsl.PipelineConfig(active_deadline_seconds=k8s.pipeline_timeout_s)
     return dsl.pipeline(name=f"private-evolution-{config.name}", description="DP synthetic images by Private Evolution",
-                        pipeline_root=k8s.pipeline_root, pipeline_config=pipeline_config)(private_evolution)
+                        pipeline_root=k8s.pipeline_root,
+                        pipeline_config=None if portable_only else pipeline_config)(private_evolution)
 
 
 PRIVATE_SECRET_MOUNT = "/var/secrets/private-data"
