@@ -185,29 +185,27 @@ class _RowSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         import torch
 
-        logits = scores.float()
-        picks = []
-        for row, generator in enumerate(self.generators):
-            u = generator.random()  # drawn at every step, so a row's draws do not depend on when others stop
-            if self.step >= self.limits[row]:
-                picks.append(self.eos)
-            elif self.temperature == 0:
-                picks.append(int(torch.argmax(logits[row])))
-            else:
-                picks.append(self._draw(logits[row], u))
+        # drawn at every step, so that a row's draws do not depend on when the other rows stop
+        u = torch.tensor([generator.random() for generator in self.generators], dtype=torch.float64)
+        picks = torch.argmax(scores, dim=-1) if self.temperature == 0 else self._draw(scores.double(), u)
+        ended = torch.tensor([self.step >= limit for limit in self.limits])
+        picks = torch.where(ended, torch.full_like(picks, self.eos), picks)
         self.step += 1
         chosen = torch.full_like(scores, float("-inf"))
-        chosen[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
+        chosen[torch.arange(len(picks)), picks] = 0.0
         return chosen
 
-    def _draw(self, logits: torch.Tensor, u: float) -> int:
-        """The token at ``u`` of the tempered top-p distribution's CDF (tokens in descending probability)."""
+    def _draw(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Each row's token at its ``u`` of the tempered top-p distribution's CDF (tokens in descending probability):
+        every operation works along a row, so a row's pick does not depend on the other rows' values."""
         import torch
 
-        probabilities = torch.softmax(logits.double() / self.temperature, dim=-1)
-        ordered, tokens = torch.sort(probabilities, descending=True, stable=True)
-        cumulative = torch.cumsum(ordered, dim=0)
-        keep = int(torch.searchsorted(cumulative, torch.tensor(self.top_p, dtype=torch.float64)).item()) + 1
-        kept = cumulative[:keep]
-        index = int(torch.searchsorted(kept, torch.tensor(u * float(kept[-1]), dtype=torch.float64), right=True).item())
-        return int(tokens[min(index, keep - 1)])
+        probabilities = torch.softmax(logits / self.temperature, dim=-1)
+        ordered, tokens = torch.sort(probabilities, dim=-1, descending=True, stable=True)
+        cumulative = torch.cumsum(ordered, dim=-1)
+        top = torch.full((len(logits), 1), self.top_p, dtype=cumulative.dtype)
+        keep = torch.searchsorted(cumulative, top).clamp(max=cumulative.shape[1] - 1)  # the last token kept
+        total = torch.gather(cumulative, 1, keep)
+        index = torch.searchsorted(cumulative, u[:, None].to(cumulative.dtype) * total, right=True)
+        index = torch.minimum(index, keep)
+        return torch.gather(tokens, 1, index)[:, 0]
