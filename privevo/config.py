@@ -74,6 +74,8 @@ class RemoteConfig(_Strict):
 
 #: model.kind of modality tabular: Tab-PE's in-process APIs on the public schema (privevo.tabular.model), no weights.
 TABULAR_MODEL = "tabular"
+#: model.kind and embedding.name of the benchmarks' stand-ins (privevo.image.models.null, privevo.image.embeddings.null).
+NULL_MODEL = "null"
 
 
 class ModelConfig(_Strict):
@@ -98,6 +100,7 @@ class ModelConfig(_Strict):
     prompts: list[str] | None = None
     guidance_scale: float = 7.5
     disable_safety_checker: bool = True
+    allow_null: bool = Field(default=False, description="allow kind null (random images, for benchmarks and tests)")
 
     @field_validator("kind")
     @classmethod
@@ -120,7 +123,10 @@ class ModelConfig(_Strict):
     def _path_or_remote(self) -> ModelConfig:
         if self.kind == "remote" and self.remote is None:
             raise ValueError("kind remote needs model.remote with at least url (the server's base URL)")
-        if self.kind not in ("remote", TABULAR_MODEL) and self.path is None:
+        if self.kind == NULL_MODEL and not self.allow_null:
+            raise ValueError("kind null returns random images, for benchmarks and tests: set model.allow_null: true "
+                             "to run it")
+        if self.kind not in ("remote", TABULAR_MODEL, NULL_MODEL) and self.path is None:
             raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
         if self.path is not None and is_remote(self.path) and self.sha256 is None:
             raise ValueError(f"model.path {self.path} is on Cloud Storage, so it needs model.sha256 "
@@ -135,6 +141,7 @@ class EmbeddingConfig(_Strict):
     input_size: int = Field(default=32, ge=32, description="EfficientNet-Lite0 needs at least 32 px")
     batch_size: int = Field(default=256, ge=1)
     device: str = "auto"
+    dim: int = Field(default=2048, ge=1, description="name null: the dimension of its seeded vectors")
 
     @field_validator("name")
     @classmethod
@@ -436,6 +443,9 @@ class Config(_Strict):
             missing = next((key for key in ("image_size", "channels") if getattr(self, key) is None), None)
             if missing:
                 raise ValueError(f"{missing} is required for modality image")
+        if self.embedding.name == NULL_MODEL and not self.model.allow_null:
+            raise ValueError("embedding null returns random vectors, for benchmarks and tests: set model.allow_null: "
+                             "true to run it")
         if self.population.conditional and not self.class_names:
             raise ValueError("population.conditional needs class_names")
         token_file = self.model.remote.token_file if self.model.remote is not None else None

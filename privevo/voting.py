@@ -25,6 +25,10 @@ runtime.configure_faiss_threads()
 logger = logging.getLogger(__name__)
 
 
+#: Private rows searched at a time by the vote: a multiple of faiss's 4,096-row query block, so an unlabelled vote
+#: makes the very BLAS calls of one search over the whole set; 16,384 x 2,048 float32 rows are 128 MiB.
+PRIVATE_BLOCK_ROWS = 16384
+
 #: Rows checked per block by ``_check_finite`` (bounds its temporary mask to a few MiB).
 _FINITE_CHECK_ROWS = 4096
 
@@ -87,32 +91,41 @@ def nearest_neighbour_histogram(
     weights = np.full(len(private_embeddings), 1.0 / math.sqrt(k))
     if votes is not None:
         weights[~votes] = 0.0
+    synthetic_embeddings = np.ascontiguousarray(synthetic_embeddings, dtype=np.float32)
 
     histogram = np.zeros(len(synthetic_embeddings), dtype=np.float64)
+    search: np.ndarray | None = None  # the class each private row searches (None: one search over everything)
     if private_labels is None or synthetic_labels is None:
-        # One group holding everything: no index arrays, so no fancy-indexed copies of both sets.
-        groups: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, None)]
+        # One database holding everything: no index arrays, so no fancy-indexed copy of the population.
+        databases: list[tuple[int, np.ndarray | None, np.ndarray]] = [(0, None, synthetic_embeddings)]
     else:
         classes = np.unique(synthetic_labels)  # public: the population's classes
         known = np.isin(private_labels, classes)
         weights[~known] = 0.0
         # A row of a class the population lacks searches one of its classes, in turn, and votes nothing.
         search = np.where(known, private_labels, classes[np.arange(len(private_labels)) % len(classes)])
-        groups = [(np.flatnonzero(search == c), np.flatnonzero(synthetic_labels == c)) for c in classes]
-    for private_idx, synthetic_idx in groups:
-        queries = private_embeddings if private_idx is None else private_embeddings[private_idx]
-        database = synthetic_embeddings if synthetic_idx is None else synthetic_embeddings[synthetic_idx]
+        members = [(int(c), np.flatnonzero(synthetic_labels == c)) for c in classes]
+        databases = [(c, idx, synthetic_embeddings[idx]) for c, idx in members]
+    for _, _, database in databases:
         if len(database) < k:
             raise UserError(
                 f"a class has {len(database)} synthetic samples but the vote needs k={k}: "
                 "raise population.size or lower privacy.k"
             )
-        if not len(queries):
-            continue
-        neighbours = knn_indices(queries, database, k)
-        row_weights = weights if private_idx is None else weights[private_idx]
-        np.add.at(histogram, (neighbours if synthetic_idx is None else synthetic_idx[neighbours]).ravel(),
-                  np.repeat(row_weights, k))
+    # Private rows a block at a time: the working memory (a block, its class subsets, faiss's results) stays bounded
+    # whatever the private set's size, and a memory-mapped set is read once, in order.
+    for start in range(0, len(private_embeddings), PRIVATE_BLOCK_ROWS):
+        block = slice(start, start + PRIVATE_BLOCK_ROWS)
+        queries, row_weights = private_embeddings[block], weights[block]
+        for label, synthetic_idx, database in databases:
+            if search is not None:
+                chosen = np.flatnonzero(search[block] == label)
+                if not len(chosen):
+                    continue
+                queries, row_weights = private_embeddings[block][chosen], weights[block][chosen]
+            neighbours = knn_indices(queries, database, k)
+            voted = neighbours if synthetic_idx is None else synthetic_idx[neighbours]
+            np.add.at(histogram, voted.ravel(), np.repeat(row_weights, k))
     return histogram
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 EMBEDDINGS: dict[str, str] = {
     "pixels": "privevo.image.embeddings.pixels:PixelEmbedding",
     "effnet_lite0": "privevo.image.embeddings.effnet_lite0:EfficientNetLite0Embedding",
+    "null": "privevo.image.embeddings.null:NullEmbedding",  # random vectors: benchmarks and tests only
 }
 
 

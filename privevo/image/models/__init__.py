@@ -55,6 +55,7 @@ MODEL_BACKENDS: dict[str, str] = {
     "ddpm_unet": "privevo.image.models.ddpm_unet:DDPMUNetModel",
     "stable_diffusion": "privevo.image.models.stable_diffusion:StableDiffusionModel",
     "remote": "privevo.image.models.remote:RemoteModel",
+    "null": "privevo.image.models.null:NullModel",  # random images: benchmarks and tests only (model.allow_null)
 }
 
 
