@@ -53,8 +53,9 @@ DELTA_GRID = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
 
 #: Who the guarantee protects against whom: the neighbouring datasets of the analysis.
 NEIGHBOURING_RELATION = (
-    "add or remove one private image of the selected private set (the images left after private.classes, "
-    "private.rows and private.limit; the selection itself is a public function of the config)"
+    "add or remove one private record (an image, a table row or a text) of the selected private set (the records "
+    "left after private.classes, private.rows and private.limit; the selection itself is a public function of the "
+    "config)"
 )
 
 Selection = Literal["sample", "rank"]
@@ -429,7 +430,7 @@ def privacy_report(events: Sequence[PrivacyEvent], delta: float, privacy: Privac
         "private": not reasons,
         "non_private_reasons": reasons,
         "neighbouring_relation": NEIGHBOURING_RELATION,
-        "sensitivity": "L2 sensitivity 1 per vote: each private image gives weight 1/sqrt(k) to each of its k nearest "
+        "sensitivity": "L2 sensitivity 1 per vote: each private record gives weight 1/sqrt(k) to each of its k nearest "
                        "synthetic samples (per class when conditional: disjoint histograms compose in parallel)",
         "accountant": (f"prv-accountant, upper bound (eps_error {EPS_ERROR:g})" if mechanisms == ["gaussian"]
                        else "dp-accounting privacy-loss distributions, pessimistic estimate"),
