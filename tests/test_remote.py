@@ -436,7 +436,7 @@ def test_failed_request_loses_no_received_image(faulty: InProcessServer, in_proc
 
 
 def test_rate_limit_spaces_requests() -> None:
-    from privevo.image.models.remote import RateLimiter
+    from privevo.remote_calls import RateLimiter
 
     limiter = RateLimiter(per_minute=1200)  # one start every 50 ms
     started = time.monotonic()

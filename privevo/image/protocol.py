@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from privevo.remote_calls import ProtocolError as ProtocolError  # the shared client retries on it
+
 #: The HTTP header that gives the length of the JSON part of a binary-extension body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Content type of a body carrying binary tensors; plain JSON bodies are application/json.
@@ -45,10 +47,6 @@ DATATYPES: dict[str, np.dtype] = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-
-
-class ProtocolError(Exception):
-    """A body that does not follow the protocol (the message names what is wrong, never the data)."""
 
 
 def datatype_of(array: np.ndarray) -> str:
