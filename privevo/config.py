@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,8 +150,33 @@ class EmbeddingConfig(_Strict):
         return check_registered(EMBEDDINGS, name, "embedding")
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One generation's population rule: how its vote selects ``size`` parents, and what population they make."""
+
+    selection: Literal["sample", "rank", "top"]
+    threshold: float
+    variations_per_parent: int
+    keep_selected: bool
+
+
+class PopulationPhase(_Strict):
+    """Consecutive generations that share how the vote selects parents and how many candidates each parent makes.
+
+    A key left out takes the flat key's value: ``privacy.selection``, ``privacy.threshold``,
+    ``population.variations_per_parent``, ``population.keep_selected``."""
+
+    generations: int = Field(ge=1, description="how many generations (votes) this phase lasts")
+    selection: Literal["sample", "rank", "top"] | None = Field(
+        default=None, description="sample: in proportion to the counts; rank: proportional shares, deterministic; "
+                                  "top: the `size` largest counts, each once")
+    threshold: float | None = Field(default=None, ge=0)
+    variations_per_parent: int | None = Field(default=None, ge=1)
+    keep_selected: bool | None = None
+
+
 class PopulationConfig(_Strict):
-    """Population size, generations and the variation degree schedule."""
+    """Population size, generations, the variation degree schedule and the population schedule."""
 
     size: int = Field(ge=1)
     generations: int = Field(ge=1, description="T: number of vote steps")
@@ -163,6 +189,16 @@ class PopulationConfig(_Strict):
         description="a selected parent's first `lookahead` children are the vote's lookahead variations of it "
                     "(fewer model calls; post-processing, no privacy cost)",
     )
+    variations_per_parent: int = Field(default=1, ge=1, description="children the variation API makes of each parent")
+    keep_selected: bool = Field(
+        default=False,
+        description="each selected parent stays in the next population beside its children (voted on again); "
+                    "such a generation's output is its selected set",
+    )
+    schedule: list[PopulationPhase] | None = Field(
+        default=None,
+        description="phases whose generations add up to T, in order; None: one phase of the flat keys",
+    )
 
     @model_validator(mode="after")
     def _degrees_match(self) -> PopulationConfig:
@@ -171,7 +207,44 @@ class PopulationConfig(_Strict):
             raise ValueError(f"population.degrees has {len(degrees)} entries but generations is {self.generations}")
         if any(not 0 <= d <= 1 for d in degrees):
             raise ValueError("population.degrees must lie in [0, 1]")
+        if self.schedule is not None and sum(p.generations for p in self.schedule) != self.generations:
+            raise ValueError(f"population.schedule's phases last {sum(p.generations for p in self.schedule)} "
+                             f"generations but generations is {self.generations}")
         return self
+
+    def phase(self, generation: int, privacy: PrivacyConfig) -> Phase:
+        """The rule of vote ``generation`` (1..T) and of the population it makes, every key filled in."""
+        phase = self._population_phase(generation)
+        assert phase.variations_per_parent is not None and phase.keep_selected is not None
+        return Phase(selection=phase.selection or privacy.selection,
+                     threshold=privacy.threshold if phase.threshold is None else phase.threshold,
+                     variations_per_parent=phase.variations_per_parent, keep_selected=phase.keep_selected)
+
+    def _population_phase(self, generation: int) -> PopulationPhase:
+        """The phase holding ``generation``, with the population's flat keys filled in."""
+        if not 1 <= generation <= self.generations:
+            raise ValueError(f"generation must be in 1..{self.generations}, got {generation}")
+        flat = {"variations_per_parent": self.variations_per_parent, "keep_selected": self.keep_selected}
+        end = 0
+        for phase in self.schedule or [PopulationPhase(generations=self.generations)]:
+            end += phase.generations
+            if generation <= end:
+                return phase.model_copy(update={key: value for key, value in flat.items()
+                                                if getattr(phase, key) is None})
+        raise AssertionError("the phases add up to generations (checked when the config is read)")
+
+    def slot_size(self, generation: int) -> int:
+        """Candidates per parent slot in population ``generation``: its children, plus the parent when kept (1 for
+        generation 0). Population ``generation`` holds ``size`` slots, each its candidates in a row."""
+        if generation == 0:
+            return 1
+        phase = self._population_phase(generation)
+        assert phase.variations_per_parent is not None
+        return phase.variations_per_parent + int(bool(phase.keep_selected))
+
+    def candidates(self, generation: int) -> int:
+        """How many samples population ``generation`` holds (the next vote's histogram bins): fixed by the config."""
+        return self.size * self.slot_size(generation)
 
     def degree_schedule(self) -> list[float]:
         """One degree per generation (1..T)."""

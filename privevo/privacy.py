@@ -58,7 +58,7 @@ NEIGHBOURING_RELATION = (
     "config)"
 )
 
-Selection = Literal["sample", "rank"]
+Selection = Literal["sample", "rank", "top"]
 
 #: What every output of a run without a DP guarantee says (see :func:`non_private_reasons`).
 NOT_PRIVATE = "NOT PRIVATE"
@@ -136,12 +136,14 @@ def select_parents(
     rng: np.random.Generator,
     method: Selection = "sample",
 ) -> np.ndarray:
-    """Indices of ``n`` parents chosen in proportion to thresholded counts ``weights``.
+    """Indices of ``n`` parents chosen from the candidates by their thresholded counts ``weights``.
 
     ``sample`` draws with replacement in proportion; ``rank`` gives each candidate
     its proportional share of children deterministically (largest remainder, ties
-    broken by rank of count). When every weight is zero the choice falls back to
-    uniform over the population, with a warning (never 0/0).
+    broken by rank of count); ``top`` takes the ``n`` largest counts, each once (ties
+    in random order; Tab-PE's rank selection, for more candidates than parents). When
+    every weight is zero the choice falls back to uniform over the population, with a
+    warning (never 0/0).
     """
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 1 or len(weights) == 0:
@@ -166,6 +168,10 @@ def select_parents(
         order = np.lexsort((-p, -remainder))  # largest remainder first, then larger count
         counts[order[: n - counts.sum()]] += 1
         return np.repeat(np.arange(len(p)), counts)
+    if method == "top":
+        if n > len(p):
+            raise ValueError(f"top selection needs at least {n} candidates, got {len(p)}")
+        return np.sort(np.lexsort((rng.permutation(len(p)), -p))[:n])
     raise UserError(f"unknown selection method {method!r}: use 'sample' or 'rank'")
 
 

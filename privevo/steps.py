@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privevo import privacy, runtime, storage
-from privevo.config import Config, config_to_dict
+from privevo.config import Config, Phase, config_to_dict
 from privevo.errors import UserError
 from privevo.layout import step_name
 from privevo.modalities import get_modality
@@ -337,7 +337,20 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
 
 
 def load_population(run: Run, generation: int) -> Population:
-    """Generation ``generation``'s population, merging its variation shards on first use."""
+    """Generation ``generation``'s output, the population that evaluation, the report and export use: the parents its
+    vote selected (one per slot) when its phase keeps them (``keep_selected``: its children were never voted on),
+    else all its candidates (:func:`load_candidates`)."""
+    candidates = load_candidates(run, generation)
+    population = run.config.population
+    if generation == 0 or not population.phase(generation, run.config.privacy).keep_selected:
+        return candidates
+    kept = slice(0, None, population.slot_size(generation))  # each slot's first candidate is its kept parent
+    return Population(candidates.samples[kept], candidates.labels[kept], candidates.parent_ids[kept], generation)
+
+
+def load_candidates(run: Run, generation: int) -> Population:
+    """Generation ``generation``'s candidates, which the next vote scores (``population.candidates``), merging its
+    shards on first use."""
     uri = run.layout.population(generation)
     if not storage.exists(uri):
         return merge_shards(run, generation)
@@ -409,7 +422,8 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
         logger.warning("generation %d shard %d: the population changed since it was embedded: embedding it again",
                        generation, shard)
     population = run.modality.decode_population(population_bytes, population_uri)
-    offset = shard_slice(config.population.size, shard, config.population.num_shards).start
+    offset = shard_slice(config.population.size, shard, config.population.num_shards).start * \
+        config.population.slot_size(generation - 1)  # the shard's first candidate
     lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     embedding = load_embedding(config)
@@ -490,7 +504,8 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
 
     config = run.config
     _check_vote_generation(config, generation)
-    previous = load_population(run, generation - 1)
+    previous = load_candidates(run, generation - 1)
+    phase = config.population.phase(generation, config.privacy)
     conditional = config.population.conditional
 
     if conditional:  # public labels only: checked before the private set is read
@@ -515,13 +530,13 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     started, stamp = time.time(), _public_inputs_time(run, generation)
     release = privacy.release_vote(run.layout, config, generation, clean_histogram, force_new_noise, redraw_key,
                                    created_at=stamp)
-    parents = _select(run, generation, release.noisy_histogram, previous)
+    parents = _select(run, generation, release.noisy_histogram, previous, phase)
     selection_uri = run.layout.selection(generation)
     sha = storage.write_npz(selection_uri, {"parent_ids": parents, "labels": previous.labels[parents]})
     epsilon = run.ledger().epsilon(upto_generation=generation)
-    params = {"noise_multiplier": privacy.noise_multiplier_for(config, run.layout), "threshold": config.privacy.threshold,
+    params = {"noise_multiplier": privacy.noise_multiplier_for(config, run.layout), "threshold": phase.threshold,
               "k": config.privacy.k, "lookahead": config.population.lookahead,
-              "degree": config.population.degree_schedule()[generation - 1], "selection": config.privacy.selection,
+              "degree": config.population.degree_schedule()[generation - 1], "selection": phase.selection,
               "sampling_rate": config.privacy.sampling_rate, "mechanism": config.privacy.mechanism,
               "release": run.layout.relative(release.uri),
               "epsilon_after": epsilon}
@@ -532,18 +547,19 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     return _reference(selection_uri, sha, generation=generation, epsilon=epsilon)
 
 
-def _select(run: Run, generation: int, noisy: np.ndarray, previous: Population) -> np.ndarray:
-    """Parents from the thresholded noisy histogram (post-processing), per class when conditional."""
+def _select(run: Run, generation: int, noisy: np.ndarray, previous: Population, phase: Phase) -> np.ndarray:
+    """One parent per slot (``population.size``) from the previous generation's candidates, by the phase's rule on
+    the thresholded noisy histogram (post-processing), per class when conditional: a class keeps its slots."""
     config = run.config
-    weights = privacy.threshold(noisy, config.privacy.threshold)
+    weights = privacy.threshold(noisy, phase.threshold)
     rng = np.random.default_rng(run.seed(generation, "select"))
     if not config.population.conditional:
-        return privacy.select_parents(weights, len(previous), rng, config.privacy.selection)
-    parents = np.empty(len(previous), np.int64)
-    for label in np.unique(previous.labels):
-        members = np.flatnonzero(previous.labels == label)
-        parents[members] = members[privacy.select_parents(weights[members], len(members), rng,
-                                                          config.privacy.selection)]
+        return privacy.select_parents(weights, config.population.size, rng, phase.selection)
+    slot_labels = previous.labels[:: config.population.slot_size(generation - 1)]  # a slot's candidates share it
+    parents = np.empty(len(slot_labels), np.int64)
+    for label in np.unique(slot_labels):
+        members, slots = np.flatnonzero(previous.labels == label), np.flatnonzero(slot_labels == label)
+        parents[slots] = members[privacy.select_parents(weights[members], len(slots), rng, phase.selection)]
     return parents
 
 
@@ -559,7 +575,12 @@ def shard_slice(n: int, shard: int, num_shards: int) -> slice:
 
 
 def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]:
-    """VARIATION_API on one shard of the selected parents at the generation's degree."""
+    """VARIATION_API on one shard of the selected parents at the generation's degree: the shard's slots of the
+    generation's candidates (``population.candidates``).
+
+    A slot holds its parent first when the phase keeps it (with its own id as parent id), then the parent's
+    ``variations_per_parent`` children; child j of slot s is the (s * variations_per_parent + j)-th child, which
+    seeds it, so the candidates do not depend on the shard count."""
     started = time.time()
     config = run.config
     uri = run.layout.shard(generation, shard)
@@ -577,12 +598,15 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
         logger.warning("generation %d shard %d was made from an earlier selection: making it again", generation, shard)
         storage.delete(run.layout.population(generation))
     selection = storage.read_npz(selection_uri)
-    previous = load_population(run, generation - 1)
+    previous = load_candidates(run, generation - 1)
+    phase = config.population.phase(generation, config.privacy)
+    per_parent = phase.variations_per_parent
     part = shard_slice(len(selection["parent_ids"]), shard, config.population.num_shards)
-    parent_ids = selection["parent_ids"][part]
-    labels = selection["labels"][part]
+    parent_ids = np.repeat(selection["parent_ids"][part], per_parent)  # the shard's children, in slot order
+    labels = np.repeat(selection["labels"][part], per_parent)
     degree = config.population.degree_schedule()[generation - 1]
-    reused, fresh_offset = _reused_lookahead(run, generation, selection["parent_ids"], part)
+    reused, fresh_offset = _reused_lookahead(run, generation, np.repeat(selection["parent_ids"], per_parent),
+                                             slice(part.start * per_parent, part.stop * per_parent))
     samples = np.empty((len(parent_ids), *previous.samples.shape[1:]), previous.samples.dtype)
     for i, sample in reused.items():
         samples[i] = sample
@@ -597,23 +621,39 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
                                         labels=_model_labels(model, labels[fresh]), seed=seed, first_index=fresh_offset)
         calls = model.call_summary()
     population = Population(samples, labels, parent_ids, generation=generation)
+    if phase.keep_selected:
+        population = _with_parents(population, previous, selection["parent_ids"][part], per_parent)
     sha = storage.write_bytes(uri, run.modality.encode_population(population))
     _record_step(run, generation, "generate_variations",
                  {"degree": degree, "shard": shard, "num_shards": config.population.num_shards, "seed": seed,
                   "selection_sha256": selection_sha, "reused_lookahead": len(reused), "fresh_variations": len(fresh),
-                  **calls}, started, shard)
+                  "variations_per_parent": per_parent, "keep_selected": phase.keep_selected, **calls}, started, shard)
     logger.info("generation %d shard %d: %d variations at degree %.3g", generation, shard, len(samples), degree)
     return _reference(uri, sha, generation=generation, shard=shard, **calls)
 
 
+def _with_parents(children: Population, previous: Population, parent_ids: np.ndarray, per_parent: int) -> Population:
+    """The shard's slots with their kept parents: each parent (its own id as parent id) before its children."""
+
+    def slots(kept: np.ndarray, made: np.ndarray) -> np.ndarray:
+        made = made.reshape(len(parent_ids), per_parent, *made.shape[1:])
+        return np.concatenate([kept[:, None], made], axis=1).reshape(-1, *made.shape[2:])
+
+    return Population(slots(previous.samples[parent_ids], children.samples),
+                      slots(previous.labels[parent_ids], children.labels),
+                      slots(parent_ids, children.parent_ids), children.generation)
+
+
 def _reused_lookahead(run: Run, generation: int, all_parents: np.ndarray, part: slice) -> tuple[dict[int, np.ndarray], int]:
-    """Children of this shard that reuse a lookahead variation, and the global index of its first fresh child.
+    """Children of this shard (``part`` of all children's parents ``all_parents``) that reuse a lookahead variation,
+    and the global index of its first fresh child.
 
     With ``population.reuse_lookahead`` and lookahead L, the vote of ``generation`` already
-    made L variations of every parent at this generation's degree (embed_synthetic). The
+    made L variations of every candidate at this generation's degree (embed_synthetic). The
     first L children of a parent, in global child order, are those variations (public data
-    chosen by post-processing of the DP release: no privacy cost); only the rest are new
-    model calls. Without it every child is fresh and the offset is the shard's start.
+    chosen by post-processing of the DP release: no privacy cost), however many children
+    each slot makes; only the rest are new model calls. Without it every child is fresh and
+    the offset is the shard's first child.
     """
     lookahead = run.config.population.lookahead
     if not (run.config.population.reuse_lookahead and lookahead):
@@ -631,7 +671,8 @@ def _reused_lookahead(run: Run, generation: int, all_parents: np.ndarray, part: 
 
 
 def _lookahead_variations(run: Run, generation: int) -> np.ndarray:
-    """The lookahead variations (L, N, H, W, C) the vote of ``generation`` made, checked against population generation-1."""
+    """The lookahead variations (L, candidates, ...) the vote of ``generation`` made, checked against population
+    generation-1."""
     parts = []
     for shard in range(run.config.population.num_shards):
         uri = run.layout.lookahead_variations(generation, shard)
