@@ -15,8 +15,7 @@ from typing import Any
 
 from privevo import privacy, storage
 from privevo.errors import UserError
-from privevo.modalities import get_modality
-from privevo.report import format_value
+from privevo.report import format_value, result_modality
 from privevo.run_record import Run
 from privevo.steps import last_complete_generation, load_private_set, private_failures
 
@@ -96,7 +95,7 @@ def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
     for key, value in result["final"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             scalars[f"final_{key}"] = float(value)
-    keys = [*get_modality(result.get("modality", "image")).headline_keys, "epsilon"]
+    keys = [*result_modality(result).headline_keys, "epsilon"]
     for row in result["generations"]:
         for key in keys:
             if row.get(key) is not None:
@@ -106,7 +105,8 @@ def headline_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def summary_markdown(result: dict[str, Any]) -> str:
     """A Markdown table of the per-generation metrics (a KFP Markdown visualization)."""
-    keys = ["generation", *get_modality(result.get("modality", "image")).summary_keys, "epsilon"]
+    modality = result_modality(result)
+    keys = ["generation", *modality.summary_keys, "epsilon"]
     reasons = result["privacy"].get("non_private_reasons")
     lines = [
         f"# Private Evolution run {result['run_id']}",
@@ -119,10 +119,11 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "|" + "---|" * len(keys),
     ]
     for row in result["generations"]:
-        lines.append("| " + " | ".join(format_value(row[k], k) for k in keys) + " |")
+        lines.append("| " + " | ".join(format_value(row.get(k), k) for k in keys) + " |")
     lines.append("")
-    lines.append(f"Downstream accuracy (final): {format_value(result['final'].get('downstream_accuracy'))}")
-    lines.append("")
+    final = [f"{name} {format_value(value, name)}" for name, value in modality.headline(result) if value is not None]
+    if final:
+        lines += [f"Final: {', '.join(final)}.", ""]
     lines.append(f"Epsilon {format_value(result['privacy']['epsilon'], 'epsilon')} (upper bound) "
                  f"at delta {result['delta']:g}; "
                  f"neighbouring datasets: {result['privacy']['neighbouring_relation']}.")

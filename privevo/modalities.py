@@ -127,6 +127,16 @@ class Modality(abc.ABC):
     #: The per-generation metrics the KFP UI plots (beside ``epsilon``).
     headline_keys: tuple[str, ...]
 
+    def curve_panels(self, result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+        """The report's curves over generations (the shell adds epsilon's): (title, row keys) per panel.
+        Default: one panel per summary key."""
+        return [(key, [key]) for key in self.summary_keys]
+
+    def headline(self, result: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(name, value) of the final metrics the report's first line shows after epsilon (None: not shown).
+        Default: the summary keys of the final row."""
+        return [(key, result["final"].get(key)) for key in self.summary_keys]
+
     @abc.abstractmethod
     def write_report_views(self, run: Run, result: dict[str, Any]) -> None:
         """Write the modality's report files (sample previews, per-class counts, ...) into the run's report folder,
@@ -134,9 +144,10 @@ class Modality(abc.ABC):
 
     @abc.abstractmethod
     def results_html(self, run: Run, result: dict[str, Any], figure: Callable[..., str]) -> dict[str, str]:
-        """The report's modality parts as HTML: ``final`` (the final samples beside real ones) and ``gallery`` (every
-        generation's samples). ``figure(name, caption, wide=False)`` shows a file the modality wrote into the report
-        folder."""
+        """The report's modality parts as HTML: ``final`` (the final samples beside real ones), ``gallery`` (every
+        generation's samples, may be empty) and, optionally, ``note`` (how to read ``final``) and ``extra`` (more
+        results after the curves). ``figure(name, caption, wide=False)`` shows a file the modality wrote into the
+        report folder."""
 
     @abc.abstractmethod
     def export(self, run: Run, population: Population, export_format: str, folder: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from privevo import privacy, storage
 from privevo.calls import calls_html
 from privevo.layout import CLASS_COUNTS_PNG, CURVES_PNG, LEDGER_JSON, METRICS_JSON
-from privevo.modalities import get_modality
+from privevo.modalities import Modality, get_modality
 from privevo.run_record import Run
 from privevo.steps import load_population
 
@@ -85,16 +85,18 @@ def _finite(value: Any) -> float:
     return float(value) if value is not None and math.isfinite(value) else math.nan
 
 
+def result_modality(result: dict[str, Any]) -> Modality:
+    """The modality of a metrics.json (one written before modalities were pluggable is an image run's)."""
+    return get_modality(result.get("modality", "image"))
+
+
 def curve_panels(result: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """The curves' panels as (title, metric keys): only metrics with a value in some generation (no empty panel)."""
-    panels = [
-        (f"Frechet distance ({result['fd_extractor']} features)", [f"fd_{result['fd_extractor']}"]),
-        ("class-mix total variation", ["class_tv"]),
-        ("precision / recall", ["precision", "recall"]),
-        (f"epsilon spent (delta={result['delta']:g})", ["epsilon"]),
-    ]
+    """The curves' panels as (title, metric keys), the modality's then epsilon's: only metrics with a value in some
+    generation (no empty panel)."""
+    panels = [*result_modality(result).curve_panels(result), (f"epsilon spent (delta={result['delta']:g})", ["epsilon"])]
     rows = result["generations"]
-    return [(title, keys) for title, keys in panels if any(not math.isnan(_finite(r[k])) for r in rows for k in keys)]
+    return [(title, keys) for title, keys in panels
+            if any(not math.isnan(_finite(r.get(k))) for r in rows for k in keys)]
 
 
 def curves_png(result: dict[str, Any]) -> bytes:
@@ -103,7 +105,8 @@ def curves_png(result: dict[str, Any]) -> bytes:
 
 
 def curves_figure(result: dict[str, Any]) -> Figure:
-    """FD, class-mix TV, precision/recall and epsilon over generations, two panels a row."""
+    """The modality's metrics (images: FD, class-mix TV, precision/recall) and epsilon over generations, two panels
+    a row."""
     rows = result["generations"]
     generations = [r["generation"] for r in rows]
     panels = curve_panels(result)
@@ -111,7 +114,7 @@ def curves_figure(result: dict[str, Any]) -> Figure:
     for axis, (title, keys) in zip(axes, panels, strict=True):
         axis.set_title(title, fontsize=9)
         for key in keys:
-            axis.plot(generations, [_finite(r[key]) for r in rows], marker="o", label=key)
+            axis.plot(generations, [_finite(r.get(key)) for r in rows], marker="o", label=key)
         if len(keys) > 1:
             axis.legend(fontsize=8)
         _integer_generations(axis, generations)
@@ -223,16 +226,14 @@ def render_html(run: Run, result: dict[str, Any], inline_images: bool = False) -
 <div class="pair">
 {views["final"]}
 </div>
-<p class="note">Each grid shows a seeded random choice of samples (the same for every generation), not the first
-rows. Metrics compare each generation with the {html.escape(result['reference'])}.</p>
+<p class="note">{" ".join([*([html.escape(views["note"])] if views.get("note") else []),
+                            f"Metrics compare each generation with the {html.escape(result['reference'])}."])}</p>
 {figure(CURVES_PNG, "metrics over generations", wide=True,
         alt="; ".join(title for title, _ in curve_panels(result)))}
-{counts}
+{counts}{views.get("extra", "")}
 <h3>Metrics per generation</h3>
 {_metrics_table(result)}
-<h3>Samples of every generation</h3>
-<div class="gallery">{views["gallery"]}</div>
-</section>
+{_gallery(views["gallery"])}</section>
 <section id="configuration">
 <h2>Configuration</h2>
 {_config_table(run.config, result)}
@@ -261,20 +262,23 @@ def _not_private_banner(run: Run, result: dict[str, Any]) -> str:
 
 
 def _headline(result: dict[str, Any]) -> str:
-    """One line of the final numbers above everything else."""
-    final = result["final"]
-    shown = [("epsilon", final["epsilon"]), (f"FD ({result['fd_extractor']})", final[f"fd_{result['fd_extractor']}"]),
-             ("precision", final["precision"]), ("recall", final["recall"]), ("class TV", final["class_tv"]),
-             ("downstream accuracy", final["downstream_accuracy"])]
+    """One line of the final numbers above everything else: epsilon, then the modality's."""
+    shown = [("epsilon", result["final"]["epsilon"]), *result_modality(result).headline(result)]
     parts = [f"{html.escape(name)} <b>{_cell(value, name)}</b>" for name, value in shown if value is not None]
     return f"After {result['generations'][-1]['generation']} generation(s): " + ", ".join(parts) + "."
 
 
+def _gallery(samples: str) -> str:
+    """Every generation's samples under their heading (nothing when the modality shows none)."""
+    return f'<h3>Samples of every generation</h3>\n<div class="gallery">{samples}</div>\n' if samples else ""
+
+
 def _metrics_table(result: dict[str, Any]) -> str:
-    keys = ["generation", f"fd_{result['fd_extractor']}", "precision", "recall", "class_tv", "epsilon"]
-    keys = [k for k in keys if any(row[k] is not None for row in result["generations"])]
+    """The per-generation metrics: generation, the modality's summary keys with a value, epsilon."""
+    keys = ["generation", *result_modality(result).summary_keys, "epsilon"]
+    keys = [k for k in keys if any(row.get(k) is not None for row in result["generations"])]
     header = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(row[k], k)}</td>" for k in keys) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(k), k)}</td>" for k in keys) + "</tr>"
                    for row in result["generations"])
     return f"<table><tr>{header}</tr>{body}</table>"
 
@@ -291,7 +295,8 @@ def _config_table(config: Config, result: dict[str, Any]) -> str:
         ("evaluation reference", _describe_data(config.evaluation.reference)),
         ("public model", f"{config.model.kind} {model or ''}".strip()),
         ("vote embedding", config.embedding.name),
-        ("class-mix classifier", config.evaluation.classifier_path or "none (no class-mix metric)"),
+        *([("class-mix classifier", config.evaluation.classifier_path or "none (no class-mix metric)")]
+          if "class_tv" in get_modality(config).summary_keys else []),
         ("population", f"{population.size} samples" + (", class-conditional" if population.conditional else "")),
         ("generations", f"{population.generations} (lookahead {population.lookahead})"),
         ("variation degrees", ", ".join(f"{d:g}" for d in population.degree_schedule())),
@@ -326,7 +331,7 @@ def _describe_data(data: DataConfig | None) -> str:
     parts = [data.source] + ([f"{data.split} split"] if data.split else [])
     parts += [f"classes {', '.join(data.classes)}"] if data.classes else []
     parts += [f"rows {data.rows[0]}-{data.rows[1]}"] if data.rows else []
-    parts += [f"{data.limit} images"] if data.limit else []
+    parts += [f"{data.limit} records"] if data.limit else []
     return ", ".join(parts)
 
 

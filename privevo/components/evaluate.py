@@ -1,4 +1,4 @@
-"""evaluate: metrics per generation, privacy spent, sample grids and the report."""
+"""evaluate: metrics per generation, privacy spent, the modality's report views and the report."""
 
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output

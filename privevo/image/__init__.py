@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privevo.errors import UserError
-from privevo.image.evaluation import FD_KEY
+from privevo.image.evaluation import FD_EXTRACTOR, FD_KEY
 from privevo.modalities import Modality, SampleSet, Scores
 from privevo.population import Population
 
@@ -122,6 +122,18 @@ class ImageModality(Modality):
 
         return {"fd_extractor": FD_EXTRACTOR,
                 "downstream_protocol": DOWNSTREAM_PROTOCOL if final["downstream_accuracy"] is not None else None}
+
+    def curve_panels(self, result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+        """FD, class-mix TV and precision/recall."""
+        return [(f"Frechet distance ({FD_EXTRACTOR} features)", [FD_KEY]), ("class-mix total variation", ["class_tv"]),
+                ("precision / recall", ["precision", "recall"])]
+
+    def headline(self, result: dict[str, Any]) -> list[tuple[str, Any]]:
+        """FD, precision, recall, class TV and downstream accuracy."""
+        final = result["final"]
+        return [(f"FD ({FD_EXTRACTOR})", final.get(FD_KEY)), ("precision", final.get("precision")),
+                ("recall", final.get("recall")), ("class TV", final.get("class_tv")),
+                ("downstream accuracy", final.get("downstream_accuracy"))]
 
     def write_report_views(self, run: Run, result: dict[str, Any]) -> None:
         """Sample grids (:func:`privevo.image.report.write_views`)."""

@@ -72,4 +72,6 @@ def results_html(run: Run, result: dict[str, Any], figure: Callable[..., str]) -
                     for row in result["generations"])
     return {"final": f'{figure(run.layout.sample_grid_name(last), f"synthetic images: generation {last} (final)")}\n'
                      f"{real}",
-            "gallery": grids}
+            "gallery": grids,
+            "note": "Each grid shows a seeded random choice of samples (the same for every generation), not the first "
+                    "rows."}

@@ -162,27 +162,6 @@ def histograms_png(schema: Schema, synthetic: np.ndarray, reference: np.ndarray)
     return data
 
 
-def tvd_curve_png(rows: list[dict[str, Any]]) -> bytes:
-    """The marginal TVDs over generations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3))
-    generations = [r["generation"] for r in rows]
-    for key in ("tvd_1way", "tvd_2way", "tvd_3way"):
-        values = [r.get(key) for r in rows]
-        if any(v is not None for v in values):
-            axis.plot(generations, [np.nan if v is None else v for v in values], marker="o", label=key)
-    axis.set_xlabel("generation")
-    axis.set_ylabel("mean marginal TVD (lower is better)")
-    axis.legend(fontsize=7)
-    data = _png(figure)
-    plt.close(figure)
-    return data
-
-
 def utility_html(result: dict[str, Any] | None) -> str:
     """The utility table: accuracy and ROC AUC of the classifier trained on synthetic rows and on real ones."""
     if not result:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from privevo import storage
+from privevo import registry, storage
 from privevo.errors import UserError
 from privevo.modalities import Modality, SampleSet, Scores
 from privevo.population import Population
-from privevo.tabular import table_io
+from privevo.tabular import TABULAR_EMBEDDINGS, TABULAR_MODELS, table_io
 from privevo.tabular.schema import Schema, SchemaSpec, load_schema_spec
 
 if TYPE_CHECKING:
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTOGRAMS_PNG = "table_histograms.png"
-TVD_CURVE_PNG = "table_tvd_curve.png"
 EXPORT_FILES = {"csv": "synthetic.csv", "parquet": "synthetic.parquet"}
+#: The final row's utility scalars (the KFP UI's final metrics) -> (trained on, measure) in its ``utility``.
+UTILITY_KEYS = {"downstream_accuracy": ("synthetic", "accuracy"), "downstream_roc_auc": ("synthetic", "roc_auc"),
+                "real_rows_accuracy": ("real", "accuracy"), "real_rows_roc_auc": ("real", "roc_auc")}
 
 
 def tabular_section(config: Config) -> TabularConfig:
@@ -92,20 +94,21 @@ class TabularModality(Modality):
         return normalised(a.path) == normalised(b.path)
 
     def load_model(self, config: Config) -> Any:
-        """Tab-PE's APIs on the schema (:class:`privevo.tabular.model.TabularModel`), with the public prior table."""
+        """The model ``model.kind`` names in :data:`~privevo.tabular.TABULAR_MODELS` (Tab-PE's APIs on the schema,
+        :class:`privevo.tabular.model.TabularModel`), with the public prior table."""
         from privevo.tabular.data import read_table
-        from privevo.tabular.model import TabularModel
 
         schema = config_schema(config)
         section = tabular_section(config)
         prior = read_table(section.prior, schema) if section.prior is not None else None
-        return TabularModel(schema, atom_rate=section.atom_rate, prior=prior, batch_size=config.model.batch_size)
+        model = registry.registered_class(TABULAR_MODELS, config.model.kind, "tabular model kind")
+        return model(schema, atom_rate=section.atom_rate, prior=prior, batch_size=config.model.batch_size)
 
     def load_embedding(self, config: Config) -> Any:
-        """Numerics scaled by the public bounds, categoricals one-hot (:mod:`privevo.tabular.embedding`)."""
-        from privevo.tabular.embedding import TabularEmbedding
-
-        return TabularEmbedding(config_schema(config), tabular_section(config).categorical_weight)
+        """The embedding ``embedding.name`` names in :data:`~privevo.tabular.TABULAR_EMBEDDINGS` (numerics scaled by
+        the public bounds, categoricals one-hot: :mod:`privevo.tabular.embedding`)."""
+        embedding = registry.registered_class(TABULAR_EMBEDDINGS, config.embedding.name, "tabular embedding")
+        return embedding(config_schema(config), tabular_section(config).categorical_weight)
 
     def scorer(self, run: Run) -> Callable[[SampleSet | None, int, bool], Scores]:
         """Marginal TVDs and Wasserstein per generation; the final row adds downstream utility."""
@@ -121,14 +124,26 @@ class TabularModality(Modality):
 
         return {"table_metrics": metrics.__doc__.split("\n\n", 1)[1].strip() if metrics.__doc__ else ""}
 
+    def curve_panels(self, result: dict[str, Any]) -> list[tuple[str, list[str]]]:
+        """The marginal TVDs on one panel, the mean Wasserstein distance on another."""
+        return [("mean marginal TVD against the reference", ["tvd_1way", "tvd_2way", "tvd_3way"]),
+                ("Wasserstein distance / declared range (numeric columns)", ["wasserstein"])]
+
+    def headline(self, result: dict[str, Any]) -> list[tuple[str, Any]]:
+        """The marginal TVDs, Wasserstein, and the downstream classifier's accuracy and ROC AUC."""
+        final = result["final"]
+        return [("1-way TVD", final.get("tvd_1way")), ("2-way TVD", final.get("tvd_2way")),
+                ("3-way TVD", final.get("tvd_3way")), ("Wasserstein", final.get("wasserstein")),
+                ("downstream accuracy", final.get("downstream_accuracy")),
+                ("downstream ROC AUC", final.get("downstream_roc_auc"))]
+
     def write_report_views(self, run: Run, result: dict[str, Any]) -> None:
-        """Per-column histograms of the last generation beside the reference, and the TVD curve."""
+        """Per-column histograms of the last generation beside the reference (the TVD curve is the report's)."""
         from privevo.report import reference_may_be_private
         from privevo.steps import load_population
         from privevo.tabular import metrics
 
         rows = result["generations"]
-        storage.write_bytes(run.layout.report_file(TVD_CURVE_PNG), metrics.tvd_curve_png(rows))
         if reference_may_be_private(run.config):
             return
         reference = self.load_reference(run)
@@ -139,7 +154,7 @@ class TabularModality(Modality):
                                                        reference.samples))
 
     def results_html(self, run: Run, result: dict[str, Any], figure: Callable[..., str]) -> dict[str, str]:
-        """The histograms (final), the TVD curve and the utility table (extra)."""
+        """The histograms (final) and the utility table (extra)."""
         from privevo.tabular.metrics import utility_html
 
         last = result["generations"][-1]["generation"]
@@ -148,10 +163,8 @@ class TabularModality(Modality):
                  if storage.exists(run.layout.report_file(HISTOGRAMS_PNG))
                  else '<p class="note">No histograms: the config names no evaluation reference apart from the '
                       "private data.</p>")
-        extra = figure(TVD_CURVE_PNG, "mean marginal TVD against the reference over generations")
         utility = utility_html((result.get("final") or {}).get("utility"))
-        if utility:
-            extra += "\n<h3>Downstream utility</h3>\n" + utility
+        extra = f"\n<h3>Downstream utility</h3>\n{utility}\n" if utility else ""
         return {"final": final, "extra": extra, "gallery": ""}
 
     def export(self, run: Run, population: Population, export_format: str, folder: Path) -> None:
@@ -186,10 +199,12 @@ def _score(run: Run, real: SampleSet | None, last: int, log_rows: bool) -> Score
         if log_rows:
             logger.info("evaluated generation %d: %s", generation, format_row(row))
     final = dict(rows[-1])
-    final["wasserstein_per_column"] = None
-    final["utility"] = None
+    final.update(dict.fromkeys(("wasserstein_per_column", "utility", *UTILITY_KEYS)))
     if real is not None:
         found = table_metrics(schema, load_population(run, last).samples, real.samples, seed=run.config.seed)
         final["wasserstein_per_column"] = found["wasserstein_per_column"]
-        final["utility"] = found["utility"]
+        final["utility"] = utility = found["utility"]
+        if utility is not None:
+            for key, (trained_on, measure) in UTILITY_KEYS.items():
+                final[key] = utility[trained_on][measure]
     return rows, final
