@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from privevo.errors import UserError
 from privevo.image.embeddings import EMBEDDINGS
@@ -22,8 +22,9 @@ from privevo.image.models import MODEL_BACKENDS
 from privevo.modalities import MODALITIES
 from privevo.model_store import check_digest, is_remote
 from privevo.registry import check_registered
+from privevo.tabular import TABULAR_EMBEDDINGS, TABULAR_MODELS
 from privevo.tabular.schema import ColumnSpec, CsvOptions
-from privevo.text import TEXT_MODELS
+from privevo.text import TEXT_EMBEDDINGS, TEXT_MODELS
 
 
 class _Strict(BaseModel):
@@ -73,8 +74,25 @@ class RemoteConfig(_Strict):
         return url.rstrip("/")
 
 
-#: model.kind of modality tabular: Tab-PE's in-process APIs on the public schema (privevo.tabular.model), no weights.
-TABULAR_MODEL = "tabular"
+#: Per modality: its model.kind values and its embedding.name values (name -> "module:class"), plain strings, so
+#: checking a config imports no data-type code; the first of each is a non-image modality's default.
+MODEL_KINDS: dict[str, dict[str, str]] = {"image": MODEL_BACKENDS, "tabular": TABULAR_MODELS, "text": TEXT_MODELS}
+EMBEDDING_NAMES: dict[str, dict[str, str]] = {"image": EMBEDDINGS, "tabular": TABULAR_EMBEDDINGS,
+                                              "text": TEXT_EMBEDDINGS}
+
+
+def _validated_modality(info: ValidationInfo) -> str:
+    """The modality of the config a section belongs to: parse_config passes it as the validation context (image
+    when a section is validated alone)."""
+    return str((info.context or {}).get("modality", "image"))
+
+
+def _check_modality_name(registries: dict[str, dict[str, str]], name: str, what: str, info: ValidationInfo) -> str:
+    """``name`` if the config's modality registers it under ``what`` (an unknown modality is the modality's error)."""
+    modality = _validated_modality(info)
+    if modality not in registries:
+        return name
+    return check_registered(registries[modality], name, what if modality == "image" else f"{modality} {what}")
 #: model.kind and embedding.name of the benchmarks' stand-ins (privevo.image.models.null, privevo.image.embeddings.null).
 NULL_MODEL = "null"
 
@@ -82,7 +100,8 @@ NULL_MODEL = "null"
 class ModelConfig(_Strict):
     """The public foundation model and how to call it."""
 
-    kind: str = Field(default="ddpm_unet", description="a key of privevo.image.models.MODEL_BACKENDS")
+    kind: str = Field(default="ddpm_unet", description="a key of the modality's MODEL_KINDS (image: "
+                                                      "privevo.image.models.MODEL_BACKENDS)")
     path: str | None = Field(
         default=None, description="weights folder, gs:// prefix (copied once per machine) or hub name; not for kind remote"
     )
@@ -105,10 +124,8 @@ class ModelConfig(_Strict):
 
     @field_validator("kind")
     @classmethod
-    def _registered_kind(cls, kind: str) -> str:
-        if kind == TABULAR_MODEL or kind in TEXT_MODELS:
-            return kind
-        return check_registered(MODEL_BACKENDS, kind, "foundation model kind")
+    def _registered_kind(cls, kind: str, info: ValidationInfo) -> str:
+        return _check_modality_name(MODEL_KINDS, kind, "foundation model kind", info)
 
     @field_validator("autocast", mode="before")
     @classmethod
@@ -127,7 +144,7 @@ class ModelConfig(_Strict):
         if self.kind == NULL_MODEL and not self.allow_null:
             raise ValueError("kind null returns random images, for benchmarks and tests: set model.allow_null: true "
                              "to run it")
-        if self.kind not in ("remote", TABULAR_MODEL, NULL_MODEL) and self.path is None:
+        if self.kind not in ("remote", *TABULAR_MODELS, NULL_MODEL) and self.path is None:
             raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
         if self.path is not None and is_remote(self.path) and self.sha256 is None:
             raise ValueError(f"model.path {self.path} is on Cloud Storage, so it needs model.sha256 "
@@ -138,7 +155,8 @@ class ModelConfig(_Strict):
 class EmbeddingConfig(_Strict):
     """The feature space of the vote."""
 
-    name: str = Field(default="effnet_lite0", description="a key of privevo.image.embeddings.EMBEDDINGS")
+    name: str = Field(default="effnet_lite0", description="a key of the modality's EMBEDDING_NAMES (image: "
+                                                        "privevo.image.embeddings.EMBEDDINGS)")
     input_size: int = Field(default=32, ge=32, description="EfficientNet-Lite0 needs at least 32 px")
     batch_size: int = Field(default=256, ge=1)
     device: str = "auto"
@@ -146,8 +164,8 @@ class EmbeddingConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _registered_name(cls, name: str) -> str:
-        return check_registered(EMBEDDINGS, name, "embedding")
+    def _registered_name(cls, name: str, info: ValidationInfo) -> str:
+        return _check_modality_name(EMBEDDING_NAMES, name, "embedding", info)
 
 
 @dataclass(frozen=True)
@@ -510,6 +528,20 @@ class Config(_Strict):
     def _registered_modality(cls, modality: str) -> str:
         return check_registered(MODALITIES, modality, "modality")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _modality_defaults(cls, data: Any) -> Any:
+        """A non-image config without model.kind or embedding.name gets its modality's first registered one."""
+        modality = data.get("modality", "image") if isinstance(data, dict) else "image"
+        if modality == "image" or modality not in MODEL_KINDS:
+            return data
+        data = dict(data)
+        for section, key, registry in (("model", "kind", MODEL_KINDS), ("embedding", "name", EMBEDDING_NAMES)):
+            values = data.get(section)
+            if values is None or (isinstance(values, dict) and key not in values):
+                data[section] = {**(values or {}), key: next(iter(registry[modality]))}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if self.modality == "image":
@@ -595,7 +627,8 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     """Validate a config dict; the first problem becomes a one-line UserError (an unknown key first: a misspelt
     section would otherwise be reported as the missing section it was meant to be)."""
     try:
-        return Config.model_validate(data)
+        modality = data.get("modality", "image") if isinstance(data, dict) else "image"
+        return Config.model_validate(data, context={"modality": modality})
     except ValidationError as error:
         problems = error.errors()
         first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])

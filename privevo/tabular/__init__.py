@@ -6,12 +6,24 @@ CSV and Parquet loaders in :mod:`privevo.tabular.data`, the random and variation
 metrics and report views in :mod:`privevo.tabular.metrics`, the population file and the
 export's CSV and Parquet in :mod:`privevo.tabular.table_io`, and what the shared steps call in
 :mod:`privevo.tabular.modality` (:class:`TabularModality`). Importing this package imports none
-of them (the config imports the schema from here).
+of them (the config reads :data:`TABULAR_MODELS` and :data:`TABULAR_EMBEDDINGS` from here).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: model.kind values of modality tabular -> "module:class": Tab-PE's random and variation APIs on the public schema
+#: (no weights, so no model.path).
+TABULAR_MODELS: dict[str, str] = {
+    "tabular": "privevo.tabular.model:TabularModel",
+}
+
+#: embedding.name values of modality tabular -> "module:class": numerics scaled by their public bounds, categoricals
+#: one-hot.
+TABULAR_EMBEDDINGS: dict[str, str] = {
+    "tabular": "privevo.tabular.embedding:TabularEmbedding",
+}
 
 
 def __getattr__(name: str) -> Any:

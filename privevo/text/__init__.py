@@ -20,6 +20,11 @@ TEXT_MODELS: dict[str, str] = {
     "hf_causal_lm": "privevo.text.backends:HfCausalLM",
 }
 
+#: embedding.name values of modality text -> "module:class": the sentence encoder at ``text.embedding_path``.
+TEXT_EMBEDDINGS: dict[str, str] = {
+    "sentence_transformer": "privevo.text.embedding:SentenceEmbedding",
+}
+
 
 def __getattr__(name: str) -> Any:
     """``TextModality``, imported on first use (the registry names it ``privevo.text:TextModality``)."""
