@@ -1,4 +1,11 @@
-"""``pipeline.py serve``: any local backend behind the KServe v2 / Open Inference Protocol.
+"""``pipeline.py serve``: any local backend behind an API: images on the KServe v2 / Open Inference Protocol,
+texts on the OpenAI API.
+
+Texts (``modality: text``, e.g. ``hf_causal_lm``): the routes of :mod:`privevo.text.openai_server`
+(``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``), which the
+``openai_compatible`` backend calls; the health, token and shutdown rules below hold for them too.
+
+Images:
 
 FastAPI + uvicorn. ``GET /v2/health/live`` answers as soon as the port is open;
 ``GET /v2/health/ready`` (and ``/v2/models/{model}/ready``) once the model has loaded.
@@ -31,6 +38,7 @@ from privevo.image import protocol
 if TYPE_CHECKING:
     from privevo.config import Config
     from privevo.image.models.base import FoundationModel
+    from privevo.text.backends import TextModel
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +46,13 @@ VERSION = "1"
 
 
 class ModelHolder:
-    """The served model, loaded in the background so liveness answers while it loads."""
+    """The served model (an image :class:`FoundationModel` or a :class:`TextModel`), loaded in the background so
+    liveness answers while it loads."""
 
-    def __init__(self, name: str, load: Callable[[], FoundationModel]) -> None:
+    def __init__(self, name: str, load: Callable[[], Any]) -> None:
         self.name = name
         self._load = load
-        self.model: FoundationModel | None = None
+        self.model: Any = None
         self.error: str | None = None
         self.loaded = threading.Event()
         self.lock = threading.Lock()  # one call at a time on the model
@@ -51,8 +60,7 @@ class ModelHolder:
     def load(self) -> None:
         try:
             self.model = self._load()
-            logger.info("model %s is ready (%dx%dx%d, batch size %d)", self.name, self.model.image_size,
-                        self.model.image_size, self.model.channels, self.model.batch_size)
+            logger.info("model %s is ready (batch size %d)", self.name, self.model.batch_size)
         except UserError as err:
             self.error = str(err)
             logger.error("model %s could not be loaded: %s", self.name, err)
@@ -60,7 +68,8 @@ class ModelHolder:
             self.loaded.set()
 
     def metadata(self) -> dict[str, Any]:
-        model = self.model
+        """The v2 model metadata of an image model: its inputs, output shape and parameters."""
+        model: FoundationModel = self.model
         assert model is not None
         shape = [-1, model.image_size, model.image_size, model.channels]
         return {
@@ -99,8 +108,10 @@ def run_call(model: FoundationModel, call: str, inputs: dict[str, np.ndarray]) -
         raise protocol.ProtocolError(str(err)) from None
 
 
-def create_app(holder: ModelHolder, token: str | None = None, load_in_background: bool = True) -> FastAPI:
-    """The FastAPI application serving ``holder``'s model on the v2 protocol."""
+def create_app(holder: ModelHolder, token: str | None = None, load_in_background: bool = True,
+               modality: str = "image", max_new_tokens: int = 64) -> FastAPI:
+    """The FastAPI application serving ``holder``'s model: images on the v2 protocol, texts on the OpenAI API
+    (``max_new_tokens``: a request's token limit when it names none)."""
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
 
@@ -115,16 +126,17 @@ def create_app(holder: ModelHolder, token: str | None = None, load_in_background
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    def check(request: Request, name: str) -> JSONResponse | None:
-        """An error answer for a bad token, an unknown model or one not loaded yet; None when the call may go on."""
+    def check(request: Request, name: str | None, answer: Callable[[int, str], JSONResponse] = error) -> JSONResponse | None:
+        """An error answer (in ``answer``'s form) for a bad token, an unknown model or one not loaded yet; None when
+        the call may go on."""
         if token is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error(401, "missing or wrong bearer token")
+                return answer(401, "missing or wrong bearer token")
         if name != holder.name:
-            return error(404, f"model {name!r} is not served here (this server serves {holder.name!r})")
+            return answer(404, f"model {name!r} is not served here (this server serves {holder.name!r})")
         if holder.model is None:
-            return error(503, "the model is still loading" if holder.error is None else "the model failed to load")
+            return answer(503, "the model is still loading" if holder.error is None else "the model failed to load")
         return None
 
     @app.get("/v2/health/live")
@@ -136,6 +148,12 @@ def create_app(holder: ModelHolder, token: str | None = None, load_in_background
         if holder.model is None:
             return error(503, "the model is still loading" if holder.error is None else "the model failed to load")
         return JSONResponse({"ready": True})
+
+    if modality == "text":
+        from privevo.text.openai_server import add_routes
+
+        add_routes(app, holder, check, max_new_tokens)
+        return app
 
     @app.get("/v2")
     def server_metadata() -> dict[str, Any]:
@@ -184,19 +202,31 @@ def create_app(holder: ModelHolder, token: str | None = None, load_in_background
 # ------------------------------------------------------------------ command line
 
 
-def serve_config(kind: str, path: str, image_size: int | None, channels: int | None, overrides: dict[str, Any]) -> Config:
-    """An experiment config holding just the model to serve (the backends load ``from_config``)."""
+#: What serve says when asked for a model kind that is itself behind an API.
+LOCAL_KINDS = "a local model kind (ddpm_unet, stable_diffusion, hf_causal_lm)"
+
+
+def serve_config(kind: str, path: str, image_size: int | None, channels: int | None, overrides: dict[str, Any],
+                 text: dict[str, Any] | None = None) -> Config:
+    """An experiment config holding just the model to serve (the backends load ``from_config``); a text model kind
+    gives a ``modality: text`` config with ``text`` as its text section (threads, max_new_tokens)."""
     import json
     from pathlib import Path
 
     from privevo import model_store
-    from privevo.config import parse_config
+    from privevo.config import REMOTE_KINDS, parse_config
+    from privevo.text import TEXT_MODELS
 
-    if kind == "remote":
-        raise UserError("serve needs a local model kind (ddpm_unet, stable_diffusion), not remote")
+    if kind in REMOTE_KINDS:
+        raise UserError(f"serve needs {LOCAL_KINDS}, not {kind}")
     if model_store.is_remote(path) and not overrides.get("sha256"):
         raise UserError(f"--model-path {path} is on Cloud Storage, so it needs --sha256: the folder's digest "
                         f"(python -m privevo.model_store hash {path} prints it)")
+    common = {"name": "serve", "model": {"kind": kind, "path": path, **overrides},
+              "population": {"size": 1, "generations": 1, "degrees": 0.5}, "privacy": {"noise_multiplier": 1.0}}
+    if kind in TEXT_MODELS:
+        return parse_config({**common, "modality": "text", "private": {"source": "jsonl", "path": "unused.jsonl"},
+                             "text": text or {}}, source="serve")
     if image_size is None or channels is None:
         local = path
         if model_store.is_remote(path):  # copied into the model cache once, where loading finds it again
@@ -215,11 +245,22 @@ def serve_config(kind: str, path: str, image_size: int | None, channels: int | N
         if not isinstance(image_size, int) or channels not in (1, 3):
             raise UserError(f"cannot tell the image size and channels of the {kind} model at {path}: "
                             "pass --image-size and --channels")
-    data = {"name": "serve", "image_size": image_size, "channels": channels,
-            "private": {"source": "npz", "path": "unused.npz"},
-            "model": {"kind": kind, "path": path, **overrides},
-            "population": {"size": 1, "generations": 1, "degrees": 0.5}, "privacy": {"noise_multiplier": 1.0}}
-    return parse_config(data, source="serve")
+    return parse_config({**common, "image_size": image_size, "channels": channels,
+                         "private": {"source": "npz", "path": "unused.npz"}}, source="serve")
+
+
+def load_served_model(config: Config) -> Any:
+    """The local backend ``config.model`` names: an image :class:`FoundationModel` or a :class:`TextModel` (without
+    Aug-PE's prompts: the server completes the prompts clients send)."""
+    if config.modality == "text":
+        from privevo import registry
+        from privevo.text import TEXT_MODELS
+
+        text_model: TextModel = registry.registered_class(TEXT_MODELS, config.model.kind, "text model kind").from_config(config)
+        return text_model
+    from privevo.image.models import load_model
+
+    return load_model(config)
 
 
 def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name: str | None = None,
@@ -227,18 +268,20 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name:
     """Serve ``config.model`` until SIGTERM/SIGINT; 0 on a clean stop, 2 when the model cannot load."""
     import uvicorn
 
-    from privevo.image.models import load_model
+    from privevo.config import REMOTE_KINDS
 
-    if config.model.kind == "remote":
-        raise UserError("serve needs a local model kind (ddpm_unet, stable_diffusion), not remote")
+    if config.model.kind in REMOTE_KINDS:
+        raise UserError(f"serve needs {LOCAL_KINDS}, not {config.model.kind}")
     token = None
     if token_env:
         token = os.environ.get(token_env, "").strip()
         if not token:
             raise UserError(f"--token-env names {token_env}, which is not set or empty: export the token in it")
     name = model_name or config.model.kind
-    holder = ModelHolder(name, lambda: load_model(config))
-    app = create_app(holder, token)
+    holder = ModelHolder(name, lambda: load_served_model(config))
+    text = config.modality == "text"
+    max_new_tokens = config.text.max_new_tokens if config.text is not None else 64
+    app = create_app(holder, token, modality=config.modality, max_new_tokens=max_new_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=int(graceful_timeout)))
 
@@ -248,7 +291,8 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name:
             server.should_exit = True
 
     threading.Thread(target=stop_if_load_fails, daemon=True).start()
-    print(f"serving {config.model.kind} model {name!r} on http://{host}:{port} (KServe v2 protocol)", flush=True)
+    api = "OpenAI API, /v1/chat/completions" if text else "KServe v2 protocol"
+    print(f"serving {config.model.kind} model {name!r} on http://{host}:{port} ({api})", flush=True)
     server.run()
     if holder.error is not None:
         raise UserError(holder.error)
