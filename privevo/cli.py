@@ -413,7 +413,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a local model on the KServe v2 protocol (model.kind remote calls it) until SIGTERM/SIGINT."""
+    """Serve a local model until SIGTERM/SIGINT: images on the KServe v2 protocol (model.kind remote calls it),
+    texts on the OpenAI API (model.kind openai_compatible calls it)."""
     from privevo import serve
     from privevo.config import load_config
 
@@ -424,7 +425,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ("batch_size", args.batch_size), ("num_inference_steps", args.num_inference_steps),
             ("device", args.device), ("autocast", args.autocast), ("prompts", args.prompts), ("sha256", args.sha256))
             if value is not None}
-        config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options)
+        text = {key: value for key, value in (("threads", args.threads), ("max_new_tokens", args.max_new_tokens))
+                if value is not None}
+        config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options, text)
     else:
         raise UserError("serve needs --model-kind and --model-path (or --config CFG to serve its model section)")
     try:
@@ -639,9 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--run-root", default="runs")
     exp.set_defaults(func=cmd_export)
 
-    srv = commands.add_parser("serve", help="serve a local model on the KServe v2 protocol (for model.kind remote)")
+    srv = commands.add_parser("serve", help="serve a local model on the KServe v2 protocol (images, for model.kind "
+                                            "remote) or the OpenAI API (texts, for model.kind openai_compatible)")
     with_config(srv, required=False)
-    srv.add_argument("--model-kind", help="a local backend: ddpm_unet or stable_diffusion")
+    srv.add_argument("--model-kind", help="a local backend: ddpm_unet, stable_diffusion or hf_causal_lm")
     srv.add_argument("--model-path", help="the model folder, its gs:// prefix (with --sha256), or a hub name in the local cache")
     srv.add_argument("--sha256", help="the model folder's digest (model.sha256): required for gs://, checked before loading")
     srv.add_argument("--model-name", help="the name clients call it by (default: the kind)")
@@ -654,6 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--prompts", nargs="+", help="stable_diffusion: one prompt per class")
     srv.add_argument("--image-size", type=int, help="default: the model's own (ddpm_unet)")
     srv.add_argument("--channels", type=int, choices=(1, 3), help="default: the model's own (ddpm_unet)")
+    srv.add_argument("--threads", type=int, help="hf_causal_lm: torch threads (text.threads)")
+    srv.add_argument("--max-new-tokens", type=int, help="hf_causal_lm: a request's token limit when it names none")
     srv.add_argument("--token-env", help="require the bearer token held in this environment variable")
     srv.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to finish calls in flight on SIGTERM")
     srv.set_defaults(func=cmd_serve)

@@ -44,7 +44,8 @@ class DataConfig(_Strict):
 
 
 class RemoteConfig(_Strict):
-    """A foundation model behind an API (``model.kind: remote``): a KServe v2 / Open Inference Protocol server.
+    """A foundation model behind an API: a KServe v2 / Open Inference Protocol server (``model.kind: remote``,
+    images) or an OpenAI-compatible server (``model.kind: openai_compatible``, texts).
 
     The token is never part of a config: it is read from the environment variable ``token_env``
     or the file ``token_file`` (a mounted secret), and never logged or written.
@@ -62,6 +63,12 @@ class RemoteConfig(_Strict):
     token_file: str | None = Field(default=None, description="file (a mounted secret) holding a bearer token")
     price_per_image: float = Field(default=0.0, ge=0, description="for the call ledger's estimated cost")
     binary: bool = Field(default=True, description="binary tensor extension (False: JSON data lists)")
+    api: Literal["chat", "completions"] = Field(
+        default="chat", description="openai_compatible: /v1/chat/completions or /v1/completions (no chat template)")
+    tokens_per_minute: float | None = Field(default=None, gt=0, description="openai_compatible: client-side limit "
+                                                                            "on prompt plus completion tokens")
+    price_per_input_token: float = Field(default=0.0, ge=0, description="openai_compatible: per prompt token")
+    price_per_output_token: float = Field(default=0.0, ge=0, description="openai_compatible: per completion token")
 
     @field_validator("url")
     @classmethod
@@ -74,6 +81,8 @@ class RemoteConfig(_Strict):
         return url.rstrip("/")
 
 
+#: model.kind values of a model behind an API (model.remote): KServe v2 images, OpenAI-compatible texts.
+REMOTE_KINDS = ("remote", "openai_compatible")
 #: Per modality: its model.kind values and its embedding.name values (name -> "module:class"), plain strings, so
 #: checking a config imports no data-type code; the first of each is a non-image modality's default.
 MODEL_KINDS: dict[str, dict[str, str]] = {"image": MODEL_BACKENDS, "tabular": TABULAR_MODELS, "text": TEXT_MODELS}
@@ -139,12 +148,12 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _path_or_remote(self) -> ModelConfig:
-        if self.kind == "remote" and self.remote is None:
-            raise ValueError("kind remote needs model.remote with at least url (the server's base URL)")
+        if self.kind in REMOTE_KINDS and self.remote is None:
+            raise ValueError(f"kind {self.kind} needs model.remote with at least url (the server's base URL)")
         if self.kind == NULL_MODEL and not self.allow_null:
             raise ValueError("kind null returns random images, for benchmarks and tests: set model.allow_null: true "
                              "to run it")
-        if self.kind not in ("remote", *TABULAR_MODELS, NULL_MODEL) and self.path is None:
+        if self.kind not in (*REMOTE_KINDS, *TABULAR_MODELS, NULL_MODEL) and self.path is None:
             raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
         if self.path is not None and is_remote(self.path) and self.sha256 is None:
             raise ValueError(f"model.path {self.path} is on Cloud Storage, so it needs model.sha256 "
@@ -554,7 +563,7 @@ class Config(_Strict):
         if self.population.conditional and not self.class_names:
             raise ValueError("population.conditional needs class_names")
         token_file = self.model.remote.token_file if self.model.remote is not None else None
-        if self.kubernetes.model_token_secret and not (self.model.kind == "remote" and token_file
+        if self.kubernetes.model_token_secret and not (self.model.kind in REMOTE_KINDS and token_file
                                                        and token_file.startswith("/")):
             raise ValueError("kubernetes.model_token_secret needs model.kind remote and an absolute "
                              "model.remote.token_file (where the secret's file is mounted)")

@@ -210,7 +210,8 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "private.path", "model.path", "model.sha256", "model.device", "model.batch_size", "model.remote.url",
     "model.remote.timeout_s", "model.remote.max_concurrency", "model.remote.requests_per_minute",
     "model.remote.max_retries", "model.remote.backoff_s", "model.remote.max_backoff_s", "model.remote.token_env",
-    "model.remote.token_file", "model.remote.price_per_image", "embedding.device", "embedding.batch_size",
+    "model.remote.token_file", "model.remote.price_per_image", "model.remote.tokens_per_minute",
+    "model.remote.price_per_input_token", "model.remote.price_per_output_token", "embedding.device", "embedding.batch_size",
     "evaluation", "kubernetes",
 )
 

@@ -18,6 +18,7 @@ from typing import Any
 #: model.kind values of modality text -> "module:class" of the backend (a :class:`privevo.text.backends.TextModel`).
 TEXT_MODELS: dict[str, str] = {
     "hf_causal_lm": "privevo.text.backends:HfCausalLM",
+    "openai_compatible": "privevo.text.openai_compatible:OpenAICompatible",
 }
 
 #: embedding.name values of modality text -> "module:class": the sentence encoder at ``text.embedding_path``.
