@@ -131,6 +131,11 @@ class ModelConfig(_Strict):
     disable_safety_checker: bool = True
     allow_null: bool = Field(default=False, description="allow kind null (random images, for benchmarks and tests)")
 
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _yaml_null_kind(cls, kind: Any) -> Any:
+        return NULL_MODEL if kind is None else kind  # YAML reads an unquoted `null` as None
+
     @field_validator("kind")
     @classmethod
     def _registered_kind(cls, kind: str, info: ValidationInfo) -> str:
@@ -170,6 +175,11 @@ class EmbeddingConfig(_Strict):
     batch_size: int = Field(default=256, ge=1)
     device: str = "auto"
     dim: int = Field(default=2048, ge=1, description="name null: the dimension of its seeded vectors")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _yaml_null_name(cls, name: Any) -> Any:
+        return NULL_MODEL if name is None else name  # YAML reads an unquoted `null` as None
 
     @field_validator("name")
     @classmethod
