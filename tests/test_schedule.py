@@ -35,7 +35,7 @@ def test_phases_fill_in_the_flat_keys_and_must_last_t_generations() -> None:
     assert [config.population.candidates(g) for g in range(4)] == [60, 180, 240, 240]
     assert config.population.phase(1, config.privacy).selection == config.privacy.selection
     data["population"]["schedule"] = [{"generations": 2}]
-    with pytest.raises(UserError, match="population.schedule's phases last 2 generations but generations is 3"):
+    with pytest.raises(UserError, match=r"population\.schedule's phases last 2 generations but generations is 3"):
         parse_config(data)
 
 
