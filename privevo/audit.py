@@ -216,7 +216,7 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
         stored = storage.read_npz(run.layout.private_embeddings)
         embeddings = stored["embeddings"].astype(np.float32)
         private_rows |= row_hashes(embeddings[stored["real"]] if "real" in stored else embeddings)  # not the padding
-        private_rows |= modality.leak_fingerprints(load_private_set(run, "audit").samples)
+        private_rows |= modality.leak_fingerprints(run.config, load_private_set(run, "audit").samples)
     except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
         report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")
         private_rows, private_hashes = set(), set()
@@ -236,7 +236,7 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
         if uri.endswith(modality.population_suffix) and modality.population_suffix != ".npz":  # read as arrays below
             population = modality.decode_population(data, name)
             if private_rows and not report.check("no private data in released files",
-                                                 not (modality.leak_fingerprints(population.samples) & private_rows),
+                                                 not (modality.leak_fingerprints(run.config, population.samples) & private_rows),
                                                  f"{name} contains a private record"):
                 return
         if not uri.endswith(".npz"):

@@ -1,5 +1,6 @@
 """Export a run's synthetic set in one of its modality's formats (images: PNG files in the Hugging Face
-``imagefolder`` layout, or one ``.npz``), with the run's privacy statement beside them.
+``imagefolder`` layout, or one ``.npz``; tables: ``synthetic.csv`` or ``synthetic.parquet``; texts: JSON Lines or
+CSV), with the run's privacy statement beside them.
 
 The exported samples are a generation's population as the run released it (DP by post-processing);
 the statement (``privacy.json``) holds only the run's config and its ledger: whether it is private, epsilon, delta, the
@@ -82,7 +83,8 @@ def export_run(run: Run, to: str | os.PathLike[str], generation: int = -1, expor
     formats = run.modality.export_formats
     export_format = export_format or formats[0]
     if export_format not in formats:
-        raise UserError(f"unknown export format {export_format!r}: use {' or '.join(formats)}")
+        raise UserError(f"unknown export format {export_format!r} for a {run.modality.name} run: use "
+                        f"{' or '.join(formats)}")
     target = Path(to)
     if "://" in os.fspath(to):
         raise UserError(f"--to {to} must be a local folder")

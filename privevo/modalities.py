@@ -157,9 +157,9 @@ class Modality(abc.ABC):
     def describe_release(self, run: Run, count: int) -> str:
         """What ``count`` exported samples are, e.g. "12 synthetic 28x28 images" (for the privacy statement)."""
 
-    def leak_fingerprints(self, samples: np.ndarray) -> set[str]:
-        """Fingerprints of private samples (one per sample) that the audit looks for in released arrays and decoded
-        populations. Default: :func:`row_hashes` (exact copies of a sample's bytes)."""
+    def leak_fingerprints(self, config: Config, samples: np.ndarray) -> set[str]:
+        """Fingerprints of private samples (at most one per sample) that the audit looks for in released arrays and
+        decoded populations of a run of ``config``. Default: :func:`row_hashes` (exact copies of a sample's bytes)."""
         return row_hashes(samples)
 
 

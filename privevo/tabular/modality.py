@@ -8,9 +8,11 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from privevo import registry, storage
 from privevo.errors import UserError
-from privevo.modalities import Modality, SampleSet, Scores
+from privevo.modalities import Modality, SampleSet, Scores, row_hashes
 from privevo.population import Population
 from privevo.tabular import TABULAR_EMBEDDINGS, TABULAR_MODELS, table_io
 from privevo.tabular.schema import Schema, SchemaSpec, load_schema_spec
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 HISTOGRAMS_PNG = "table_histograms.png"
 EXPORT_FILES = {"csv": "synthetic.csv", "parquet": "synthetic.parquet"}
+#: A numeric column of at least this many declared values holds distinctive values (see
+#: :meth:`TabularModality.leak_fingerprints`): a chance match of one is unlikely.
+DISTINCTIVE_VALUES = 1000
 #: The final row's utility scalars (the KFP UI's final metrics) -> (trained on, measure) in its ``utility``.
 UTILITY_KEYS = {"downstream_accuracy": ("synthetic", "accuracy"), "downstream_roc_auc": ("synthetic", "roc_auc"),
                 "real_rows_accuracy": ("real", "accuracy"), "real_rows_roc_auc": ("real", "roc_auc")}
@@ -176,6 +181,27 @@ class TabularModality(Modality):
     def describe_release(self, run: Run, count: int) -> str:
         """e.g. "1000 synthetic rows of 15 columns"."""
         return f"{count} synthetic rows of {len(config_schema(run.config).columns)} columns"
+
+    def leak_fingerprints(self, config: Config, samples: np.ndarray) -> set[str]:
+        """Row hashes (:func:`~privevo.modalities.row_hashes`) of the rows that chance would hardly reproduce: those
+        with at least one distinctive value.
+
+        Good synthetic data reproduces the frequent rows of a table with a small domain: where a row's values are all
+        categories, narrow integers (an age, hours per week) or declared atoms (a capital gain of 0), a synthetic row
+        equal to a private one is expected of a sound run and is no copy, so the audit cannot hold it against the run.
+        A value is distinctive when its column is a float or an integer of at least :data:`DISTINCTIVE_VALUES`
+        declared values (fnlwgt) and it is none of the column's atoms. A copied private record matches on every
+        column, its distinctive values included, so the audit still finds a copy of every row that has one; rows
+        without one are not checked (the DP vote protects them, as it protects every row).
+        """
+        schema = config_schema(config)
+        distinctive = np.zeros(len(samples), dtype=bool)
+        for j, column in enumerate(schema.columns):
+            wide = column.type == "float" or (column.type == "integer"
+                                              and float(column.max) - float(column.min) + 1 >= DISTINCTIVE_VALUES)  # type: ignore[arg-type]
+            if wide:
+                distinctive |= ~np.isin(samples[:, j], np.asarray(column.atoms, dtype=samples.dtype))
+        return row_hashes(samples[distinctive]) if distinctive.any() else set()
 
 
 def _score(run: Run, real: SampleSet | None, last: int, log_rows: bool) -> Scores:

@@ -165,7 +165,7 @@ class TextModality(Modality):
         """e.g. "250 synthetic texts"."""
         return f"{count} synthetic texts"
 
-    def leak_fingerprints(self, samples: np.ndarray) -> set[str]:
+    def leak_fingerprints(self, config: Config, samples: np.ndarray) -> set[str]:
         """The SHA-256 of each text after whitespace cleaning (a released copy of a private text, spacing aside)."""
         return {hashlib.sha256(clean(str(t)).encode()).hexdigest() for t in samples}
 
