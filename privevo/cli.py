@@ -404,7 +404,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """Write a generation's synthetic images (imagefolder PNGs or one npz) and the run's privacy statement to a new folder."""
+    """Write a generation's synthetic samples in one of its modality's formats and the run's privacy statement to a
+    new folder."""
     from privevo.export import export_run
     from privevo.run_record import Run
 
@@ -633,12 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--run-root", default="runs")
     rep.set_defaults(func=cmd_report)
 
-    exp = commands.add_parser("export", help="write a generation's synthetic images and the run's privacy statement")
+    exp = commands.add_parser("export", help="write a generation's synthetic samples and the run's privacy statement")
     exp.add_argument("run", metavar="RUN", help="a run id under --run-root, or the run path `run` printed (local or gs://)")
     exp.add_argument("--to", required=True, metavar="DIR", help="a new or empty local folder")
     exp.add_argument("--generation", type=int, default=-1, help="which generation (default: the last)")
-    exp.add_argument("--format", choices=("imagefolder", "npz"), default="imagefolder",
-                     help="PNG files and metadata.csv (Hugging Face imagefolder), or one synthetic.npz")
+    exp.add_argument("--format", help="one of the run's modality's formats (default: its first): images imagefolder "
+                                      "(PNG files and metadata.csv) or npz, tables csv or parquet, texts jsonl or csv")
     exp.add_argument("--run-root", default="runs")
     exp.set_defaults(func=cmd_export)
 
