@@ -2,7 +2,9 @@
 
 Every server listens on 127.0.0.1 only. ``served`` is the real command line (a subprocess);
 fault tests put the real application (``privevo.serve.create_app``) behind a small ASGI
-wrapper that answers 429/500/slowly/malformed for the requests a test plans.
+wrapper that answers 429/500/slowly/malformed for the requests a test plans. The harness
+(:func:`launch`, :func:`stop`, :class:`Faults`, :func:`in_process_server`, :func:`bind`) serves
+the text backend's tests too (tests/test_text_remote.py).
 
 The servers run the shipped Fashion-MNIST model at 3 DDIM steps: a trained model's samples
 move at most one grey level when another process, thread count or batch size reorders its
@@ -47,10 +49,15 @@ STEPS = 3
 
 def start_serve(*extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``pipeline.py serve`` with the shipped model (:data:`STEPS` DDIM steps, float32) on a free loopback port."""
+    return launch(["--model-kind", "ddpm_unet", "--model-path", MODEL, "--num-inference-steps", str(STEPS),
+                   "--autocast", "off", *extra], env)
+
+
+def launch(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``pipeline.py serve ARGS`` on a free loopback port, once it is ready."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "pipeline.py", "serve", "--model-kind", "ddpm_unet", "--model-path", MODEL, "--port", str(port),
-         "--num-inference-steps", str(STEPS), "--autocast", "off", *extra],
+        [sys.executable, "pipeline.py", "serve", "--port", str(port), *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
@@ -91,28 +98,35 @@ def served() -> Iterator[str]:
     assert proc.returncode in (0, -signal.SIGTERM), output
 
 
+#: The answers of the planned faults (besides "slow": an answer after 2.5 s) to a model call.
+FAULT_ANSWERS: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = {
+    "429": (429, [(b"retry-after", b"2")], b'{"error": "slow down"}'),
+    "500": (500, [], b'{"error": "boom"}'),
+    "malformed": (200, [], b'{"model_name": "ddpm_unet", "outputs": [{"name": "ima'),
+    "wrong_shape": (200, [], json.dumps({"outputs": [{"name": "images", "shape": [1, 28, 28, 1],
+                                                      "datatype": "UINT8", "data": [0] * 784}]}).encode()),
+}
+
+
 @dataclass
 class Faults:
-    """An ASGI wrapper that answers the planned faults, one per infer request, then passes requests on."""
+    """An ASGI wrapper that answers the planned faults, one per model call (a path ending in ``call_suffix``), then
+    passes requests on."""
 
     app: object
     plan: list[str] = field(default_factory=list)
     infer_requests: int = 0
+    call_suffix: str = "/infer"
+    answers: dict[str, tuple[int, list[tuple[bytes, bytes]], bytes]] = field(default_factory=lambda: FAULT_ANSWERS)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/infer"):
+        if scope["type"] == "http" and scope["path"].endswith(self.call_suffix):
             self.infer_requests += 1
             fault = self.plan.pop(0) if self.plan else None
             if fault == "slow":
                 await asyncio.sleep(2.5)
             elif fault is not None:
-                status, headers, body = {
-                    "429": (429, [(b"retry-after", b"2")], b'{"error": "slow down"}'),
-                    "500": (500, [], b'{"error": "boom"}'),
-                    "malformed": (200, [], b'{"model_name": "ddpm_unet", "outputs": [{"name": "ima'),
-                    "wrong_shape": (200, [], json.dumps({"outputs": [{"name": "images", "shape": [1, 28, 28, 1],
-                                                                      "datatype": "UINT8", "data": [0] * 784}]}).encode()),
-                }[fault]
+                status, headers, body = self.answers[fault]
                 await send({"type": "http.response.start", "status": status,
                             "headers": [(b"content-type", b"application/json"), *headers]})
                 await send({"type": "http.response.body", "body": body})
@@ -127,13 +141,13 @@ class InProcessServer:
 
 
 @contextlib.contextmanager
-def in_process_server(holder, token: str | None = None) -> Iterator[InProcessServer]:
+def in_process_server(holder, token: str | None = None, modality: str = "image", **faults_options) -> Iterator[InProcessServer]:
     """The real application (``create_app``) in a uvicorn thread on a free loopback port, behind :class:`Faults`."""
     import uvicorn
 
     from privevo.serve import create_app
 
-    faults = Faults(create_app(holder, token, load_in_background=False))
+    faults = Faults(create_app(holder, token, load_in_background=False, modality=modality), **faults_options)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(faults, host="127.0.0.1", port=port, log_level="error"))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, daemon=True)
