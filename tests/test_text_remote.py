@@ -314,3 +314,27 @@ def test_tiny_text_run_through_the_api_is_the_in_process_run(fault_server: InPro
     assert sum(ledger["texts"] for ledger in ledgers) >= (generations + 1) * load_config(CONFIG).population.size
     assert not any(Path(local.run.layout.calls_dir(g)).exists() for g in range(generations + 1))
     assert np.isclose(sum(ledger["estimated_cost"] for ledger in ledgers), 0.5 * sum(ledger["tokens_in"] for ledger in ledgers))
+
+
+# ------------------------------------------------------------------ the cluster's text server
+
+
+def test_kserve_text_manifest_serves_a_bucket_model_on_the_hugging_face_runtime() -> None:
+    """manifests/serving/kserve-text: the Hugging Face runtime (Standard mode, the public account) reads the model
+    from a bucket; the URL its comments give the steps is the predictor Service's OpenAI prefix."""
+    from tests.test_serving_manifests import NAMESPACE, PUBLIC_SA, SERVING, render
+
+    (service,) = render(SERVING / "kserve-text")
+    assert (service["apiVersion"], service["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    predictor = service["spec"]["predictor"]
+    assert predictor["serviceAccountName"] == PUBLIC_SA
+    model = predictor["model"]
+    assert model["modelFormat"]["name"] == "huggingface" and model["storageUri"].startswith("gs://")
+    (model_name,) = [arg.split("=", 1)[1] for arg in model["args"] if arg.startswith("--model_name=")]
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert namespace == NAMESPACE
+    url = f"http://{name}-predictor.{namespace}.svc.cluster.local/openai"
+    comments = (SERVING / "kserve-text" / "kustomization.yaml").read_text()
+    assert url in comments and f"model_name {model_name}" in comments
+    RemoteConfig(url=url, model_name=model_name)  # a valid model.remote
