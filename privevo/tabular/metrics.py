@@ -152,6 +152,8 @@ def histograms_png(schema: Schema, synthetic: np.ndarray, reference: np.ndarray)
         axis.bar(cells - 0.2, np.bincount(a[:, j], minlength=sizes[j]) / max(len(a), 1), 0.4, label="synthetic")
         axis.bar(cells + 0.2, np.bincount(b[:, j], minlength=sizes[j]) / max(len(b), 1), 0.4, label="reference")
         axis.set_title(column.name + ("" if column.type == "categorical" else " (deciles of reference)"), fontsize=8)
+        labels = column.categories if column.type == "categorical" else [str(c + 1) for c in cells]
+        axis.set_xticks(cells, labels, rotation=90 if column.type == "categorical" else 0)
         axis.tick_params(labelsize=6)
     for j in range(columns, rows * width):
         axes[j // width][j % width].axis("off")
