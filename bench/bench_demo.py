@@ -488,9 +488,19 @@ def compare_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("image_steps", "images"):
         if without[key] and with_[key] and without[key]["mean"]:
             saved[key] = round(1 - with_[key]["mean"] / without[key]["mean"], 4)
+    verdict, overall = not_worse(with_, without)
+    return {"settings": settings, "saved_fraction": saved, "verdict": verdict, "rule": NOT_WORSE_RULE,
+            "not_worse": overall}
+
+
+def not_worse(candidate: dict[str, Any], baseline: dict[str, Any]) -> tuple[dict[str, Any], bool | None]:
+    """The rule on FD and class TV (lower is better): the candidate's mean <= the baseline's + the larger sample std.
+
+    ``candidate`` and ``baseline`` map each metric to its :func:`spread` (None where not measured). Returns the
+    verdict per metric and overall (None when a metric was not measured)."""
     verdict: dict[str, Any] = {}
     for metric in ("fd", "class_tv"):
-        a, b = with_[metric], without[metric]
+        a, b = candidate[metric], baseline[metric]
         if a is None or b is None:
             verdict[metric] = None
             continue
@@ -498,8 +508,7 @@ def compare_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
         verdict[metric] = {"mean_with": a["mean"], "mean_without": b["mean"], "bound": round(bound, 4),
                            "not_worse": a["mean"] <= bound}
     known = [v["not_worse"] for v in verdict.values() if v is not None]
-    return {"settings": settings, "saved_fraction": saved, "verdict": verdict, "rule": NOT_WORSE_RULE,
-            "not_worse": all(known) if len(known) == len(verdict) else None}
+    return verdict, all(known) if len(known) == len(verdict) else None
 
 
 def print_seed_runs(rows: list[dict[str, Any]], reuse: dict[str, Any]) -> None:

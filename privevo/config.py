@@ -119,7 +119,14 @@ class ModelConfig(_Strict):
                                   "required for a gs:// path",
     )
     remote: RemoteConfig | None = Field(default=None, description="the server, for kind remote")
-    num_inference_steps: int = Field(default=25, ge=1)
+    num_inference_steps: int = Field(
+        default=25, ge=1, description="sampler steps of a full denoise (the random API); a variation at degree d runs "
+                                      "int(d * num_inference_steps) of them (SDEdit)",
+    )
+    scheduler: Literal["ddim", "dpm_solver", "unipc"] = Field(
+        default="ddim", description="the ddpm_unet sampler: ddim (eta 0), dpm_solver (DPM-Solver++ 2M) or unipc; "
+                                    "all deterministic given each sample's initial noise",
+    )
     batch_size: int = Field(default=64, ge=1)
     device: str = "auto"
     autocast: Literal["auto", "off", "bfloat16", "float16"] = Field(

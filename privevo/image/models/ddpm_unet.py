@@ -1,7 +1,13 @@
-"""The ``ddpm_unet`` backend: a diffusers UNet2DModel with DDIM sampling and SDEdit variations.
+"""The ``ddpm_unet`` backend: a diffusers UNet2DModel with a deterministic sampler and SDEdit variations.
 
 Loads the layout ``DDPMPipeline.save_pretrained`` writes (model_index.json, unet/, scheduler/);
 the UNet may be unconditional or class-conditional (``num_class_embeds``).
+
+Samplers (``model.scheduler``): ``ddim`` (eta 0), ``dpm_solver`` (DPM-Solver++ 2M) and ``unipc``
+(UniPC, order 2), all deterministic given the initial noise, which each sample draws from its own
+generator. Steps per degree: ``model.num_inference_steps`` steps make a full denoise (the random
+API, degree 1); a variation at degree d noises to the d-th fraction of that schedule and runs its
+last ``int(d * num_inference_steps)`` steps back (SDEdit).
 """
 
 from typing import TYPE_CHECKING, Any, Self
@@ -42,8 +48,30 @@ def unet_memory_format(device: torch.device, compute_dtype: torch.dtype) -> torc
     return torch.contiguous_format
 
 
+#: model.scheduler -> the diffusers scheduler class it names (each built from the model's scheduler config).
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "dpm_solver": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def make_scheduler(name: str, scheduler_config: dict[str, Any]) -> Any:
+    """The sampler ``name`` (a key of :data:`SCHEDULERS`) with the model's noise schedule; others are UserErrors."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise UserError(f"unknown model.scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[name]).from_config(scheduler_config)
+
+
+def variation_steps(num_inference_steps: int, degree: float) -> int:
+    """Steps back of an SDEdit variation at ``degree`` (0..1): its share of a full denoise, rounded down."""
+    return min(int(num_inference_steps * degree), num_inference_steps)
+
+
 class DDPMUNetModel(FoundationModel):
-    """A diffusers UNet2DModel: DDIM sampling for random, SDEdit (noise then DDIM back) for variation."""
+    """A diffusers UNet2DModel: sampling for random, SDEdit (noise, then the sampler back) for variation."""
 
     def __init__(
         self,
@@ -55,9 +83,8 @@ class DDPMUNetModel(FoundationModel):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         autocast: str = "auto",
+        scheduler: str = "ddim",
     ) -> None:
-        from diffusers import DDIMScheduler
-
         check_sampling_options(num_inference_steps, batch_size)
         self.device = runtime.resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -66,7 +93,8 @@ class DDPMUNetModel(FoundationModel):
         self.unet = unet.to(self.device, memory_format=self.memory_format).eval()
         if self.unet.dtype != self.dtype:
             self.unet.to(self.dtype)
-        self.scheduler = DDIMScheduler.from_config(scheduler_config)
+        self.scheduler = make_scheduler(scheduler, scheduler_config)
+        self.scheduler_name = scheduler
         self.scheduler.set_timesteps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
         self.batch_size = batch_size
@@ -82,7 +110,7 @@ class DDPMUNetModel(FoundationModel):
         assert m.path is not None  # the config requires a path for in-process kinds
         return cls.from_pretrained(
             m.path, num_inference_steps=m.num_inference_steps, batch_size=m.batch_size, device=m.device,
-            image_size=config.image_size, autocast=m.autocast, sha256=m.sha256,
+            image_size=config.image_size, autocast=m.autocast, sha256=m.sha256, scheduler=m.scheduler,
         )
 
     @classmethod
@@ -96,6 +124,7 @@ class DDPMUNetModel(FoundationModel):
         image_size: int | None = None,
         autocast: str = "auto",
         sha256: str | None = None,
+        scheduler: str = "ddim",
     ) -> Self:
         """Load a ``DDPMPipeline.save_pretrained`` folder (unet/ and scheduler/), offline."""
         from diffusers import DDPMScheduler, UNet2DModel
@@ -117,7 +146,9 @@ class DDPMUNetModel(FoundationModel):
                 f"image_size {image_size} does not match the model's resolution {sample_size} ({name_or_path}): "
                 f"set image_size to {sample_size} or use a model trained at {image_size}"
             )
-        return cls(unet, scheduler_config, str(name_or_path), num_inference_steps, batch_size, device, dtype, autocast)
+        return cls(
+            unet, scheduler_config, str(name_or_path), num_inference_steps, batch_size, device, dtype, autocast, scheduler
+        )
 
     def _noise(self, generators: list[torch.Generator]) -> torch.Tensor:
         """Per-sample standard normal noise, drawn on the CPU then moved to the model."""
@@ -125,13 +156,21 @@ class DDPMUNetModel(FoundationModel):
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         return noise.to(self.device, self.dtype)
 
+    def _timesteps(self, steps: int) -> torch.Tensor:
+        """The last ``steps`` timesteps of the schedule, with a multistep solver's history cleared for a new batch."""
+        self.scheduler.set_timesteps(self.num_inference_steps)  # resets a multistep solver's previous outputs
+        start = self.num_inference_steps - steps
+        if hasattr(self.scheduler, "set_begin_index"):  # a solver that counts its steps starts at the tail
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:]
+
     @torch.inference_mode()
     def _denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Deterministic DDIM (eta 0) from ``x`` at ``timesteps[0]`` down to a clean sample."""
+        """The deterministic sampler from ``x`` at ``timesteps[0]`` down to a clean sample."""
         x = x.contiguous(memory_format=self.memory_format)
         for t in timesteps:
             eps = self.unet(x, t.to(self.device), class_labels=labels).sample.to(x.dtype)
-            x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+            x = self.scheduler.step(eps, t, x).prev_sample  # DDIM's eta defaults to 0
         return x
 
     def _class_labels(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> torch.Tensor | None:
@@ -144,18 +183,19 @@ class DDPMUNetModel(FoundationModel):
 
     def _random_batch(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
         class_labels = self._class_labels(labels, generators)
+        timesteps = self._timesteps(self.num_inference_steps)
         x = self._noise(generators) * self.scheduler.init_noise_sigma
-        return tensor_to_images(self._denoise(x, self.scheduler.timesteps, class_labels))
+        return tensor_to_images(self._denoise(x, timesteps, class_labels))
 
     def _variation_batch(
         self, images: np.ndarray, degree: float, labels: np.ndarray | None, generators: list[torch.Generator]
     ) -> np.ndarray:
         if self.num_classes is not None and labels is None:
             raise UserError(f"model {self.name} is class-conditional: pass the labels of the images to vary")
-        steps = min(int(self.num_inference_steps * degree), self.num_inference_steps)
+        steps = variation_steps(self.num_inference_steps, degree)
         if steps == 0:
             return images.copy()
-        timesteps = self.scheduler.timesteps[self.num_inference_steps - steps :]
+        timesteps = self._timesteps(steps)
         noise = self._noise(generators)
         x0 = images_to_tensor(images).to(self.device, self.dtype)
         x = self.scheduler.add_noise(x0, noise, timesteps[:1])
