@@ -225,3 +225,25 @@ def test_docker_runner_errors_are_one_line(tmp_path, run_cli):
                      env={"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"})
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: no Docker daemon answers: ")
+
+
+@pytest.mark.slow
+def test_docker_tabular_run_passes_the_audit_and_exports_csv(tmp_path, run_cli):
+    """configs/tiny-tabular.yaml through `run --runner docker` (pyarrow and scikit-learn in the image), its private
+    table in a folder of its own: the audit passes and the export writes the CSV."""
+    _docker_or_skip()
+    private_data = tmp_path / "private-data"
+    private_data.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "tiny-tabular" / "private.csv", private_data / "private.csv")
+    result = run_cli("run", "--config", "configs/tiny-tabular.yaml", "--run-root", str(tmp_path / "runs"),
+                     "--set", f"private_root={tmp_path / 'private'}", "--pipeline-root", str(tmp_path / "kfp"),
+                     "--set", f"private.path={private_data / 'private.csv'}", "--run-id", "tab-docker",
+                     "--runner", "docker")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    containers = (tmp_path / "kfp" / "tab-docker.containers.jsonl").read_text().splitlines()
+    assert {json.loads(line)["step"] for line in containers} >= PRIVATE_STEPS | {"evaluate"}
+    result = run_cli("audit", "tab-docker", "--run-root", str(tmp_path / "runs"))
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "audit: OK", result.stdout[-3000:]
+    result = run_cli("export", "tab-docker", "--run-root", str(tmp_path / "runs"), "--to", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "synthetic.csv").read_text().splitlines()[0] == "age,job,hours,score,income"
