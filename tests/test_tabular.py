@@ -130,9 +130,11 @@ def test_mutation_rates_decay_from_init_to_final() -> None:
 
 
 def test_embedding_scales_by_public_bounds_and_weights_categories() -> None:
-    features = TabularEmbedding(schema(), categorical_weight=0.5).embed(np.array([[17.0, 3, 1000, 1]]))
-    assert features.dtype == np.float32
-    assert features.tolist() == [[0.0, 0, 0, 0, 0.5, 1.0, 0, 0.5]]
+    embedding = TabularEmbedding(schema(), categorical_weight=0.5)
+    features = embedding.embed(np.array([[17.0, 3, 1000, 1], [90.0, 0, 0, 0]]))
+    assert features.dtype == np.float32 and embedding.dim == 9
+    # age, job one-hot, gain scaled, gain at its atom 0 (weighted like a category), income one-hot
+    assert features.tolist() == [[0.0, 0, 0, 0, 0.5, 1.0, 0, 0, 0.5], [1.0, 0.5, 0, 0, 0, 0.0, 0.5, 0.5, 0]]
 
 
 def test_population_file_round_trip() -> None:

@@ -3,8 +3,11 @@
 A numeric value x of a column with bounds [min, max] becomes (x - min) / (max - min) in [0, 1];
 a categorical value becomes a one-hot vector over its declared categories scaled by
 ``categorical_weight`` (Tab-PE's 1/3, so that a category change weighs about as much as a
-third of a numeric column's range). Only the schema's public domain is used. The vote then
-runs the shared exact L2 nearest-neighbour search on these rows.
+third of a numeric column's range). A numeric column with declared atoms (``atoms: [0]``) adds one
+indicator per atom, ``categorical_weight`` where the value is that atom: a point mass such as
+``capital_gain = 0`` is then as visible to the vote as a category, where the scaled value alone
+tells 0 from 500 by 0.005. Only the schema's public domain is used. The vote then runs the
+shared exact L2 nearest-neighbour search on these rows.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class TabularEmbedding:
             raise UserError(f"tabular.categorical_weight must be positive, got {categorical_weight}")
         self.schema = schema
         self.categorical_weight = categorical_weight
-        self.dim = sum(len(c.categories or []) if c.type == "categorical" else 1 for c in schema.columns)
+        self.dim = sum(len(c.categories or []) if c.type == "categorical" else 1 + len(c.atoms) for c in schema.columns)
 
     def embed(self, samples: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
         """Features of ``samples`` as float32 (N, dim); ``batch_size`` and ``progress`` are accepted for the
@@ -46,6 +49,9 @@ class TabularEmbedding:
             else:
                 assert column.min is not None and column.max is not None
                 parts.append(((values - column.min) / (column.max - column.min)).astype(np.float32)[:, None])
+                if column.atoms:
+                    at_atom = values[:, None] == np.asarray(column.atoms, dtype=np.float64)[None, :]
+                    parts.append(at_atom.astype(np.float32) * np.float32(self.categorical_weight))
         if not parts:
             return np.zeros((len(samples), 0), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
