@@ -582,8 +582,9 @@ class Config(_Strict):
         token_file = self.model.remote.token_file if self.model.remote is not None else None
         if self.kubernetes.model_token_secret and not (self.model.kind in REMOTE_KINDS and token_file
                                                        and token_file.startswith("/")):
-            raise ValueError("kubernetes.model_token_secret needs model.kind remote and an absolute "
-                             "model.remote.token_file (where the secret's file is mounted)")
+            raise ValueError(f"kubernetes.model_token_secret needs a model behind an API (model.kind "
+                             f"{' or '.join(REMOTE_KINDS)}) and an absolute model.remote.token_file (where the "
+                             "secret's file is mounted)")
         pvc = self.kubernetes.model_pvc
         if pvc and not (self.model.path or "").startswith(pvc.mount_path + "/"):
             raise ValueError(f"kubernetes.model_pvc is mounted at {pvc.mount_path}: set model.path to the model's "
