@@ -17,7 +17,7 @@ from privevo.data_quality import DataQuality
 from privevo.errors import UserError
 from privevo.population import Population
 from privevo.text import text_io
-from privevo.text.augpe import AugPE
+from privevo.text.augpe import AugPE, tidy
 from privevo.text.backends import Request, TextModel
 from privevo.text.data import load_texts, split_bucket
 
@@ -126,8 +126,8 @@ def _augpe(**variation: Any) -> tuple[AugPE, _Echo]:
 
 def test_augpe_requests_are_per_sample_and_continuation_keeps_a_prefix() -> None:
     model, echo = _augpe()
-    whole = [model.random_request(label, 5, i) for i, label in enumerate([0, 1, 1, 0])]
-    assert [model.random_request(label, 5, 2 + i) for i, label in enumerate([1, 0])] == whole[2:]  # a shard's share
+    whole = [model.random_request(label, 5, i)[0] for i, label in enumerate([0, 1, 1, 0])]
+    assert [model.random_request(label, 5, 2 + i)[0] for i, label in enumerate([1, 0])] == whole[2:]  # a shard's share
     assert whole[0].prompt == "A joke on cats, 10 words." and whole[1].prompt in {"A joke on code, 10 words.",
                                                                                    "A joke on bugs, 10 words."}
     assert all(r.max_new_tokens == 24 for r in whole)  # the {words} slot caps the tokens: 1.6 x 10 + 8
@@ -138,6 +138,15 @@ def test_augpe_requests_are_per_sample_and_continuation_keeps_a_prefix() -> None
     model, echo = _augpe(kinds={"fill_blanks": 1.0})
     model.variation(text_io.as_texts([parent]), 1.0, seed=1)
     assert echo.requests[-1].prompt.endswith("\n" + " ".join(["_"] * 10))
+
+
+def test_tidy_drops_a_preamble_and_cuts_long_answers_at_a_sentence_end() -> None:
+    assert tidy('Sure, here is a joke:\n "Bugs  bite."', 10) == '"Bugs bite."'
+    assert tidy("Here is my answer to that", 10) == "Here is my answer to that"  # no colon: no preamble
+    long = "One two three four five six. Seven eight nine ten eleven twelve thirteen fourteen"
+    assert tidy(long, 8) == "One two three four five six."  # 11 words at most, back to the sentence end
+    assert tidy(long, 3) == "One two three four"  # no sentence end in the second half of the cut
+    assert tidy(long, None) == long
 
 
 def test_augpe_refuses_templates_without_public_values() -> None:

@@ -15,6 +15,12 @@ plays the part of the image SDEdit strength:
   let the model write the rest; the child is that prefix followed by the model's words;
 - ``fill_blanks``: replace each word by ``_`` with probability d and let the model fill them in.
 
+Length control: small chat models overshoot the length they are asked for, so an answer longer
+than ``LENGTH_SLACK`` x its target words (the ``{words}`` slot of a random prompt, the target of
+a variation) is cut there, back to its last sentence end where that keeps at least half of it.
+A chat preamble ("Sure, here is a joke:") before the answer is dropped. Both act on synthetic
+texts only.
+
 A prompt holds only the config's public template values and synthetic samples (the parents are
 the previous generation's synthetic texts): nothing private reaches the model. Each sample's
 choices and its sampling seed come from its own generator, seeded by (seed, first_index + i,
@@ -24,6 +30,7 @@ API), so shards of one call make the same requests as the whole call.
 from __future__ import annotations
 
 import math
+import re
 import string
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +49,20 @@ Labels = np.ndarray | int | None
 _RANDOM, _VARIATION = 0, 1  # the API's tag in each sample's seed
 TOKENS_PER_WORD = 1.6
 VARIATION_FIELDS = {"text", "words", "tone", "label"}
+LENGTH_SLACK = 1.3
+_PREAMBLE = re.compile(r"^(sure|here|certainly|okay|ok|of course)\b[^:\n]{0,80}:\s*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?][\"')]*$")
+
+
+def tidy(answer: str, target_words: int | None) -> str:
+    """A model's answer without a chat preamble, whitespace cleaned, and cut to ``LENGTH_SLACK`` x
+    ``target_words`` words (back to a sentence end where one lies in the second half of the cut)."""
+    words = _PREAMBLE.sub("", clean(answer)).split()
+    if target_words is None or len(words) <= (limit := max(1, math.ceil(LENGTH_SLACK * target_words))):
+        return " ".join(words)
+    words = words[:limit]
+    ends = [i for i in range(limit) if 2 * (i + 1) >= limit and _SENTENCE_END.search(words[i])]
+    return " ".join(words[:ends[-1] + 1] if ends else words)
 
 
 def fields(template: str) -> set[str]:
@@ -115,8 +136,9 @@ class AugPE:
         """The token cap of an answer of about ``target_words`` words."""
         return max(1, min(self.section.max_new_tokens, math.ceil(TOKENS_PER_WORD * target_words) + 8))
 
-    def random_request(self, label: int, seed: int, index: int) -> Request:
-        """The RANDOM_API request of sample ``index``: the template with public slot values."""
+    def random_request(self, label: int, seed: int, index: int) -> tuple[Request, int | None]:
+        """The RANDOM_API request of sample ``index`` (the template with public slot values) and its target words
+        (the ``{words}`` slot's number; None without one)."""
         rng = sample_rng(seed, index, _RANDOM)
         name = self._class_name(label)
         random = self.section.random
@@ -124,11 +146,14 @@ class AugPE:
         for slot in sorted(fields(random.template) - {"label"}):
             options = random.per_class.get(name or "", {}).get(slot) or random.slots[slot]
             values[slot] = options[int(rng.integers(len(options)))]
-        cap = self._tokens(int(values["words"])) if values.get("words", "").isdigit() else self.section.max_new_tokens
-        return Request(random.template.format(**values), cap, int(rng.integers(2**63)))
+        target = int(values["words"]) if values.get("words", "").isdigit() else None
+        cap = self.section.max_new_tokens if target is None else self._tokens(target)
+        return Request(random.template.format(**values), cap, int(rng.integers(2**63))), target
 
-    def variation_request(self, parent: str, degree: float, label: int, seed: int, index: int) -> tuple[Request, str]:
-        """The VARIATION_API request of sample ``index`` and the prefix its answer follows ("" but for continuation)."""
+    def variation_request(self, parent: str, degree: float, label: int, seed: int,
+                          index: int) -> tuple[Request, str, int]:
+        """The VARIATION_API request of sample ``index``, the prefix its answer follows ("" but for continuation) and
+        the child's target words."""
         rng = sample_rng(seed, index, _VARIATION)
         variation = self.section.variation
         kinds = sorted(variation.kinds)
@@ -148,15 +173,16 @@ class AugPE:
             masked = rng.random(len(parts)) < degree
             text = " ".join("_" if m else w for w, m in zip(parts, masked, strict=True))
         prompt = getattr(variation, kind).format(text=text, words=target, tone=tone, label=self._class_name(label) or "")
-        return Request(prompt, self._tokens(new_words), int(rng.integers(2**63))), prefix
+        return Request(prompt, self._tokens(new_words), int(rng.integers(2**63))), prefix, target
 
     def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
         """``n`` new texts (RANDOM_API); ``labels`` >= 0 pick each sample's class prompts."""
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise UserError(f"number of samples must be a non-negative integer, got {n!r}")
         wanted = np.broadcast_to(np.asarray(-1 if labels is None else labels, dtype=np.int64), (int(n),))
-        requests = [self.random_request(int(wanted[i]), seed, first_index + i) for i in range(int(n))]
-        return as_texts([clean(t) for t in self.backend.complete(requests, self.section.random.system)])
+        made = [self.random_request(int(wanted[i]), seed, first_index + i) for i in range(int(n))]
+        answers = self.backend.complete([request for request, _ in made], self.section.random.system)
+        return as_texts([tidy(answer, target) for (_, target), answer in zip(made, answers, strict=True)])
 
     def variation(self, samples: np.ndarray, degree: float, labels: Labels = None, seed: int = 0,
                   first_index: int = 0) -> np.ndarray:
@@ -166,5 +192,6 @@ class AugPE:
         wanted = np.broadcast_to(np.asarray(-1 if labels is None else labels, dtype=np.int64), (len(samples),))
         made = [self.variation_request(str(samples[i]), degree, int(wanted[i]), seed, first_index + i)
                 for i in range(len(samples))]
-        answers = self.backend.complete([request for request, _ in made], self.section.random.system)
-        return as_texts([clean(f"{prefix} {answer}") for (_, prefix), answer in zip(made, answers, strict=True)])
+        answers = self.backend.complete([request for request, _, _ in made], self.section.random.system)
+        return as_texts([tidy(f"{prefix} {tidy(answer, None)}", target)
+                         for (_, prefix, target), answer in zip(made, answers, strict=True)])
