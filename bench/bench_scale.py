@@ -12,11 +12,11 @@ Then a log-log fit of each step's seconds (and peak RSS) against N_priv, N_syn a
 the CIFAR-10 prediction of each, and which term dominates; the vote's time beside its GEMM floor
 (2 N_priv N_syn d / this machine's float32 GEMM rate, measured on a 2,048-d block); and the Camelyon17 vote
 (302,436 private embeddings against 50,000 synthetic, 2 classes), streamed from a memory map in blocks
-(``--camelyon-fraction`` searches that share of the private rows and scales the time linearly: the vote is one
-pass over the private set; said so in the output).
+and the unconditional CIFAR-10 vote (``--votes``; ``--vote-fraction`` searches that share of the private rows and
+scales the time linearly: the vote is one pass over the private set; said so in the output).
 
-Profiles: ``smoke`` (seconds), ``ladder`` (minutes), ``cifar10`` (the ladder, then 50,000 x 50,000, lookahead 8,
-2 generations, and the Camelyon17 vote). Figures only: nothing here asserts.
+Profiles: ``smoke`` (seconds), ``ladder`` (minutes), ``large`` (20,000 x 20,000, lookahead 8), ``cifar10`` (the
+ladder, then 50,000 x 50,000, lookahead 8, 2 generations, and the votes). Figures only: nothing here asserts.
 
 Usage:
     .venv/bin/python bench/bench_scale.py [--profile smoke|ladder|cifar10] [--work DIR] [--json OUT]
@@ -67,8 +67,9 @@ LADDERS = {
     "ladder": [Rung(2000, 2000, 2), Rung(8000, 2000, 2), Rung(2000, 8000, 2), Rung(2000, 2000, 8),
                Rung(8000, 8000, 2), Rung(2000, 2000, 2, image_size=64)],
 }
-LADDERS["cifar10"] = [*LADDERS["ladder"], Rung(50_000, 50_000, 8, shards=4)]
 CIFAR10 = Rung(50_000, 50_000, 8, shards=4)
+LADDERS["cifar10"] = [*LADDERS["ladder"], CIFAR10]
+LADDERS["large"] = [Rung(20_000, 20_000, 8, shards=4)]  # the largest rung a busy 2-core machine runs in minutes
 
 
 def config_for(rung: Rung, work: Path) -> dict[str, Any]:
@@ -123,12 +124,16 @@ def _count_storage() -> dict[str, int]:
     return counts
 
 
-def _usage(started: float, counts: dict[str, int]) -> dict[str, Any]:
-    """The step's wall and CPU seconds, this process's peak RSS (VmHWM: ru_maxrss would keep the forking parent's) and
-    its storage counts."""
+def _cpu_s() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
-    return {"seconds": round(time.perf_counter() - started, 3), "cpu_s": round(own.ru_utime + own.ru_stime, 3),
-            "peak_rss_mb": vmhwm_mb(), **counts}
+    return own.ru_utime + own.ru_stime
+
+
+def _usage(started: float, cpu_started: float, counts: dict[str, int]) -> dict[str, Any]:
+    """The step's wall and CPU seconds (imports left out), this process's peak RSS (VmHWM: ru_maxrss would keep the
+    forking parent's) and its storage counts."""
+    return {"seconds": round(time.perf_counter() - started, 3), "cpu_s": round(_cpu_s() - cpu_started, 3),
+            "peak_rss_mb": round(vmhwm_mb() or 0.0, 1), **counts}
 
 
 def worker_step(run_root: str, run_id: str, index: int) -> dict[str, Any]:
@@ -139,9 +144,9 @@ def worker_step(run_root: str, run_id: str, index: int) -> dict[str, Any]:
     counts = _count_storage()
     run = Run.open(run_root, run_id)
     planned = plan_steps(run.config)[index]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_s()
     planned(run)
-    return {"step": planned.label, "generation": planned.generation, **_usage(started, counts)}
+    return {"step": planned.label, "generation": planned.generation, **_usage(started, cpu_started, counts)}
 
 
 def worker_audit(run_root: str, run_id: str) -> dict[str, Any]:
@@ -151,9 +156,10 @@ def worker_audit(run_root: str, run_id: str) -> dict[str, Any]:
 
     counts = _count_storage()
     run = Run.open(run_root, run_id)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_s()
     report = audit_run(run)
-    return {"step": "audit", "ok": report.ok, "first_failure": report.first_failure, **_usage(started, counts)}
+    return {"step": "audit", "ok": report.ok, "first_failure": report.first_failure,
+            **_usage(started, cpu_started, counts)}
 
 
 def worker_gemm(dim: int) -> dict[str, Any]:
@@ -196,12 +202,11 @@ def worker_vote(work: str, n_priv: int, n_syn: int, classes: int, fraction: floa
     synthetic = rng.standard_normal((n_syn, DIM), np.float32)
     labels = (rng.integers(0, classes, rows), np.arange(n_syn) % classes) if classes > 1 else (None, None)
     baseline = vmhwm_mb() or 0.0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_s()
     histogram = nearest_neighbour_histogram(private, synthetic, 1, labels[0], labels[1])
     seconds = time.perf_counter() - started
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return {"rows": rows, "seconds": round(seconds, 2), "cpu_s": round(own.ru_utime + own.ru_stime, 1),
-            "peak_rss_mb": vmhwm_mb(), "rss_before_vote_mb": round(baseline, 1),
+    return {"rows": rows, "seconds": round(seconds, 2), "cpu_s": round(_cpu_s() - cpu_started, 1),
+            "peak_rss_mb": round(vmhwm_mb() or 0.0, 1), "rss_before_vote_mb": round(baseline, 1),
             "votes": round(float(histogram.sum()), 1)}
 
 
@@ -269,15 +274,16 @@ def step_kind(label: str) -> str:
 
 
 def fits(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per step kind: seconds (summed over a run's shards and generations) and peak RSS as a power law in each size,
-    from the rungs that vary that size alone around the base; the CIFAR-10 prediction multiplies the factors."""
+    """Per step kind: CPU seconds (summed over a run's shards and generations; wall seconds follow a shared machine's
+    load) as a power law in each size, from the rungs that vary that size alone around the base; the CIFAR-10
+    prediction multiplies the factors."""
     base = rungs[0]["rung"]
     totals = []
     for r in rungs:
         per_kind: dict[str, dict[str, float]] = {}
         for s in r["steps"] + [r["audit"]]:
             entry = per_kind.setdefault(step_kind(s["step"]), {"seconds": 0.0, "peak_rss_mb": 0.0})
-            entry["seconds"] += s["seconds"]
+            entry["seconds"] += s["cpu_s"]
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], s["peak_rss_mb"])
         totals.append((r["rung"], per_kind))
     rows = []
@@ -314,8 +320,10 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(LADDERS), default="ladder")
     parser.add_argument("--work", default="/tmp/privevo-bench-scale", help="scratch folder (runs, data, memory maps)")
     parser.add_argument("--json", help="write every figure to this JSON file")
-    parser.add_argument("--camelyon-fraction", type=float, default=1.0,
-                        help="share of Camelyon17's private rows the vote searches (time scaled linearly, and said so)")
+    parser.add_argument("--votes", action="store_true", help="also the CIFAR-10 (unconditional) and Camelyon17 votes "
+                                                             "at full size (always with --profile cifar10)")
+    parser.add_argument("--vote-fraction", type=float, default=1.0,
+                        help="share of the private rows those votes search (time scaled linearly, and said so)")
     parser.add_argument("--no-kfp", action="store_true", help="skip the kfp.local run of the smallest rung")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -351,13 +359,13 @@ def main() -> None:
               f"process), {kfp['cpu_s']} CPU s, largest step {kfp['peak_rss_mb']} MiB")
     if len(results["rungs"]) > 1:
         results["fits"] = fits(results["rungs"])
-        print("\nFits (seconds per run of each step kind ~ size^exponent, one size varied at a time; CIFAR-10 "
+        print("\nFits (CPU seconds per run of each step kind ~ size^exponent, one size varied at a time; CIFAR-10 "
               "prediction from the base rung):")
         print(format_table(results["fits"], [("step", "step"), ("exp_n_priv", "exp N_priv"), ("exp_n_syn", "exp N_syn"),
-                                             ("exp_lookahead", "exp L"), ("base_s", "base s"),
-                                             ("cifar10_predicted_s", "CIFAR-10 s (pred.)")]))
+                                             ("exp_lookahead", "exp L"), ("base_s", "base CPU s"),
+                                             ("cifar10_predicted_s", "CIFAR-10 CPU s (pred.)")]))
         top = max(results["fits"], key=lambda row: row["cifar10_predicted_s"])
-        print(f"dominant at CIFAR-10 scale (predicted): {top['step']} ({top['cifar10_predicted_s']} s per run)")
+        print(f"dominant at CIFAR-10 scale (predicted): {top['step']} ({top['cifar10_predicted_s']} CPU s per run)")
     rate = gemm["gemm_gflops"] * 1e9
     for r in results["rungs"]:
         n_priv, n_syn = r["rung"]["n_priv"], r["rung"]["n_syn"]
@@ -366,10 +374,10 @@ def main() -> None:
         print(f"{r['name']}: dp_vote {max(s['seconds'] for s in votes):.1f} s per generation, GEMM floor "
               f"{floor:.2f} s (2 N_priv N_syn d / {CLASSES} classes at {gemm['gemm_gflops']} GFLOP/s); largest step "
               f"peak {max(s['peak_rss_mb'] for s in r['steps']):.0f} MiB; audit {r['audit']['seconds']} s")
-    if args.profile == "cifar10":
-        for label, n_priv, classes, fraction in (("CIFAR-10 unconditional", CIFAR10.n_priv, 1, 1.0),
-                                                 ("Camelyon17", CAMELYON_PRIVATE, CAMELYON_CLASSES,
-                                                  args.camelyon_fraction)):
+    if args.votes or args.profile == "cifar10":
+        fraction = args.vote_fraction
+        for label, n_priv, classes in (("CIFAR-10 unconditional", CIFAR10.n_priv, 1),
+                                       ("Camelyon17", CAMELYON_PRIVATE, CAMELYON_CLASSES)):
             vote = _worker("vote", str(work), str(n_priv), str(CAMELYON_SYNTHETIC), str(classes), str(fraction))
             scaled = vote["seconds"] / fraction
             floor = 2 * n_priv * CAMELYON_SYNTHETIC * DIM / classes / rate

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from privevo import privacy, storage
+from privevo.errors import UserError
 from privevo.layout import PRIVATE_EMBEDDINGS_FILE, RunLayout, generation_name
 from privevo.modalities import row_hashes
 from privevo.run_record import Run
@@ -78,15 +81,19 @@ def audit_run(run: Run, allow_non_private: bool = False) -> AuditReport:
         report.check("run is private", not reasons, f"the run is {privacy.NOT_PRIVATE}: {'; '.join(reasons)} "
                                                     "(audit it with --allow-non-private to check the rest)")
     last = last_complete_generation(run)
-    run_dir = run.layout.run_dir
+    released = storage.list_files(run.layout.run_dir)
+    # Every released file is read once, here: its digest serves the manifest and release checks below, and the leak
+    # checks run on the same bytes (their outcome is reported after the ledger's checks, as always).
+    leaks = _Deferred()
+    files = _read_released(run, ledger, released, leaks, allow_non_private)
     for generation in range(max(last, 0) + 1):
-        report.generations.append(_generation_listing(run, generation, ledger, report))
+        report.generations.append(_generation_listing(run, generation, ledger, report, files))
 
     # Every release has exactly one ledger event; every event an unchanged release.
-    releases = [u for u in storage.list_files(run_dir) if RunLayout.is_release(run.layout.relative(u))]
+    releases = [u for u in released if RunLayout.is_release(run.layout.relative(u))]
     for uri in releases:
         name = run.layout.relative(uri)
-        sha = storage.sha256_uri(uri, from_content=True)
+        sha = files.digests[uri]["sha256"]
         paying = [e for e in ledger.events if e.release_uri == name]
         if not report.check("release charged once", len(paying) == 1,
                             f"{name}: {len(paying)} ledger events pay for this release (expected exactly 1)"):
@@ -97,7 +104,7 @@ def audit_run(run: Run, allow_non_private: bool = False) -> AuditReport:
         report.check("release unchanged", paying[0].release_sha256 == sha,
                      f"{name}: sha256 differs from the one its ledger event paid for")
     for event in ledger.events:
-        if storage.exists(run.layout.absolute(event.release_uri)):
+        if run.layout.absolute(event.release_uri) in files.digests:
             continue
         if event.status == "pending":  # charged, never written (a crash before the write): counted, nothing released
             report.skip("event has its release", f"ledger.json: the pending event for {event.release_uri} was charged "
@@ -114,20 +121,64 @@ def audit_run(run: Run, allow_non_private: bool = False) -> AuditReport:
     report.epsilon = ledger.epsilon()
     report.privacy = privacy.privacy_report(ledger.events, ledger.delta, run.config.privacy)
     _check_reported_epsilon(run, ledger, report)
-    _check_no_private_data(run, ledger, report, allow_non_private)
+    leaks.replay(report)
     _check_dataset_ledger(run, ledger, report)
     return report
 
 
-def _generation_listing(run: Run, generation: int, ledger, report: AuditReport) -> dict[str, Any]:
+class _Deferred:
+    """Checks made now and reported later, in the order they were made (the same calls as :class:`AuditReport`)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool, str]] = []
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.calls.append(("check", name, ok, detail))
+        return ok
+
+    def skip(self, name: str, reason: str) -> None:
+        self.calls.append(("skip", name, True, reason))
+
+    def replay(self, report: AuditReport) -> None:
+        for kind, name, ok, detail in self.calls:
+            if kind == "skip":
+                report.skip(name, detail)
+            else:
+                report.check(name, ok, detail)
+
+
+@dataclass
+class _ReleasedFiles:
+    """What one read of every released file left: each file's sha256 and size (as manifests record them), and the
+    JSON files' bytes (manifest parts, step records: small), so nothing is read twice."""
+
+    digests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    json_files: dict[str, bytes] = field(default_factory=dict)
+
+    def records_under(self, folder: str) -> list[Any]:
+        """The JSON files under ``folder``, parsed, in name order."""
+        prefix = folder.rstrip("/") + "/"
+        records = []
+        for uri, data in sorted(self.json_files.items()):
+            if uri.startswith(prefix):
+                try:
+                    records.append(json.loads(data))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    raise UserError(f"{uri} is not valid JSON: fix it or delete it and rerun the step that writes it") from None
+        return records
+
+
+def _generation_listing(run: Run, generation: int, ledger, report: AuditReport, released: _ReleasedFiles) -> dict[str, Any]:
     gen_dir, manifest_dir = run.layout.gen_dir(generation), run.layout.manifest_dir(generation)
-    files = storage.read_manifest(manifest_dir)
+    files: dict[str, dict[str, Any]] = {}
+    for part in released.records_under(manifest_dir):  # the manifest is the union of its parts
+        files.update(part.get("files", {}) if isinstance(part, dict) else {})
     prefix = f"{generation_name(generation)}/"
     if report.check("manifest present", bool(files), f"{run.layout.relative(manifest_dir)}/ is missing"):
-        changed = storage.verify_manifest(gen_dir, manifest_dir)
+        changed = [name for name in sorted(files) if released.digests.get(storage.join(gen_dir, name)) != files[name]]
         report.check("hashes match", not changed,
                      f"{prefix}{changed[0]}: sha256 or size differs from its manifest" if changed else "")
-    steps = [storage.read_json(u) for u in storage.list_files(run.layout.steps_dir(generation))]
+    steps = released.records_under(run.layout.steps_dir(generation))
     events = [e for e in ledger.events if e.generation == generation]
     return {
         "generation": generation,
@@ -196,11 +247,26 @@ def _check_dataset_ledger(run: Run, ledger: privacy.Ledger, report: AuditReport)
                     "counted in the data set's spend")
 
 
-def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport, allow_non_private: bool) -> None:
-    """No released file holds a private embedding row, a private image, a hash of a private-tier file, or clean counts
-    (a vote released without noise holds its clean counts: only ``allow_non_private`` accepts it)."""
-    run_dir = run.layout.run_dir
-    released = storage.list_files(run_dir)
+def _read_released(run: Run, ledger: privacy.Ledger, released: list[str], report: _Deferred,
+                   allow_non_private: bool) -> _ReleasedFiles:
+    """Read every released file once: its digest and JSON record for the other checks, and the leak checks on its
+    bytes (:func:`_check_no_private_data`; after their first failure the files are only hashed)."""
+    found = _ReleasedFiles()
+    check, checking = _check_no_private_data(run, ledger, report, allow_non_private, released), True
+    for uri in released:
+        data = storage.read_bytes(uri)
+        found.digests[uri] = {"sha256": storage.sha256_bytes(data), "size": len(data)}
+        if uri.endswith(".json"):
+            found.json_files[uri] = data
+        checking = checking and check(uri, data)
+    return found
+
+
+def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: _Deferred, allow_non_private: bool,
+                           released: list[str]) -> Callable[[str, bytes], bool]:
+    """The check of one released file's bytes: it holds no private embedding row, private image, hash of a
+    private-tier file, or clean counts (a vote released without noise holds its clean counts: only
+    ``allow_non_private`` accepts it); False after a failed check."""
     tier = run.layout.private_dir.rstrip("/") + "/"
     report.check("nothing released in the private tier",
                  not any(u.startswith(tier) for u in released)
@@ -210,10 +276,15 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
     private_rows: set[str] = set()
     private_hashes: set[bytes] = set()
     try:
+        stored: dict[str, np.ndarray] | None = None
         for uri in storage.list_files(run.layout.private_dir):
             data = storage.read_bytes(uri)
             private_hashes |= {hashlib.sha256(data).hexdigest().encode(), hashlib.md5(data).hexdigest().encode()}
-        stored = storage.read_npz(run.layout.private_embeddings)
+            if uri == run.layout.private_embeddings:  # parsed from the same read
+                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                    stored = {key: npz[key] for key in npz.files}
+        if stored is None:
+            raise FileNotFoundError("no private embeddings")
         embeddings = stored["embeddings"].astype(np.float32)
         private_rows |= row_hashes(embeddings[stored["real"]] if "real" in stored else embeddings)  # not the padding
         private_rows |= modality.leak_fingerprints(run.config, load_private_set(run, "audit").samples)
@@ -226,42 +297,45 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: AuditReport
                        or (allow_non_private and e.noise_multiplier == 0)}
     shape = run.config.population
     vote_bins = {shape.candidates(g) for g in range(shape.generations)}  # each vote's histogram length
-    for uri in released:
+
+    def check(uri: str, data: bytes) -> bool:
         name = run.layout.relative(uri)
-        data = storage.read_bytes(uri)
         leaked = next((h for h in private_hashes if h in data.lower()), None)
         if not report.check("no private-tier hash released", leaked is None,
                             f"{name} holds the hash of a private-tier file (a fingerprint of the private set)"):
-            return
+            return False
         if uri.endswith(modality.population_suffix) and modality.population_suffix != ".npz":  # read as arrays below
             population = modality.decode_population(data, name)
             if private_rows and not report.check("no private data in released files",
                                                  not (modality.leak_fingerprints(run.config, population.samples) & private_rows),
                                                  f"{name} contains a private record"):
-                return
+                return False
         if not uri.endswith(".npz"):
-            continue
+            return True
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             report.check("released arrays readable", False,
                          f"{name} cannot be read ({type(error).__name__}): it was changed or truncated")
-            return
+            return False
         for key, array in arrays.items():
             if array.ndim == 0:
                 continue
             candidates = row_hashes(array.astype(np.float32) if array.dtype.kind == "f" else array)
             if private_rows and not report.check("no private data in released files", not (candidates & private_rows),
                                                  f"{name}[{key}] contains a private image or private embedding"):
-                return
+                return False
             if name in whole_by_design:
                 continue
             looks_clean = (array.ndim == 1 and len(array) in vote_bins and array.dtype.kind == "f"
                            and np.all(array >= 0) and np.all(array == np.round(array)))
             if not report.check("no clean counts released", not looks_clean,
                                 f"{name}[{key}] holds whole non-negative counts: a clean histogram, not a noisy one"):
-                return
+                return False
+        return True
+
+    return check
 
 
 def format_report(report: AuditReport) -> str:
