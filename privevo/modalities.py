@@ -106,6 +106,15 @@ class Modality(abc.ABC):
         ``record_calls(layout, generation, step, shard)`` and ``call_summary()``."""
 
     @abc.abstractmethod
+    def model_fields(self, config: Config) -> tuple[str, ...]:
+        """The config's fields (dotted keys) that :meth:`load_model` reads: the model's backend's ``config_fields`` and
+        what the data type adds. A process keeps one loaded model while their values stay the same."""
+
+    @abc.abstractmethod
+    def embedding_fields(self, config: Config) -> tuple[str, ...]:
+        """The config's fields (dotted keys) that :meth:`load_embedding` reads (kept loaded like the model)."""
+
+    @abc.abstractmethod
     def load_embedding(self, config: Config) -> Any:
         """The vote's embedding ``config.embedding`` names: ``embed(samples, batch_size, progress) -> float32 (N, dim)``."""
 

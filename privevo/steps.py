@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privevo import privacy, runtime, storage
-from privevo.config import Config, Phase, config_to_dict
+from privevo.config import Config, Phase, config_to_dict, get_key
 from privevo.errors import UserError
 from privevo.layout import step_name
 from privevo.modalities import get_modality
@@ -134,13 +134,15 @@ def _reused(run: Run, generation: int, step: str, shard: int, *uris: str) -> str
     return shas[0]
 
 
-_LOADED: dict[str, tuple[str, Any]] = {}  # network kind -> (config it was loaded for, instance)
+_LOADED: dict[str, tuple[str, Any]] = {}  # network kind -> (the values it was loaded from, instance)
 
 
-def _load_once(kind: str, config: Config, load: Any) -> Any:
-    """One instance of each network per process and config: the steps of one task (a shard's variations,
-    then its embedding for the next vote) share the model and the embedding instead of loading them again."""
-    key = json.dumps(config_to_dict(config), sort_keys=True)
+def _load_once(kind: str, config: Config, fields: tuple[str, ...], load: Any) -> Any:
+    """One instance of each network per process and values of the config ``fields`` it reads: the steps of one task
+    (a shard's variations, then its embedding for the next vote) share the model and the embedding instead of loading
+    them again, and so do runs whose configs differ elsewhere (privacy, population size, the private data)."""
+    data = config_to_dict(config)
+    key = json.dumps({field: get_key(data, field) for field in ("modality", *fields)}, sort_keys=True)
     if kind not in _LOADED or _LOADED[kind][0] != key:
         _LOADED[kind] = (key, load(config))
     return _LOADED[kind][1]
@@ -149,12 +151,14 @@ def _load_once(kind: str, config: Config, load: Any) -> Any:
 def load_model(config: Config) -> Any:
     """The foundation model the config names, from its modality (imported then: steps without a model never load
     torch)."""
-    return _load_once("model", config, get_modality(config).load_model)
+    modality = get_modality(config)
+    return _load_once("model", config, modality.model_fields(config), modality.load_model)
 
 
 def load_embedding(config: Config) -> Any:
     """The vote's embedding the config names, from its modality (imported then: steps without one never load torch)."""
-    return _load_once("embedding", config, get_modality(config).load_embedding)
+    modality = get_modality(config)
+    return _load_once("embedding", config, modality.embedding_fields(config), modality.load_embedding)
 
 
 def _model_labels(model, labels: np.ndarray) -> np.ndarray | None:

@@ -131,3 +131,17 @@ def test_a_reused_output_is_in_its_steps_manifest_after_a_crash_before_the_part(
     for generation, uri in ((0, run.layout.shard(0, 0)), (1, run.layout.synthetic_embeddings(1, 0))):
         listed = storage.read_manifest(run.layout.manifest_dir(generation))
         assert listed[storage.relative_to(uri, run.layout.gen_dir(generation))]["sha256"] == storage.sha256_uri(uri)
+
+
+def test_a_loaded_model_is_kept_while_what_its_backend_reads_stays_the_same():
+    from privevo.config import load_config
+
+    def config(*overrides: str):
+        return load_config(ROOT / "configs" / "tiny.yaml", [f"model.path={ROOT / 'models' / 'tiny-unet'}", *overrides])
+
+    model = steps.load_model(config())
+    assert steps.load_model(config("privacy.epsilon=2.0", "population.size=7", "private.limit=5", "seed=3")) is model
+    assert steps.load_model(config("model.num_inference_steps=2")) is not model
+    embedding = steps.load_embedding(config())
+    assert steps.load_embedding(config("model.batch_size=3")) is embedding
+    assert steps.load_embedding(config("embedding.batch_size=3")) is not embedding

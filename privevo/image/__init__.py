@@ -104,6 +104,16 @@ class ImageModality(Modality):
 
         return load_model(config)
 
+    def model_fields(self, config: Config) -> tuple[str, ...]:
+        """What the backend declares it reads."""
+        from privevo.image.models import backend_class
+
+        return backend_class(config.model.kind).config_fields
+
+    def embedding_fields(self, config: Config) -> tuple[str, ...]:
+        """The embedding section (the image embeddings read nothing else)."""
+        return ("embedding",)
+
     def load_embedding(self, config: Config) -> Any:
         """An embedding of :data:`privevo.image.embeddings.EMBEDDINGS`."""
         from privevo.image.embeddings import load_embedding

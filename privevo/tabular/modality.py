@@ -109,6 +109,14 @@ class TabularModality(Modality):
         model = registry.registered_class(TABULAR_MODELS, config.model.kind, "tabular model kind")
         return model(schema, atom_rate=section.atom_rate, prior=prior, batch_size=config.model.batch_size)
 
+    def model_fields(self, config: Config) -> tuple[str, ...]:
+        """What the model declares it reads (the schema and the prior are the ``tabular`` section's)."""
+        return registry.registered_class(TABULAR_MODELS, config.model.kind, "tabular model kind").config_fields
+
+    def embedding_fields(self, config: Config) -> tuple[str, ...]:
+        """The embedding's name and the schema with its categorical weight."""
+        return ("embedding", "tabular")
+
     def load_embedding(self, config: Config) -> Any:
         """The embedding ``embedding.name`` names in :data:`~privevo.tabular.TABULAR_EMBEDDINGS` (numerics scaled by
         the public bounds, categoricals one-hot: :mod:`privevo.tabular.embedding`)."""

@@ -54,6 +54,9 @@ class TabularModel:
     """The random and variation APIs of a table schema (no network, no weights)."""
 
     name = "tabular"
+    #: The experiment config's fields (dotted keys) this model is built from (the schema, prior and atom rate are the
+    #: ``tabular`` section's): a process keeps its loaded model while their values stay the same.
+    config_fields = ("model", "tabular")
 
     def __init__(self, schema: Schema, atom_rate: float = 0.0, prior: np.ndarray | None = None,
                  batch_size: int = 4096) -> None:

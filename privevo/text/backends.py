@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -50,6 +50,9 @@ class TextModel(abc.ABC):
 
     #: The backend's ``model.kind``.
     name: str
+    #: The experiment config's fields (dotted keys) that ``from_config`` reads: a process keeps its loaded model
+    #: while their values stay the same.
+    config_fields: ClassVar[tuple[str, ...]]
 
     @classmethod
     @abc.abstractmethod
@@ -79,6 +82,7 @@ class HfCausalLM(TextModel):
     """A local Hugging Face causal LM, in process (``model.kind: hf_causal_lm``)."""
 
     name = "hf_causal_lm"
+    config_fields = ("model", "text")  # text: the sampling settings and the thread count
 
     def __init__(self, model: Any, tokenizer: Any, source: str, batch_size: int = 16, temperature: float = 1.0,
                  top_p: float = 1.0, threads: int | None = None) -> None:

@@ -103,6 +103,16 @@ class TextModality(Modality):
         backend = registry.registered_class(TEXT_MODELS, config.model.kind, "text model kind").from_config(config)
         return AugPE(backend, text_section(config), model_classes(config))
 
+    def model_fields(self, config: Config) -> tuple[str, ...]:
+        """What the backend declares it reads, and what Aug-PE's prompts and the lookahead check read."""
+        backend = registry.registered_class(TEXT_MODELS, config.model.kind, "text model kind")
+        return (*backend.config_fields, "text", "class_names", "population.conditional", "population.lookahead",
+                "population.reuse_lookahead")
+
+    def embedding_fields(self, config: Config) -> tuple[str, ...]:
+        """The ``text`` section's embedding settings and ``embedding.device``."""
+        return ("text", "embedding")
+
     def load_embedding(self, config: Config) -> Any:
         """The sentence embedding at ``text.embedding_path`` (:mod:`privevo.text.embedding`)."""
         from privevo.text.embedding import SentenceEmbedding

@@ -79,6 +79,7 @@ class OpenAICompatible(TextModel):
     """A language model behind an OpenAI-compatible server (``model.kind: openai_compatible``)."""
 
     name = "openai_compatible"
+    config_fields = ("model", "text")  # text: the sampling settings
 
     def __init__(self, settings: RemoteConfig, temperature: float = 1.0, top_p: float = 1.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:

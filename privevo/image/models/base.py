@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
@@ -90,6 +90,9 @@ class FoundationModel(abc.ABC):
     batch_size: int
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    #: The experiment config's fields (dotted keys) that ``from_config`` reads, its ``model`` section included: a
+    #: process keeps its loaded model while their values stay the same.
+    config_fields: ClassVar[tuple[str, ...]]
 
     @classmethod
     @abc.abstractmethod

@@ -103,6 +103,8 @@ class DDPMUNetModel(FoundationModel):
         self.channels = int(unet.config.in_channels)
         self.num_classes = unet.config.num_class_embeds
 
+    config_fields = ("model", "image_size")
+
     @classmethod
     def from_config(cls, config: "Config") -> Self:
         """The UNet at ``config.model.path``, checked against the experiment's ``image_size``."""

@@ -33,6 +33,8 @@ class NullModel(FoundationModel):
         self.name = "null"
         self.device = torch.device("cpu")
 
+    config_fields = ("model", "image_size", "channels", "class_names")
+
     @classmethod
     def from_config(cls, config: "Config") -> Self:
         """Images of the experiment's shape; one class per class name (labels are accepted and ignored)."""

@@ -81,6 +81,8 @@ class RemoteModel(FoundationModel):
                 "fix image_size/channels or serve a model of that shape"
             )
 
+    config_fields = ("model", "image_size", "channels")
+
     @classmethod
     def from_config(cls, config: Config) -> Self:
         """The server ``config.model.remote`` names, checked against the experiment's image shape."""

@@ -70,6 +70,8 @@ class StableDiffusionModel(FoundationModel):
         self.device = torch.device(pipe.device)
         self.autocast_dtype = resolve_autocast(autocast, self.device, pipe.unet.dtype)
 
+    config_fields = ("model", "image_size", "channels", "name")  # the default prompt is the experiment's name
+
     @classmethod
     def from_config(cls, config: "Config") -> Self:
         """The pipeline at ``config.model.path``, one prompt per class (default: the experiment's name)."""
