@@ -34,7 +34,7 @@ first seed, the config's own reuse setting), and that in-process run is also one
 seed runs (no extra run). Both walls run from process start to end, imports included;
 target <= 1.05. By default the config is ``configs/demo.yaml`` with the demo-sized task
 pinned by ``--set`` (population.size=300, generations=5, lookahead=2, DDIM 25 steps, private
-rows [0, 1800]). Figures only.
+rows [0, 1800]); bench/bench_solver.py sets the sampler and its steps per run. Figures only.
 
 Usage:
     .venv/bin/python bench/bench_demo.py [--repeats 1] [--modes kfp,inprocess] [--seeds 3 --compare-reuse]
@@ -81,7 +81,7 @@ from bench._common import (  # noqa: E402
 #: The demo-sized task the official implementation was measured on (issue 8), pinned by default.
 OFFICIAL_TASK = [
     "population.size=300", "population.generations=5", "population.lookahead=2",
-    "model.num_inference_steps=25", "private.rows=[0,1800]",
+    "model.scheduler=ddim", "model.num_inference_steps=25", "private.rows=[0,1800]",
 ]
 STEP_LINE = re.compile(r"\[\s*(\d+)\]\s+(\S+)\s+done in\s+([\d.]+) s")
 MIB_PER_GB = 1e9 / 2**20

@@ -18,6 +18,13 @@ Figures only: nothing is asserted. Three parts:
 3. API throughput: samples per second of ``random`` and ``variation`` at several degrees, batch
    sizes, thread counts and precisions (``model.autocast``: off = float32, bfloat16 = mixed
    precision), with the speed-up over float32 beside each row.
+4. Batch size and thread layout (``--layout``): float32 image-steps per second of the whole
+   machine for each batch size, 1 process x 2 threads (one shard at a time) against 2 processes
+   x 1 thread started together (two shards side by side, as kfp.local runs them), per kernel set
+   (``--layout-isa``: ``avx2`` runs the workers under ``ATEN_CPU_CAPABILITY=avx2
+   ONEDNN_MAX_CPU_ISA=AVX2``, what an AVX2-only CPU runs; ``native`` under the machine's own).
+   Every measurement is fresh processes, loaded and warmed up before a common start; the rounds
+   interleave the settings so load from other work falls on all alike.
 
 The model is loaded as the pipeline loads it: ``configs/demo.yaml`` with its ``model`` section
 set from the arguments, through ``privevo.image.models.load_model``. The last line is one JSON object.
@@ -26,6 +33,7 @@ Usage:
     .venv/bin/python bench/bench_models.py [--quick] [--threads 1 2] [--peak-batch-sizes 16 25 32 64]
         [--variants float32 float32-nchw bfloat16] [--rounds 3] [--no-compile]
         [--n 25] [--repeats 2] [--batch-sizes 25] [--degrees 0.6] [--autocast off bfloat16]
+    .venv/bin/python bench/bench_models.py --layout-only [--layout-batch-sizes 25 50 100] [--layout-isa avx2 native]
 """
 
 import argparse
@@ -62,6 +70,10 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 VARIANTS = {"float32": ("off", True), "float32-nchw": ("off", False), "bfloat16": ("bfloat16", True)}
 #: Image-steps of the demo (configs/demo.yaml, issue 18): what torch.compile has to pay for itself over.
 DEMO_IMAGE_STEPS = 60_600
+#: --layout-isa -> the environment of the layout workers: the machine's own kernels, or the AVX2 ones only.
+ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+#: Thread layouts of the two cores: (processes side by side, threads each).
+LAYOUTS = ((1, 2), (2, 1))
 QUICK = {"threads": [1], "peak_batch_sizes": [25], "rounds": 2, "peak_steps": 2, "compile": False, "n": 4,
          "repeats": 1, "batch_sizes": [4], "steps": 5}
 
@@ -91,12 +103,27 @@ def main() -> None:
     api.add_argument("--degrees", type=float, nargs="+", default=[0.6])
     api.add_argument("--steps", type=int, default=25, help="DDIM steps")
     api.add_argument("--autocast", nargs="+", default=["off", "bfloat16"], help="model.autocast settings to compare")
+    layout = parser.add_argument_group("batch size and thread layout")
+    layout.add_argument("--layout", action="store_true", help="also measure batch sizes x thread layouts")
+    layout.add_argument("--layout-only", action="store_true", help="measure only batch sizes x thread layouts")
+    layout.add_argument("--layout-batch-sizes", type=int, nargs="+", default=[25, 50, 100])
+    layout.add_argument("--layout-isa", nargs="+", choices=list(ISA_ENV), default=["avx2"])
+    layout.add_argument("--layout-images", type=int, default=100, help="images per process per measurement")
+    layout.add_argument("--layout-steps", type=int, default=5, help="sampler steps per image")
+    layout.add_argument("--layout-rounds", type=int, default=2)
+    layout.add_argument("--layout-worker", nargs=2, type=int, metavar=("BATCH", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         parser.set_defaults(**QUICK)
         args = parser.parse_args()
     if args.compile_worker:
         print(json.dumps(compile_worker(args)))
+        return
+    if args.layout_worker:
+        layout_worker(args, *args.layout_worker)
+        return
+    if args.layout_only:
+        print(json.dumps({"bench": "models", "layout": measure_layouts(args)}))
         return
 
     started, load_start = time.perf_counter(), loadavg()
@@ -132,6 +159,7 @@ def main() -> None:
     print(format_table(results, [("api", "api"), ("degree", "degree"), ("batch_size", "batch"), ("threads", "threads"),
                                  ("dtype", "precision"), ("median", "median"), ("min", "min"), ("max", "max"),
                                  ("x_float32", "x float32")]))
+    layouts = measure_layouts(args) if args.layout else None
     load_end = loadavg()
     seconds = round(time.perf_counter() - started, 1)
     print(f"\nload average at end {' '.join(load_end or [])}; {seconds} s")
@@ -158,6 +186,7 @@ def main() -> None:
         "repeats": args.repeats,
         "threads": args.threads,
         "results": results,
+        "layout": layouts,
         "seconds": seconds,
     }))
 
@@ -357,6 +386,67 @@ def measure_api(args: argparse.Namespace) -> list[dict[str, Any]]:
         base = baseline.get((r["api"], r["degree"], r["batch_size"], r["threads"]))
         r["x_float32"] = round(r["median"] / base, 2) if base else None
     return results
+
+
+def layout_worker(args: argparse.Namespace, batch_size: int, threads: int) -> None:
+    """One process of a layout measurement: load and warm up, say ready, wait for go, then time the sampling."""
+    torch.set_num_threads(threads)
+    model = load_model(demo_config(args, batch_size, "off", args.layout_steps))
+    model.random(batch_size, seed=0)  # warm-up: oneDNN builds its kernels for the shape
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.perf_counter()
+    model.random(args.layout_images, seed=1)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"image_steps": args.layout_images * args.layout_steps, "seconds": seconds,
+                      "kernels": torch.backends.cpu.get_cpu_capability()}), flush=True)
+
+
+def run_layout(args: argparse.Namespace, isa: str, batch_size: int, processes: int, threads: int) -> dict[str, Any]:
+    """Image-steps per second of ``processes`` workers of ``threads`` threads each, started together."""
+    env = {k: v for k, v in os.environ.items() if k not in ISA_ENV["avx2"]} | ISA_ENV[isa]
+    command = [sys.executable, __file__, "--layout-worker", str(batch_size), str(threads), "--model", args.model,
+               "--device", "cpu", "--layout-images", str(args.layout_images), "--layout-steps", str(args.layout_steps)]
+    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                cwd=REPO_ROOT) for _ in range(processes)]
+    for worker in workers:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready", "layout worker failed"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    reports = [json.loads(worker.communicate()[0].strip().splitlines()[-1]) for worker in workers]
+    total = sum(r["image_steps"] for r in reports)
+    return {"isa": isa, "kernels": reports[0]["kernels"], "batch_size": batch_size, "layout": f"{processes}x{threads}",
+            "rate": total / max(r["seconds"] for r in reports)}
+
+
+def measure_layouts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Float32 image-steps/s of the machine per kernel set, batch size and layout, median of interleaved rounds."""
+    load_start = loadavg()
+    rates: dict[tuple[str, int, str], list[float]] = {}
+    kernels: dict[str, str] = {}
+    for _ in range(args.layout_rounds):
+        for isa in args.layout_isa:
+            for batch_size in args.layout_batch_sizes:
+                for processes, threads in LAYOUTS:
+                    row = run_layout(args, isa, batch_size, processes, threads)
+                    rates.setdefault((isa, batch_size, row["layout"]), []).append(row["rate"])
+                    kernels[isa] = row["kernels"]
+    rows = [{"isa": isa, "kernels": kernels[isa], "batch_size": batch_size, "layout": layout,
+             "image_steps_per_s": round(statistics.median(r), 1), "min": round(min(r), 1), "max": round(max(r), 1)}
+            for (isa, batch_size, layout), r in rates.items()]
+    print(f"\nBatch size x thread layout: float32 image-steps/s of the machine (sampler {args.layout_steps} steps, "
+          f"{args.layout_images} images per process), median of {args.layout_rounds} interleaved rounds; "
+          f"layout = processes x threads; load average {' '.join(load_start or [])} -> {' '.join(loadavg() or [])}")
+    print(format_table(rows, [("isa", "kernels asked"), ("kernels", "ATen kernels"), ("batch_size", "batch"),
+                              ("layout", "layout"), ("image_steps_per_s", "image-steps/s"), ("min", "min"),
+                              ("max", "max")]))
+    for isa in args.layout_isa:
+        best = max((r for r in rows if r["isa"] == isa), key=lambda r: r["image_steps_per_s"])
+        print(f"fastest with {isa} kernels: batch {best['batch_size']}, {best['layout']} "
+              f"({best['image_steps_per_s']} image-steps/s)")
+    return rows
 
 
 if __name__ == "__main__":
