@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from privevo.errors import UserError
 from privevo.population import Population
 from privevo.text import text_io
 from privevo.text.augpe import AugPE, tidy
-from privevo.text.backends import Request, TextModel
+from privevo.text.backends import HfCausalLM, Request, TextModel
 from privevo.text.data import load_texts, split_bucket
 
 TINY = "configs/tiny-text.yaml"
@@ -147,6 +148,21 @@ def test_tidy_drops_a_preamble_and_cuts_long_answers_at_a_sentence_end() -> None
     assert tidy(long, 8) == "One two three four five six."  # 11 words at most, back to the sentence end
     assert tidy(long, 3) == "One two three four"  # no sentence end in the second half of the cut
     assert tidy(long, None) == long
+
+
+def test_hf_batches_group_requests_of_like_token_limits_and_answer_in_order() -> None:
+    model = object.__new__(HfCausalLM)  # only the batching, no weights
+    model.threads, model.batch_size = None, 2
+    batches: list[list[int]] = []
+
+    def batch(requests: Sequence[Request], system: str | None) -> list[str]:
+        batches.append([r.max_new_tokens for r in requests])
+        return [r.prompt for r in requests]
+
+    model._batch = batch  # type: ignore[method-assign]
+    requests = [Request(f"p{i}", limit, i) for i, limit in enumerate([40, 8, 40, 8, 20])]
+    assert model.complete(requests) == ["p0", "p1", "p2", "p3", "p4"]
+    assert batches == [[8, 8], [20, 40], [40]]
 
 
 def test_augpe_refuses_templates_without_public_values() -> None:

@@ -16,7 +16,7 @@ draws therefore do not depend on the other requests of its batch. Its logits do,
 bits: padding and batch shape change the order of float sums, so the same request sent in
 batches of another size or with another thread count gives the same text except where such a
 rounding difference moves a draw across a token's boundary (rare, but not never). Within one
-process, the same requests in the same batches give the same texts.
+process, the same requests give the same texts (the batches are a function of the requests).
 """
 
 from __future__ import annotations
@@ -144,14 +144,19 @@ class HfCausalLM(TextModel):
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def complete(self, requests: Sequence[Request], system: str | None = None) -> list[str]:
-        """Batches of ``batch_size`` requests, left-padded, each row sampled from its own generator."""
+        """Batches of ``batch_size`` requests, left-padded, each row sampled from its own generator. The batches take
+        the requests in order of their token limits (a batch runs until its longest limit, so requests of like limits
+        together waste fewer steps); the answers come back in the requests' order."""
         import torch
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        out: list[str] = []
-        for start in range(0, len(requests), self.batch_size):
-            out += self._batch(requests[start:start + self.batch_size], system)
+        order = sorted(range(len(requests)), key=lambda i: requests[i].max_new_tokens)
+        out = [""] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            for row, answer in zip(rows, self._batch([requests[i] for i in rows], system), strict=True):
+                out[row] = answer
         return out
 
     def _batch(self, requests: Sequence[Request], system: str | None) -> list[str]:
