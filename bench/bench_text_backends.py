@@ -36,7 +36,7 @@ from bench._common import format_table, machine_info  # noqa: E402
 from privevo import calls, storage  # noqa: E402
 from privevo.config import RemoteConfig  # noqa: E402
 from privevo.layout import RunLayout  # noqa: E402
-from privevo.serve import load_served_model, serve_config  # noqa: E402
+from privevo.serve import pretrained_model  # noqa: E402
 from privevo.text.backends import Request  # noqa: E402
 from privevo.text.openai_compatible import OpenAICompatible  # noqa: E402
 
@@ -77,9 +77,7 @@ def main() -> None:
 
     requests = [Request(f"Write one sentence about {TOPICS[i % len(TOPICS)]} in about 25 words.", args.max_new_tokens, i)
                 for i in range(args.n)]
-    config = serve_config("hf_causal_lm", args.model, None, None, {"batch_size": args.batch_size},
-                          {"threads": args.threads, "max_new_tokens": args.max_new_tokens})
-    model = load_served_model(config)
+    model = pretrained_model("hf_causal_lm", args.model, {"batch_size": args.batch_size, "threads": args.threads}).load()
     model.complete(requests[:1])  # warm-up
     started = time.perf_counter()
     texts = model.complete(requests)

@@ -420,19 +420,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from privevo.config import load_config
 
     if args.config:
-        config = load_config(args.config, args.overrides)
+        served = serve.configured_model(load_config(args.config, args.overrides))
     elif args.model_kind and args.model_path:
-        options = {key: value for key, value in (
-            ("batch_size", args.batch_size), ("num_inference_steps", args.num_inference_steps),
-            ("device", args.device), ("autocast", args.autocast), ("prompts", args.prompts), ("sha256", args.sha256))
-            if value is not None}
-        text = {key: value for key, value in (("threads", args.threads), ("max_new_tokens", args.max_new_tokens))
-                if value is not None}
-        config = serve.serve_config(args.model_kind, args.model_path, args.image_size, args.channels, options, text)
+        options = {key: getattr(args, key) for key in ("batch_size", "num_inference_steps", "device", "autocast",
+                                                       "prompts", "sha256", "image_size", "channels", "threads")
+                   if getattr(args, key) is not None}  # from_pretrained's keyword arguments
+        served = serve.pretrained_model(args.model_kind, args.model_path, options, args.max_new_tokens or 64)
     else:
         raise UserError("serve needs --model-kind and --model-path (or --config CFG to serve its model section)")
     try:
-        return serve.serve(config, args.host, args.port, args.model_name, args.token_env, args.graceful_timeout)
+        return serve.serve(served, args.host, args.port, args.model_name, args.token_env, args.graceful_timeout)
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has finished the calls in flight and stopped, then raised it again
         print("stopped serving (interrupted)", file=sys.stderr)
         return 0

@@ -27,6 +27,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +39,6 @@ from privevo.image import protocol
 if TYPE_CHECKING:
     from privevo.config import Config
     from privevo.image.models.base import FoundationModel
-    from privevo.text.backends import TextModel
 
 logger = logging.getLogger(__name__)
 
@@ -206,82 +206,89 @@ def create_app(holder: ModelHolder, token: str | None = None, load_in_background
 LOCAL_KINDS = "a local model kind (ddpm_unet, stable_diffusion, hf_causal_lm)"
 
 
-def serve_config(kind: str, path: str, image_size: int | None, channels: int | None, overrides: dict[str, Any],
-                 text: dict[str, Any] | None = None) -> Config:
-    """An experiment config holding just the model to serve (the backends load ``from_config``); a text model kind
-    gives a ``modality: text`` config with ``text`` as its text section (threads, max_new_tokens)."""
-    import json
-    from pathlib import Path
+@dataclass(frozen=True)
+class ServedModel:
+    """A local backend to serve: its kind, its data type (``image`` or ``text``), how to load it (in the background,
+    once the server answers liveness) and, for text, a request's token limit when it names none."""
 
-    from privevo import model_store
-    from privevo.config import REMOTE_KINDS, parse_config
+    kind: str
+    modality: str
+    load: Callable[[], Any]
+    max_new_tokens: int = 64
+
+
+def _local_modality(kind: str) -> str:
+    """``text`` or ``image`` for a registered kind served in process; kinds behind an API are UserErrors."""
+    from privevo.config import REMOTE_KINDS
+    from privevo.image.models import MODEL_BACKENDS
     from privevo.text import TEXT_MODELS
 
-    if kind in REMOTE_KINDS:
+    if kind in REMOTE_KINDS or kind not in (*MODEL_BACKENDS, *TEXT_MODELS):
         raise UserError(f"serve needs {LOCAL_KINDS}, not {kind}")
-    if model_store.is_remote(path) and not overrides.get("sha256"):
-        raise UserError(f"--model-path {path} is on Cloud Storage, so it needs --sha256: the folder's digest "
-                        f"(python -m privevo.model_store hash {path} prints it)")
-    common = {"name": "serve", "model": {"kind": kind, "path": path, **overrides},
-              "population": {"size": 1, "generations": 1, "degrees": 0.5}, "privacy": {"noise_multiplier": 1.0}}
-    if kind in TEXT_MODELS:
-        return parse_config({**common, "modality": "text", "private": {"source": "jsonl", "path": "unused.jsonl"},
-                             "text": text or {}}, source="serve")
-    if image_size is None or channels is None:
-        local = path
-        if model_store.is_remote(path):  # copied into the model cache once, where loading finds it again
-            local = str(model_store.fetch(path, overrides["sha256"]))
-        if not Path(local).exists():
-            raise UserError(f"model path {path} does not exist: fix --model-path")
-        unet_config = Path(local) / "unet" / "config.json"
-        detected: dict[str, Any] = {}
-        if kind == "ddpm_unet" and unet_config.is_file():
-            try:
-                detected = json.loads(unet_config.read_text())
-            except (OSError, ValueError):
-                detected = {}
-        image_size = image_size or detected.get("sample_size")
-        channels = channels or detected.get("in_channels")
-        if not isinstance(image_size, int) or channels not in (1, 3):
-            raise UserError(f"cannot tell the image size and channels of the {kind} model at {path}: "
-                            "pass --image-size and --channels")
-    return parse_config({**common, "image_size": image_size, "channels": channels,
-                         "private": {"source": "npz", "path": "unused.npz"}}, source="serve")
+    return "text" if kind in TEXT_MODELS else "image"
 
 
-def load_served_model(config: Config) -> Any:
-    """The local backend ``config.model`` names: an image :class:`FoundationModel` or a :class:`TextModel` (without
-    Aug-PE's prompts: the server completes the prompts clients send)."""
-    if config.modality == "text":
+def _backend(kind: str, modality: str) -> Any:
+    """The backend class of ``kind`` (image backends with torch set up as a run's steps set it up)."""
+    if modality == "text":
         from privevo import registry
         from privevo.text import TEXT_MODELS
 
-        text_model: TextModel = registry.registered_class(TEXT_MODELS, config.model.kind, "text model kind").from_config(config)
-        return text_model
-    from privevo.image.models import load_model
+        return registry.registered_class(TEXT_MODELS, kind, "text model kind")
+    from privevo.image.models import prepared_backend
 
-    return load_model(config)
+    return prepared_backend(kind)
 
 
-def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name: str | None = None,
+def pretrained_model(kind: str, path: str, options: dict[str, Any], max_new_tokens: int = 64) -> ServedModel:
+    """The model folder ``path`` as backend ``kind``, loaded by ``from_pretrained(path, **options)`` (the command
+    line's options, named as its keyword arguments); an option the backend does not take is a one-line UserError."""
+    import inspect
+
+    from privevo import model_store
+    from privevo.pretrained import Pretrained
+
+    modality = _local_modality(kind)
+    if model_store.is_remote(path) and not options.get("sha256"):
+        raise UserError(f"--model-path {path} is on Cloud Storage, so it needs --sha256: the folder's digest "
+                        f"(python -m privevo.model_store hash {path} prints it)")
+
+    def load() -> Any:
+        backend = _backend(kind, modality)
+        if not issubclass(backend, Pretrained):
+            raise UserError(f"serve needs {LOCAL_KINDS}, not {kind}")
+        taken = inspect.signature(backend.from_pretrained).parameters
+        unknown = [f"--{key.replace('_', '-')}" for key in options if key not in taken]
+        if unknown:
+            raise UserError(f"model kind {kind} takes no {', '.join(unknown)}")
+        return backend.from_pretrained(path, **options)
+
+    return ServedModel(kind, modality, load, max_new_tokens)
+
+
+def configured_model(config: Config) -> ServedModel:
+    """The model an experiment config names (``serve --config``), loaded as a run's steps load it: a text backend
+    without Aug-PE's prompts (the server completes the prompts clients send)."""
+    kind = config.model.kind
+    modality = _local_modality(kind)
+    max_new_tokens = config.text.max_new_tokens if config.text is not None else 64
+    return ServedModel(kind, modality, lambda: _backend(kind, modality).from_config(config), max_new_tokens)
+
+
+def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8080, model_name: str | None = None,
           token_env: str | None = None, graceful_timeout: float = 30.0) -> int:
-    """Serve ``config.model`` until SIGTERM/SIGINT; 0 on a clean stop, 2 when the model cannot load."""
+    """Serve ``served`` until SIGTERM/SIGINT; 0 on a clean stop, 2 when the model cannot load."""
     import uvicorn
 
-    from privevo.config import REMOTE_KINDS
-
-    if config.model.kind in REMOTE_KINDS:
-        raise UserError(f"serve needs {LOCAL_KINDS}, not {config.model.kind}")
     token = None
     if token_env:
         token = os.environ.get(token_env, "").strip()
         if not token:
             raise UserError(f"--token-env names {token_env}, which is not set or empty: export the token in it")
-    name = model_name or config.model.kind
-    holder = ModelHolder(name, lambda: load_served_model(config))
-    text = config.modality == "text"
-    max_new_tokens = config.text.max_new_tokens if config.text is not None else 64
-    app = create_app(holder, token, modality=config.modality, max_new_tokens=max_new_tokens)
+    name = model_name or served.kind
+    holder = ModelHolder(name, served.load)
+    text = served.modality == "text"
+    app = create_app(holder, token, modality=served.modality, max_new_tokens=served.max_new_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=int(graceful_timeout)))
 
@@ -292,7 +299,7 @@ def serve(config: Config, host: str = "127.0.0.1", port: int = 8080, model_name:
 
     threading.Thread(target=stop_if_load_fails, daemon=True).start()
     api = "OpenAI API, /v1/chat/completions" if text else "KServe v2 protocol"
-    print(f"serving {config.model.kind} model {name!r} on http://{host}:{port} ({api})", flush=True)
+    print(f"serving {served.kind} model {name!r} on http://{host}:{port} ({api})", flush=True)
     server.run()
     if holder.error is not None:
         raise UserError(holder.error)

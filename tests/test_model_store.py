@@ -231,12 +231,11 @@ def test_serve_takes_a_gcs_model_with_its_digest(gcs_server, local_model: Path, 
 
     uri = _upload(gcs_server, local_model)
     with pytest.raises(UserError, match=r"--model-path gs://.* needs --sha256"):
-        serve.serve_config("ddpm_unet", uri, None, None, {})
+        serve.pretrained_model("ddpm_unet", uri, {})
     assert not cache.exists()  # refused before any download
 
     digest = model_store.folder_digest(str(local_model))
-    config = serve.serve_config("ddpm_unet", uri, None, None, {"sha256": digest})
+    model = serve.pretrained_model("ddpm_unet", uri, {"sha256": digest}).load()
     unet = json.loads((local_model / "unet" / "config.json").read_text())
-    assert (config.image_size, config.channels) == (unet["sample_size"], unet["in_channels"])  # read off the copy
-    assert (config.model.path, config.model.sha256) == (uri, digest)  # loading finds the copy in the cache
+    assert (model.image_size, model.channels) == (unet["sample_size"], unet["in_channels"])  # read off the copy
     assert model_store.folder_digest(str(cache / digest)) == digest

@@ -283,10 +283,11 @@ def test_sd_grayscale_and_resize(sd_dir: str) -> None:
 
 
 def test_registry_names_every_backend_and_configs_need_no_torch() -> None:
+    from privevo.image.models.null import NullModel
     from privevo.image.models.remote import RemoteModel
 
     assert {kind: backend_class(kind) for kind in MODEL_BACKENDS} == {
-        "ddpm_unet": DDPMUNetModel, "stable_diffusion": StableDiffusionModel, "remote": RemoteModel,
+        "ddpm_unet": DDPMUNetModel, "stable_diffusion": StableDiffusionModel, "remote": RemoteModel, "null": NullModel,
     }
     probe = "import sys, privevo.config, privevo.image.models, privevo.image.embeddings; print('torch' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -296,14 +297,15 @@ def test_registry_names_every_backend_and_configs_need_no_torch() -> None:
 def test_unknown_kind_is_a_one_line_error(unet_dir: str) -> None:
     with pytest.raises(UserError) as excinfo:
         experiment({"kind": "gan", "path": unet_dir})
-    assert_one_line_user_error(excinfo, "model.kind", "foundation model kind 'gan'", "ddpm_unet, remote, stable_diffusion")
+    assert_one_line_user_error(excinfo, "model.kind", "foundation model kind 'gan'",
+                               "ddpm_unet, null, remote, stable_diffusion")
     with pytest.raises(UserError) as excinfo:
         backend_class("gan")
-    assert_one_line_user_error(excinfo, "'gan'", "ddpm_unet, remote, stable_diffusion")
+    assert_one_line_user_error(excinfo, "'gan'", "ddpm_unet, null, remote, stable_diffusion")
 
 
 def test_missing_model_path(tmp_path: Path) -> None:
-    for kind in set(MODEL_BACKENDS) - {"remote"}:  # remote loads no weights (tests/test_remote.py)
+    for kind in set(MODEL_BACKENDS) - {"remote", "null"}:  # remote and null load no weights
         with pytest.raises(UserError) as excinfo:
             load_model(experiment({"kind": kind, "path": str(tmp_path / "nope")}))
         assert_one_line_user_error(excinfo, "does not exist", "nope")
@@ -471,3 +473,32 @@ def test_shipped_model_dpm_solver_samples_are_recognisable_clothes() -> None:
     probabilities = predict_proba(load_classifier(SHIPPED_CLASSIFIER), model.random(200, seed=0))
     assert np.median(probabilities.max(1)) > 0.75
     assert set(probabilities.argmax(1).tolist()) == set(range(10))
+
+
+def test_from_config_is_from_pretrained_with_the_configs_options(unet_dir: str) -> None:
+    config = experiment({"kind": "ddpm_unet", "path": unet_dir, "num_inference_steps": 2, "batch_size": 3,
+                         "autocast": "off"})
+    options = DDPMUNetModel.pretrained_options(config)
+    assert (options["num_inference_steps"], options["batch_size"], options["image_size"]) == (2, 3, 28)
+    from_config = load_model(config).random(4, seed=5)
+    pretrained = DDPMUNetModel.from_pretrained(unet_dir, **options).random(4, seed=5)
+    assert np.array_equal(from_config, pretrained)  # same process, batches and threads: the same computation
+
+
+def test_serve_loads_a_folder_with_the_options_its_backend_takes(unet_dir: str) -> None:
+    from privevo import serve
+
+    served = serve.pretrained_model("ddpm_unet", unet_dir, {"num_inference_steps": 2, "device": "cpu"})
+    model = served.load()
+    assert (served.modality, model.num_inference_steps, model.image_size) == ("image", 2, 28)
+    with pytest.raises(UserError) as excinfo:
+        serve.pretrained_model("ddpm_unet", unet_dir, {"threads": 2, "prompts": ["a"]}).load()
+    assert_one_line_user_error(excinfo, "model kind ddpm_unet takes no --threads, --prompts")
+    with pytest.raises(UserError) as excinfo:
+        serve.pretrained_model("ddpm_unet", unet_dir, {"channels": 3}).load()
+    assert_one_line_user_error(excinfo, "channels 3 does not match the model's 1")
+    for kind in ("remote", "openai_compatible", "gan"):
+        with pytest.raises(UserError) as excinfo:
+            serve.pretrained_model(kind, unet_dir, {})
+        assert_one_line_user_error(excinfo, f"serve needs a local model kind (ddpm_unet, stable_diffusion, "
+                                            f"hf_causal_lm), not {kind}")

@@ -38,9 +38,9 @@ REQUESTS = [Request(f"Write one sentence about {topic}.", 6, seed)
 @pytest.fixture(scope="module")
 def holder():
     """The tiny text config's model, as ``pipeline.py serve --config configs/tiny-text.yaml`` serves it."""
-    from privevo.serve import ModelHolder, load_served_model
+    from privevo.serve import ModelHolder, configured_model
 
-    holder = ModelHolder("hf_causal_lm", lambda: load_served_model(load_config(CONFIG)))
+    holder = ModelHolder("hf_causal_lm", configured_model(load_config(CONFIG)).load)
     holder.load()
     return holder
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
 from privevo.errors import UserError
+from privevo.pretrained import Pretrained
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +79,7 @@ def sampling_seed(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-class HfCausalLM(TextModel):
+class HfCausalLM(Pretrained, TextModel):
     """A local Hugging Face causal LM, in process (``model.kind: hf_causal_lm``)."""
 
     name = "hf_causal_lm"
@@ -100,19 +101,18 @@ class HfCausalLM(TextModel):
             raise UserError(f"the language model at {source} has no end-of-sequence token")
 
     @classmethod
-    def from_config(cls, config: Config) -> HfCausalLM:
-        """The model at ``model.path`` with ``model.batch_size``, ``device``, ``autocast`` and ``text``'s sampling."""
+    def pretrained_options(cls, config: Config) -> dict[str, Any]:
+        """``model.sha256``, ``batch_size``, ``device``, ``autocast`` and ``text``'s sampling and threads."""
         from privevo.text.modality import text_section
 
         m, section = config.model, text_section(config)
-        assert m.path is not None  # the config requires a path for in-process kinds
-        return cls.from_pretrained(m.path, m.sha256, m.batch_size, m.device, m.autocast, section.temperature,
-                                   section.top_p, section.threads)
+        return {"sha256": m.sha256, "batch_size": m.batch_size, "device": m.device, "autocast": m.autocast,
+                "temperature": section.temperature, "top_p": section.top_p, "threads": section.threads}
 
     @classmethod
     def from_pretrained(cls, path: str, sha256: str | None = None, batch_size: int = 16, device: str = "auto",
                         autocast: str = "auto", temperature: float = 1.0, top_p: float = 1.0,
-                        threads: int | None = None) -> HfCausalLM:
+                        threads: int | None = None) -> Self:
         """Load a ``save_pretrained`` folder (or a gs:// copy of one) offline; bfloat16 weights where ``autocast``
         asks for them (auto: where the hardware runs bfloat16 natively), else float32."""
         import torch

@@ -34,7 +34,10 @@ Adding a backend (for example a DiT or a consistency model) is one new module an
    validates inputs, batches, and shows progress. Its classmethod ``from_config(config)``
    loads the model from ``config.model`` (and ``config.image_size`` / ``channels``), offline,
    turning bad paths into one-line ``UserError``s (:func:`~privevo.image.models.base.resolve_model_dir`,
-   :func:`~privevo.image.models.base.check_model_index`).
+   :func:`~privevo.image.models.base.check_model_index`); its ``config_fields`` name the config
+   fields ``from_config`` reads. A backend loaded from a model folder also derives from
+   :class:`~privevo.pretrained.Pretrained`: ``from_pretrained(path, **options)`` loads it (what
+   ``pipeline.py serve`` calls) and ``pretrained_options(config)`` gives the config's options.
 2. Its line in :data:`MODEL_BACKENDS`: ``"<kind>": "privevo.image.models.<kind>:<Class>"``. Configs can
    then name it as ``model.kind``; the registry is plain strings so that validating a config
    does not import torch.
@@ -64,13 +67,19 @@ def backend_class(kind: str) -> type[FoundationModel]:
     return registry.registered_class(MODEL_BACKENDS, kind, "foundation model kind")
 
 
-def load_model(config: Config) -> FoundationModel:
-    """The foundation model the config names, with torch set up for sampling on this machine's CPUs."""
-    backend = backend_class(config.model.kind)  # first: its module sets the OpenMP policy before torch loads
+def prepared_backend(kind: str) -> type[FoundationModel]:
+    """The backend class registered as ``kind``, with torch set up for sampling on this machine's CPUs (a run's steps
+    and ``pipeline.py serve`` load models through it)."""
+    backend = backend_class(kind)  # first: its module sets the OpenMP policy before torch loads
     import torch
 
     runtime.configure_torch_threads()
     # Tiny (denormal) intermediate values flush to zero on the CPU: the demo UNet runs about 10%
     # faster and its samples are bit-identical (bench/RESULTS.md). A no-op where unsupported.
     torch.set_flush_denormal(True)
-    return backend.from_config(config)
+    return backend
+
+
+def load_model(config: Config) -> FoundationModel:
+    """The foundation model the config names, with torch set up for sampling on this machine's CPUs."""
+    return prepared_backend(config.model.kind).from_config(config)

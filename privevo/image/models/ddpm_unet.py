@@ -31,6 +31,7 @@ from privevo.image.models.base import (  # noqa: E402
     resolve_model_dir,
     tensor_to_images,
 )
+from privevo.pretrained import Pretrained  # noqa: E402
 
 if TYPE_CHECKING:
     from privevo.config import Config
@@ -70,7 +71,7 @@ def variation_steps(num_inference_steps: int, degree: float) -> int:
     return min(int(num_inference_steps * degree), num_inference_steps)
 
 
-class DDPMUNetModel(FoundationModel):
+class DDPMUNetModel(Pretrained, FoundationModel):
     """A diffusers UNet2DModel: sampling for random, SDEdit (noise, then the sampler back) for variation."""
 
     def __init__(
@@ -106,14 +107,11 @@ class DDPMUNetModel(FoundationModel):
     config_fields = ("model", "image_size")
 
     @classmethod
-    def from_config(cls, config: "Config") -> Self:
-        """The UNet at ``config.model.path``, checked against the experiment's ``image_size``."""
+    def pretrained_options(cls, config: "Config") -> dict[str, Any]:
+        """The model section's sampling options, and the experiment's ``image_size`` to check the UNet against."""
         m = config.model
-        assert m.path is not None  # the config requires a path for in-process kinds
-        return cls.from_pretrained(
-            m.path, num_inference_steps=m.num_inference_steps, batch_size=m.batch_size, device=m.device,
-            image_size=config.image_size, autocast=m.autocast, sha256=m.sha256, scheduler=m.scheduler,
-        )
+        return {"num_inference_steps": m.num_inference_steps, "batch_size": m.batch_size, "device": m.device,
+                "image_size": config.image_size, "autocast": m.autocast, "sha256": m.sha256, "scheduler": m.scheduler}
 
     @classmethod
     def from_pretrained(
@@ -127,8 +125,10 @@ class DDPMUNetModel(FoundationModel):
         autocast: str = "auto",
         sha256: str | None = None,
         scheduler: str = "ddim",
+        channels: int | None = None,
     ) -> Self:
-        """Load a ``DDPMPipeline.save_pretrained`` folder (unet/ and scheduler/), offline."""
+        """Load a ``DDPMPipeline.save_pretrained`` folder (unet/ and scheduler/), offline; ``image_size`` and
+        ``channels``, where given, must be the UNet's."""
         from diffusers import DDPMScheduler, UNet2DModel
 
         model_dir = resolve_model_dir(name_or_path, sha256)
@@ -148,6 +148,8 @@ class DDPMUNetModel(FoundationModel):
                 f"image_size {image_size} does not match the model's resolution {sample_size} ({name_or_path}): "
                 f"set image_size to {sample_size} or use a model trained at {image_size}"
             )
+        if channels is not None and channels != unet.config.in_channels:
+            raise UserError(f"channels {channels} does not match the model's {unet.config.in_channels} ({name_or_path})")
         return cls(
             unet, scheduler_config, str(name_or_path), num_inference_steps, batch_size, device, dtype, autocast, scheduler
         )

@@ -24,12 +24,13 @@ from privevo.image.models.base import (  # noqa: E402
     resolve_dtype,
     resolve_model_dir,
 )
+from privevo.pretrained import Pretrained  # noqa: E402
 
 if TYPE_CHECKING:
     from privevo.config import Config
 
 
-class StableDiffusionModel(FoundationModel):
+class StableDiffusionModel(Pretrained, FoundationModel):
     """Stable Diffusion: text-to-image with one prompt per class for random, img2img for variation."""
 
     def __init__(
@@ -73,22 +74,20 @@ class StableDiffusionModel(FoundationModel):
     config_fields = ("model", "image_size", "channels", "name")  # the default prompt is the experiment's name
 
     @classmethod
-    def from_config(cls, config: "Config") -> Self:
-        """The pipeline at ``config.model.path``, one prompt per class (default: the experiment's name)."""
+    def pretrained_options(cls, config: "Config") -> dict[str, Any]:
+        """The model section's options, one prompt per class (default: the experiment's name), the image shape."""
         m = config.model
-        assert m.path is not None  # the config requires a path for in-process kinds
         image_size, channels = image_shape(config)
-        return cls.from_pretrained(
-            m.path, prompts=m.prompts or [config.name], image_size=image_size, channels=channels,
-            num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale, batch_size=m.batch_size,
-            device=m.device, disable_safety_checker=m.disable_safety_checker, autocast=m.autocast, sha256=m.sha256,
-        )
+        return {"prompts": m.prompts or [config.name], "image_size": image_size, "channels": channels,
+                "num_inference_steps": m.num_inference_steps, "guidance_scale": m.guidance_scale,
+                "batch_size": m.batch_size, "device": m.device, "disable_safety_checker": m.disable_safety_checker,
+                "autocast": m.autocast, "sha256": m.sha256}
 
     @classmethod
     def from_pretrained(
         cls,
         name_or_path: str,
-        prompts: list[str],
+        prompts: list[str] | None = None,
         image_size: int | None = None,
         channels: int = 3,
         num_inference_steps: int = 50,
@@ -100,7 +99,8 @@ class StableDiffusionModel(FoundationModel):
         autocast: str = "auto",
         sha256: str | None = None,
     ) -> Self:
-        """Load a ``StableDiffusionPipeline.save_pretrained`` folder, offline."""
+        """Load a ``StableDiffusionPipeline.save_pretrained`` folder, offline; no ``prompts``: one empty prompt
+        (unconditional)."""
         from diffusers import StableDiffusionPipeline
 
         model_dir = resolve_model_dir(name_or_path, sha256)
@@ -117,7 +117,7 @@ class StableDiffusionModel(FoundationModel):
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"could not load Stable Diffusion from {name_or_path} ({first_line(err)}): {hint}") from err
         return cls(
-            pipe.to(resolved), prompts, str(name_or_path), image_size, channels,
+            pipe.to(resolved), [""] if prompts is None else prompts, str(name_or_path), image_size, channels,
             num_inference_steps, guidance_scale, batch_size, disable_safety_checker, autocast,
         )
 
