@@ -137,6 +137,15 @@ def test_embedding_scales_by_public_bounds_and_weights_categories() -> None:
     assert features.tolist() == [[0.0, 0, 0, 0, 0.5, 1.0, 0, 0, 0.5], [1.0, 0.5, 0, 0, 0, 0.0, 0.5, 0.5, 0]]
 
 
+def test_embedding_log_scale_for_a_long_tail() -> None:
+    spec = {"columns": [{"name": "gain", "type": "integer", "min": 0, "max": 99999, "scale": "log"}]}
+    features = TabularEmbedding(Schema(SchemaSpec.model_validate(spec))).embed(np.array([[0.0], [99999.0], [3000.0]]))
+    assert features[:2, 0].tolist() == [0.0, 1.0]
+    assert features[2, 0] == pytest.approx(np.log1p(3000) / np.log1p(99999), rel=1e-6)  # 0.70, not 0.03
+    with pytest.raises(ValueError, match="scale are for integer and float columns"):
+        ColumnSpec(name="x", type="categorical", categories=["a"], scale="log")
+
+
 def test_population_file_round_trip() -> None:
     codes = TabularModel(schema()).random(7, seed=0)
     population = Population(samples=codes, labels=np.full(7, -1), parent_ids=np.arange(7), generation=3)

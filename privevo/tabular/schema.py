@@ -42,6 +42,8 @@ class ColumnSpec(_Strict):
     min: float | None = Field(default=None, description="integer/float: lower bound (values below are clipped)")
     max: float | None = Field(default=None, description="integer/float: upper bound (values above are clipped)")
     atoms: list[float] = Field(default=[], description="integer/float: declared point masses (e.g. 0 for a gain)")
+    scale: Literal["linear", "log"] = Field(
+        default="linear", description="integer/float: the vote's scale, log1p(x - min) for a long tail (a gain)")
 
     @model_validator(mode="after")
     def _domain(self) -> ColumnSpec:
@@ -52,8 +54,8 @@ class ColumnSpec(_Strict):
                 raise ValueError(f"column {self.name}: categories repeat")
             if self.other is not None and self.other not in self.categories:
                 raise ValueError(f"column {self.name}: other {self.other!r} is not one of its categories")
-            if self.min is not None or self.max is not None or self.atoms:
-                raise ValueError(f"column {self.name}: min, max and atoms are for integer and float columns")
+            if self.min is not None or self.max is not None or self.atoms or self.scale != "linear":
+                raise ValueError(f"column {self.name}: min, max, atoms and scale are for integer and float columns")
             return self
         if self.categories is not None or self.other is not None:
             raise ValueError(f"column {self.name}: categories and other are for categorical columns")
