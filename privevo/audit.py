@@ -13,7 +13,6 @@ failure is named.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -262,6 +261,23 @@ def _read_released(run: Run, ledger: privacy.Ledger, released: list[str], report
     return found
 
 
+_PRIVATE_FILE_HASHES = ("sha256", "md5")  # the hex digests of a private-tier file a released file must not hold
+_ROW_BLOCK = 16_384  # private embedding rows fingerprinted at a time
+
+
+def _private_embedding_rows(stored: dict[str, np.ndarray]) -> set[str]:
+    """The fingerprints of the private embeddings' real rows (not the padding), a block of rows at a time: the
+    embeddings are memory-mapped and may not fit in memory whole."""
+    embeddings = stored["embeddings"]
+    real = stored["real"] if "real" in stored else np.ones(len(embeddings), bool)  # embedded before padding
+    rows: set[str] = set()
+    for start in range(0, len(embeddings), _ROW_BLOCK):
+        block = embeddings[start : start + _ROW_BLOCK][real[start : start + _ROW_BLOCK]]
+        if len(block):
+            rows |= row_hashes(block.astype(np.float32))
+    return rows
+
+
 def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: _Deferred, allow_non_private: bool,
                            released: list[str]) -> Callable[[str, bytes], bool]:
     """The check of one released file's bytes: it holds no private embedding row, private image, hash of a
@@ -276,17 +292,17 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: _Deferred, 
     private_rows: set[str] = set()
     private_hashes: set[bytes] = set()
     try:
-        stored: dict[str, np.ndarray] | None = None
+        embedded = False
         for uri in storage.list_files(run.layout.private_dir):
-            data = storage.read_bytes(uri)
-            private_hashes |= {hashlib.sha256(data).hexdigest().encode(), hashlib.md5(data).hexdigest().encode()}
-            if uri == run.layout.private_embeddings:  # parsed from the same read
-                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                    stored = {key: npz[key] for key in npz.files}
-        if stored is None:
+            if uri == run.layout.private_embeddings:  # hashed as it is mapped: gigabytes at Camelyon17's scale
+                with storage.mapped_npz(uri, _PRIVATE_FILE_HASHES) as (stored, hashes):
+                    private_rows |= _private_embedding_rows(stored)
+                embedded = True
+            else:
+                hashes = storage.file_digests(uri, _PRIVATE_FILE_HASHES)
+            private_hashes |= {digest.encode() for digest in hashes.values()}
+        if not embedded:
             raise FileNotFoundError("no private embeddings")
-        embeddings = stored["embeddings"].astype(np.float32)
-        private_rows |= row_hashes(embeddings[stored["real"]] if "real" in stored else embeddings)  # not the padding
         private_rows |= modality.leak_fingerprints(run.config, load_private_set(run, "audit").samples)
     except Exception as error:  # noqa: BLE001 - an auditor without private access still gets the rest
         report.skip("no private data in released files", f"private tier not readable ({type(error).__name__})")

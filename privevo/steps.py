@@ -12,7 +12,6 @@ noise comes from OS entropy (``privevo.privacy``) and a written release is final
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -208,7 +207,8 @@ def embed_private(run: Run) -> dict[str, Any]:
     if private.labels is not None:
         labels[: len(private.labels)] = private.labels
     try:
-        sha = storage.write_npz(uri, {"embeddings": embeddings, "labels": labels, "real": real}, exclusive=True)
+        sha = storage.write_npz(uri, {"embeddings": embeddings, "labels": labels, "real": real}, exclusive=True,
+                                compress=False)  # uncompressed: the vote and the audit map it, never hold it whole
     except storage.AlreadyExists:
         sha = storage.sha256_uri(uri)
     storage.write_bytes(run.layout.private_embeddings_digest, sha.encode())  # integrity, kept in the private tier
@@ -289,16 +289,20 @@ def private_reference(run: Run) -> dict[str, Any]:
     return {"uri": uri}
 
 
-def _read_private(run: Run, reference: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The private embeddings, labels and which rows are real (not padding), checked against the digest embed_private
-    kept in the private tier."""
-    data = storage.read_bytes(reference["uri"])
+@contextlib.contextmanager
+def _read_private(run: Run, reference: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The private embeddings (memory-mapped, valid inside the ``with``), labels and which rows are real (not
+    padding), checked against the digest embed_private kept in the private tier.
+
+    The file is hashed in chunks and mapped, never held whole: a Camelyon17 set is 2.5 GB (on gs:// it is first
+    streamed to a local temporary copy, :func:`storage.mapped_npz`). A file embedded before it was written
+    uncompressed is read whole."""
     digest = run.layout.private_embeddings_digest
-    if not storage.exists(digest) or storage.sha256_bytes(data) != storage.read_bytes(digest).decode().strip():
-        raise UserError(f"{reference['uri']} changed since it was embedded: rerun embed_private in a new run")
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        real = npz["real"] if "real" in npz.files else np.ones(len(npz["labels"]), bool)  # embedded before padding
-        return npz["embeddings"], npz["labels"], real
+    with storage.mapped_npz(reference["uri"]) as (arrays, hashes):
+        if not storage.exists(digest) or hashes["sha256"] != storage.read_bytes(digest).decode().strip():
+            raise UserError(f"{reference['uri']} changed since it was embedded: rerun embed_private in a new run")
+        real = arrays["real"] if "real" in arrays else np.ones(len(arrays["labels"]), bool)  # embedded before padding
+        yield arrays["embeddings"], arrays["labels"], real
 
 
 # ------------------------------------------------------------- generate_initial
@@ -453,8 +457,8 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
         batch_size=max(config.model.batch_size, 1),
     )
     if keep:  # the next generation's children may reuse them (population.reuse_lookahead); written first
-        storage.write_npz(run.layout.lookahead_variations(generation, shard),
-                          {"variations": kept, "population_sha256": np.array(population_sha)})
+        storage.write_npz(run.layout.lookahead_variations(generation, shard),  # uncompressed: read by rows, mapped
+                          {"variations": kept, "population_sha256": np.array(population_sha)}, compress=False)
     sha = storage.write_npz(uri, {"embeddings": embeddings, "population_sha256": np.array(population_sha)})
     _record_step(run, generation, "embed_synthetic",
                  {"lookahead": lookahead, "degree": degree, "shard": shard, "population_sha256": population_sha,
@@ -521,8 +525,8 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
     def clean_histogram() -> np.ndarray:
         """The clean vote (runs only when a new release is drawn; never leaves privacy.release_vote)."""
         synthetic = _read_synthetic_embeddings(run, generation, len(previous))
-        private_embeddings, private_labels, real = _read_private(run, private_ref)
-        with private_failures(run, "dp_vote", "the vote over the private set failed"):
+        with _read_private(run, private_ref) as (private_embeddings, private_labels, real), \
+                private_failures(run, "dp_vote", "the vote over the private set failed"):
             # Rows out of the subsample search like the others and vote nothing: the work does not show its size.
             votes = real & privacy.private_subsample(len(private_embeddings), config.privacy.sampling_rate)
             return nearest_neighbour_histogram(
@@ -668,25 +672,38 @@ def _reused_lookahead(run: Run, generation: int, all_parents: np.ndarray, part: 
         occurrence[i] = seen.get(parent, 0)
         seen[parent] = occurrence[i] + 1
     reuse = occurrence < lookahead
-    variations = _lookahead_variations(run, generation)
-    reused = {i - part.start: variations[occurrence[i], all_parents[i]]
-              for i in range(part.start, part.stop) if reuse[i]}
-    return reused, int(np.count_nonzero(~reuse[: part.start]))
+    wanted = np.flatnonzero(reuse[part])  # the shard's children that reuse one, relative to its first child
+    rows = _lookahead_variations(run, generation, occurrence[part][wanted], all_parents[part][wanted])
+    return dict(zip(wanted.tolist(), rows, strict=True)), int(np.count_nonzero(~reuse[: part.start]))
 
 
-def _lookahead_variations(run: Run, generation: int) -> np.ndarray:
-    """The lookahead variations (L, candidates, ...) the vote of ``generation`` made, checked against population
-    generation-1."""
-    parts = []
-    for shard in range(run.config.population.num_shards):
+def _lookahead_variations(run: Run, generation: int, repeats: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Lookahead variation ``repeats[j]`` of candidate ``candidates[j]`` (a global index into population
+    generation-1), as the vote of ``generation`` made them, each shard's file checked against that population.
+
+    Reads only the shards that hold those candidates and, through a memory map, only those rows: a shard's memory
+    follows its own children, not N_syn x L (a file written compressed, by an earlier version, is read whole)."""
+    population = run.config.population
+    slot = population.slot_size(generation - 1)
+    firsts = np.array([shard_slice(population.size, shard, population.num_shards).start * slot
+                       for shard in range(population.num_shards)])
+    holders = np.searchsorted(firsts, candidates, side="right") - 1  # the shard of each candidate
+    found: np.ndarray | None = None
+    for shard in np.unique(holders).tolist():
         uri = run.layout.lookahead_variations(generation, shard)
-        population_sha = storage.sha256_uri(run.layout.shard(generation - 1, shard))
-        stored = storage.read_npz(uri) if storage.exists(uri) else None
-        if stored is None or str(stored["population_sha256"]) != population_sha:
-            raise UserError(f"generation {generation} shard {shard} has no lookahead variations of the current "
+        missing = UserError(f"generation {generation} shard {shard} has no lookahead variations of the current "
                             f"population: run embed_synthetic for generation {generation} shard {shard} first")
-        parts.append(stored["variations"])
-    return np.concatenate(parts, axis=1)
+        if not storage.exists(uri):
+            raise missing
+        with storage.mapped_npz(uri, hashes=()) as (stored, _):
+            if str(stored["population_sha256"]) != storage.sha256_uri(run.layout.shard(generation - 1, shard)):
+                raise missing
+            mine = np.flatnonzero(holders == shard)
+            rows = stored["variations"][repeats[mine], candidates[mine] - firsts[shard]]
+        if found is None:
+            found = np.empty((len(candidates), *rows.shape[1:]), rows.dtype)
+        found[mine] = rows
+    return np.empty(0) if found is None else found
 
 
 # ----------------------------------------------------------------------- rerun

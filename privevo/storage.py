@@ -27,6 +27,8 @@ import os
 import random
 import secrets
 import shutil
+import struct
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -50,6 +52,7 @@ _UPDATE_ATTEMPTS = 20
 _REQUEST_TIMEOUT_S = 60.0  # one HTTP request: connect, or wait for the next bytes of the answer
 _CALL_DEADLINE_S = 120.0  # one storage call, its retries with exponential backoff included
 _TRANSFER_WORKERS = 8  # threads of a parallel read (read_many)
+_CHUNK_BYTES = 8 << 20  # one read of a file streamed in chunks (read_chunks)
 _SHA256_KEY = "sha256"  # object metadata: the content's sha256, recorded at write time
 _CRC32C_KEY = "sha256-of-crc32c"  # object metadata: the crc32c of the content that sha256 was recorded for
 _WRITE_KEY = "write-id"  # object metadata: a token of the write, so a retried upload knows its own first try
@@ -345,6 +348,20 @@ def read_bytes(uri: str) -> bytes:
     return _backend(uri).read_bytes(uri)
 
 
+def read_chunks(uri: str) -> Iterator[bytes]:
+    """A file's content in chunks of a few MiB, so that a file of gigabytes is never whole in memory."""
+    return _backend(uri).read_chunks(uri)
+
+
+def file_digests(uri: str, hashes: tuple[str, ...]) -> dict[str, str]:
+    """A file's ``hashes`` (hashlib names) as hex digests, from its content read once in chunks."""
+    hashers = [hashlib.new(name) for name in hashes]
+    for chunk in read_chunks(uri) if hashes else ():
+        for hasher in hashers:
+            hasher.update(chunk)
+    return {name: hasher.hexdigest() for name, hasher in zip(hashes, hashers, strict=True)}
+
+
 def download_file(uri: str, path: str) -> str:
     """Copy a file to a new local path without holding it in memory (model weights run to gigabytes), written through
     to disk; the sha256 of what arrived."""
@@ -432,6 +449,10 @@ class _Backend:
         """A few files' contents, in order."""
         return [self.read_bytes(uri) for uri in uris]
 
+    def read_chunks(self, uri: str) -> Iterator[bytes]:
+        """A file's content in chunks of at most _CHUNK_BYTES."""
+        raise NotImplementedError
+
     def download(self, uri: str, path: str) -> None:
         """Copy a file to a new local path without holding it in memory."""
         raise NotImplementedError
@@ -481,6 +502,10 @@ class _LocalBackend(_Backend):
     def read_bytes(self, uri: str) -> bytes:
         with _local_errors("read", uri), open(uri, "rb") as f:
             return f.read()
+
+    def read_chunks(self, uri: str) -> Iterator[bytes]:
+        with _local_errors("read", uri), open(uri, "rb") as f:
+            yield from iter(functools.partial(f.read, _CHUNK_BYTES), b"")
 
     def download(self, uri: str, path: str) -> None:
         with _local_errors("read", uri):
@@ -556,6 +581,10 @@ class _GcsBackend(_Backend):
                 with _gcs_errors("read", uri):
                     raise result
         return [b.getvalue() for b in buffers]
+
+    def read_chunks(self, uri: str) -> Iterator[bytes]:
+        with _gcs_errors("read", uri), _blob(uri).open("rb", chunk_size=_CHUNK_BYTES, **_limits()) as f:
+            yield from iter(functools.partial(f.read, _CHUNK_BYTES), b"")
 
     def download(self, uri: str, path: str) -> None:
         with _gcs_errors("read", uri):
@@ -676,11 +705,56 @@ def read_npz(uri: str) -> dict[str, np.ndarray]:
         ) from None
 
 
-def write_npz(uri: str, arrays: dict[str, np.ndarray], *, exclusive: bool = False) -> str:
-    """Write arrays as a compressed .npz, atomically; returns the sha256."""
+def write_npz(uri: str, arrays: dict[str, np.ndarray], *, exclusive: bool = False, compress: bool = True) -> str:
+    """Write arrays as an .npz, atomically; returns the sha256. Uncompressed (``compress=False``), its arrays can be
+    memory-mapped where they lie (:func:`mapped_npz`)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+    save = np.savez_compressed if compress else np.savez
+    save(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return write_bytes(uri, buf.getvalue(), exclusive=exclusive)
+
+
+@contextlib.contextmanager
+def mapped_npz(uri: str, hashes: tuple[str, ...] = ("sha256",)) -> Iterator[tuple[dict[str, np.ndarray], dict[str, str]]]:
+    """An .npz file's arrays, each one stored uncompressed memory-mapped read-only where it lies (the others read),
+    and the file's ``hashes`` (hashlib names to hex digests) of the bytes mapped, computed in chunks: a file of
+    gigabytes is never whole in memory. A gs:// file is first streamed to a local temporary copy (in ``TMPDIR``),
+    deleted on exit; the arrays are valid inside the ``with`` only."""
+    with contextlib.ExitStack() as stack:
+        path = uri
+        if is_gcs(uri):
+            path = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="privevo-")), "copy.npz")
+            _backend(uri).download(uri, path)
+        digests = file_digests(path, hashes)
+        try:
+            with zipfile.ZipFile(path) as z, np.load(path, allow_pickle=False) as npz:
+                mapped = {info.filename.removesuffix(".npy"): _mapped_member(path, info)
+                          for info in z.infolist() if info.filename.endswith(".npy")}
+                arrays = {key: npz[key] if array is None else array for key, array in mapped.items()}
+        except (ValueError, OSError, EOFError, struct.error, zipfile.BadZipFile):
+            raise UserError(f"{_describe(uri)} is not a readable .npz of plain arrays: "
+                            "rerun the step that writes it") from None
+        yield arrays, digests
+
+
+def _mapped_member(path: str, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """An uncompressed .npy member of the zip file at ``path`` memory-mapped where it lies; None for any other (a
+    compressed, scalar or empty one: read instead)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)  # the local file header: its name and extra field lengths are its own
+        if header[:4] != b"PK\x03\x04":
+            raise ValueError("not a zip member")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        if dtype.hasobject or not shape or 0 in shape:  # np.memmap maps no scalar and no empty array
+            return None
+        return np.memmap(path, dtype, "r", offset=f.tell(), shape=shape, order="F" if fortran_order else "C")
 
 
 def update_json(uri: str, fn: Callable[[Any], Any]) -> str:

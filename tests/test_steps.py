@@ -55,6 +55,35 @@ def test_the_vote_refuses_embeddings_of_a_population_that_changed(tmp_path):
     assert steps.dp_vote(run, 1, steps.private_reference(run))["generation"] == 1
 
 
+def test_the_vote_maps_the_private_embeddings_and_refuses_a_changed_file(tmp_path, monkeypatch):
+    from privevo import storage, voting
+
+    run = make_tiny_run(tmp_path, "mapped")
+    _vote_embeddings(run, 1)
+    uri = run.layout.private_embeddings
+    with open(uri, "rb") as handle:
+        embedded = handle.read()
+    stored = dict(np.load(uri))
+    stored["embeddings"][0, 0] += 1.0  # one value changed, the file still well formed
+    storage.write_npz(uri, stored, compress=False)
+    with pytest.raises(UserError, match="changed since it was embedded: rerun embed_private in a new run"):
+        steps.dp_vote(run, 1, steps.private_reference(run))
+    assert not (tmp_path / "runs" / "mapped" / "gen-001" / "noisy_histogram.npz").exists()  # nothing released
+
+    with open(uri, "wb") as handle:
+        handle.write(embedded)
+    searched = []
+    vote = voting.nearest_neighbour_histogram
+
+    def spy(private, *args):
+        searched.append((type(private), private.shape))
+        return vote(private, *args)
+
+    monkeypatch.setattr(voting, "nearest_neighbour_histogram", spy)
+    assert steps.dp_vote(run, 1, steps.private_reference(run))["generation"] == 1
+    assert searched == [(np.memmap, stored["embeddings"].shape)]  # the vote searched the file where it lies
+
+
 def test_embed_synthetic_needs_the_population_shard(tmp_path):
     run = make_tiny_run(tmp_path, "early")
     with pytest.raises(UserError, match="run generate_variations for generation 1 shard 0 first"):
@@ -99,7 +128,8 @@ def test_reuse_lookahead_does_not_depend_on_the_sharding(tmp_path, monkeypatch):
     run = make_tiny_run(tmp_path, "shards", "population.lookahead=2", "population.reuse_lookahead=true")
     parents = np.array([0, 0, 0, 3, 3, 5, 5, 5, 5, 7, 8, 8])
     variations = np.arange(2 * 9 * 2, dtype=np.uint8).reshape(2, 9, 2, 1, 1)  # (L, N, H, W, C): each one distinct
-    monkeypatch.setattr(steps, "_lookahead_variations", lambda run, generation: variations)
+    monkeypatch.setattr(steps, "_lookahead_variations",
+                        lambda run, generation, repeats, candidates: variations[repeats, candidates])
     whole, whole_offset = steps._reused_lookahead(run, 1, parents, slice(0, 12))
     assert whole_offset == 0 and sorted(whole) == [0, 1, 3, 4, 5, 6, 9, 10, 11]  # at most 2 children per parent
     assert np.array_equal(whole[6], variations[1, 5])

@@ -79,6 +79,30 @@ def test_bytes_json_npz_round_trip(root: str) -> None:
     assert not storage.exists(uri)
 
 
+def test_an_uncompressed_npz_is_mapped_and_hashed_in_chunks(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "_CHUNK_BYTES", 1000)  # several chunks, the last one short
+    rng = np.random.default_rng(0)
+    arrays = {"embeddings": rng.standard_normal((300, 7)).astype(np.float32), "real": rng.random(300) < 0.5,
+              "fortran": np.asfortranarray(rng.standard_normal((4, 5))), "empty": np.zeros((0, 3)),
+              "note": np.array("x")}
+    uri, old_uri = storage.join(root, "mapped.npz"), storage.join(root, "compressed.npz")
+    sha = storage.write_npz(uri, arrays, compress=False)
+    old_sha = storage.write_npz(old_uri, arrays)  # as written before: still read, whole
+    for path, expected_sha, mapped in ((uri, sha, {"embeddings", "real", "fortran"}), (old_uri, old_sha, set())):
+        with storage.mapped_npz(path, ("sha256", "md5")) as (back, hashes):
+            assert {key for key, value in back.items() if isinstance(value, np.memmap)} == mapped
+            for key, value in arrays.items():
+                np.testing.assert_array_equal(back[key], value)
+                assert back[key].dtype == value.dtype
+        assert hashes["sha256"] == expected_sha
+        assert hashes == storage.file_digests(path, ("sha256", "md5")) and len(hashes["md5"]) == 32
+    with storage.mapped_npz(uri, hashes=()) as (_, hashes):
+        assert hashes == {}
+    storage.write_bytes(uri, storage.read_bytes(uri)[:-40])  # truncated: its zip directory is gone
+    with pytest.raises(UserError, match="not a readable .npz"), storage.mapped_npz(uri):
+        pass
+
+
 def test_exclusive_write_twice_raises(root: str) -> None:
     uri = storage.join(root, "gen-001", "histogram.npz")
     storage.write_bytes(uri, b"first", exclusive=True)
