@@ -98,7 +98,7 @@ def main() -> None:
         client.complete(requests[:1])  # warm-up
         with tempfile.TemporaryDirectory() as folder:
             layout = RunLayout(str(Path(folder) / "runs"), "bench", str(Path(folder) / "private"))
-            client.record_calls(layout, 0, "generate_initial", 0)
+            client.ledger.bind(layout, 0, "generate_initial", 0)
             started = time.perf_counter()
             client.complete(requests)
             served_s = time.perf_counter() - started

@@ -102,8 +102,9 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def load_model(self, config: Config) -> Any:
         """The foundation model ``config.model`` names: ``random(n, labels, seed, first_index)`` (RANDOM_API) and
-        ``variation(samples, degree, labels, seed, first_index)`` (VARIATION_API), ``num_classes``,
-        ``record_calls(layout, generation, step, shard)`` and ``call_summary()``."""
+        ``variation(samples, degree, labels, seed, first_index)`` (VARIATION_API), ``num_classes`` and ``ledger``
+        (a :class:`privevo.remote_calls.CallLedger` for a backend behind an API, else None: the steps record its
+        calls through :class:`privevo.remote_calls.RecordedModel`)."""
 
     @abc.abstractmethod
     def model_fields(self, config: Config) -> tuple[str, ...]:

@@ -16,6 +16,9 @@ request and an answer hold; both use this module for the rest:
   before it is used, and stored answers are used first (a crashed or retried step does not pay
   twice); each call adds a line to the step's ledger, ``gen-NNN/calls/<step>-SSS.json``, with its
   counters and estimated cost (read back by :mod:`privevo.calls`).
+- :class:`RecordedModel`: any data type's model as one step uses it; binds the model's ledger
+  (a backend behind an API has one; an in-process model's is None and nothing is recorded), so
+  that backends never see the run layout.
 """
 
 from __future__ import annotations
@@ -373,3 +376,33 @@ class CallLedger:
         if error is not None:
             raise error
         return results
+
+
+class RecordedModel:
+    """A model (of any data type) whose calls during one step are recorded: a backend behind an API stores each answer
+    under the run layout (reused first when the step is retried) and adds each call to the step's ledger; an
+    in-process model (``ledger`` None) records nothing. The model's two calls and ``num_classes`` pass through."""
+
+    def __init__(self, model: Any, layout: RunLayout, generation: int, step: str, shard: int | None = None) -> None:
+        self.model = model
+        self.ledger: CallLedger | None = model.ledger
+        if self.ledger is not None:
+            self.ledger.bind(layout, generation, step, shard)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The model's classes (None: unconditional)."""
+        return self.model.num_classes
+
+    def random(self, n: int, labels: Any = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
+        """RANDOM_API: ``n`` new samples."""
+        return self.model.random(n, labels=labels, seed=seed, first_index=first_index)
+
+    def variation(self, samples: np.ndarray, degree: float, labels: Any = None, seed: int = 0,
+                  first_index: int = 0) -> np.ndarray:
+        """VARIATION_API: one variation of each sample."""
+        return self.model.variation(samples, degree, labels=labels, seed=seed, first_index=first_index)
+
+    def call_summary(self) -> dict[str, Any]:
+        """The step's API calls so far (requests, results, retries, cost) for its step record; empty in process."""
+        return {} if self.ledger is None else self.ledger.summary()

@@ -27,6 +27,7 @@ from privevo.errors import UserError
 from privevo.layout import step_name
 from privevo.modalities import get_modality
 from privevo.population import Population
+from privevo.remote_calls import RecordedModel
 from privevo.run_record import Run, utc_now
 
 if TYPE_CHECKING:
@@ -329,8 +330,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     part = shard_slice(run.config.population.size, shard, run.config.population.num_shards)
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
-    model = load_model(run.config)
-    model.record_calls(run.layout, 0, "generate_initial", shard)  # remote models: call ledger and stored results
+    model = RecordedModel(load_model(run.config), run.layout, 0, "generate_initial", shard)
     seed = run.seed(0, "random")  # with the global sample index: the same samples however many shards
     samples = model.random(len(labels), labels=_model_labels(model, labels), seed=seed, first_index=part.start)
     population = Population(samples, labels, np.full(len(labels), -1, np.int64), generation=0)
@@ -435,9 +435,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     embedding = load_embedding(config)
-    model = load_model(config) if lookahead else None
-    if model is not None:
-        model.record_calls(run.layout, generation, "embed_synthetic", shard)  # remote models: call ledger, results
+    model = RecordedModel(load_model(config), run.layout, generation, "embed_synthetic", shard) if lookahead else None
 
     keep = config.population.reuse_lookahead and lookahead > 0
     kept = np.empty((lookahead if keep else 0, *population.samples.shape), population.samples.dtype)
@@ -623,8 +621,7 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     calls: dict[str, Any] = {}
     if len(fresh):
         runtime.configure_torch_threads(runtime.shard_cpu_budget())
-        model = load_model(config)
-        model.record_calls(run.layout, generation, "generate_variations", shard)  # remote models: call ledger, results
+        model = RecordedModel(load_model(config), run.layout, generation, "generate_variations", shard)
         samples[fresh] = model.variation(previous.samples[parent_ids[fresh]], degree,
                                         labels=_model_labels(model, labels[fresh]), seed=seed, first_index=fresh_offset)
         calls = model.call_summary()

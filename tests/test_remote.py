@@ -212,11 +212,12 @@ def assert_far_images(actual: np.ndarray, other: np.ndarray) -> None:
 
 
 def bind(model, tmp_path: Path, step: str = "generate_initial"):
-    """Give the model a call ledger and result store under a run layout in tmp_path."""
+    """Record the model's calls as a step does: a call ledger and result store under a run layout in tmp_path."""
     from privevo.layout import RunLayout
+    from privevo.remote_calls import RecordedModel
 
     layout = RunLayout(str(tmp_path / "runs"), "r1", str(tmp_path / "private"))
-    model.record_calls(layout, 0, step, 0)
+    RecordedModel(model, layout, 0, step, 0)
     return layout
 
 
@@ -330,7 +331,7 @@ def test_token_is_required_sent_and_never_written(holder, tmp_path: Path, caplog
             del os.environ["CLIENT_TOKEN"]
         layout = bind(model, tmp_path)
         model.random(3, seed=1)
-        assert model.call_summary()["api_estimated_cost"] == 1.5
+        assert model.ledger.summary()["api_estimated_cost"] == 1.5
         written = [p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()]
         assert written and all(secret.encode() not in data for data in written)
         assert storage.read_json(layout.calls(0, "generate_initial", 0))["estimated_cost"] == 1.5
@@ -400,7 +401,7 @@ def test_429_honours_retry_after(faulty: InProcessServer, in_process, tmp_path: 
     images = model.random(8, seed=5)
     assert_close_images(images, in_process.random(8, seed=5))
     assert sleeps and sleeps[0] >= 2.0  # the server's Retry-After, though the backoff alone is 0.01 s
-    assert model.call_summary()["api_retries"] == 1 and model.call_summary()["api_images"] == 8
+    assert model.ledger.summary()["api_retries"] == 1 and model.ledger.summary()["api_images"] == 8
 
 
 @pytest.mark.model_outputs
@@ -496,3 +497,14 @@ def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: P
     assert record["fresh_variations"] + record["reused_lookahead"] == 12 and record["reused_lookahead"] > 0
     assert ledger["images"] == record["fresh_variations"] and ledger["failures"] == 0
     assert ledger["estimated_cost"] == pytest.approx(0.001 * record["fresh_variations"])
+
+
+def test_a_recorded_in_process_model_records_nothing(in_process, tmp_path: Path) -> None:
+    from privevo.layout import RunLayout
+    from privevo.remote_calls import RecordedModel
+
+    recorded = RecordedModel(in_process, RunLayout(str(tmp_path / "runs"), "r1", str(tmp_path / "private")), 0,
+                             "generate_initial", 0)
+    assert np.array_equal(recorded.random(2, seed=3), in_process.random(2, seed=3))
+    assert recorded.call_summary() == {} and recorded.num_classes == in_process.num_classes
+    assert not (tmp_path / "runs").exists()

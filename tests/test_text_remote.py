@@ -89,7 +89,7 @@ def test_served_texts_are_the_in_process_texts(fault_server: InProcessServer, ho
     assert (ledger["texts"], ledger["reused_texts"], ledger["requests"], ledger["failures"]) == (8, 0, 8, 0)
     assert ledger["tokens_in"] > 8 * 6 and 8 <= ledger["tokens_out"] <= 8 * 6
     assert ledger["estimated_cost"] == pytest.approx(0.001 * ledger["tokens_in"] + 0.002 * ledger["tokens_out"])
-    summary = model.call_summary()
+    summary = model.ledger.summary()
     assert summary["api_tokens_in"] == ledger["tokens_in"] and summary["api_estimated_cost"] == ledger["estimated_cost"]
 
     assert model.complete(REQUESTS) == texts  # the same requests again: stored answers, nothing paid
@@ -101,7 +101,7 @@ def test_served_texts_are_the_in_process_texts(fault_server: InProcessServer, ho
     bind(plain, tmp_path / "plain")  # a step's counters start again
     plain.complete(REQUESTS[:1])
     chat_tokens = storage.read_json(layout.calls(0, "generate_initial", 0))["calls"][0]["tokens_in"] / 6
-    assert plain.call_summary()["api_tokens_in"] < chat_tokens
+    assert plain.ledger.summary()["api_tokens_in"] < chat_tokens
 
 
 def test_concurrent_requests_are_batched_and_answered(fault_server: InProcessServer, holder) -> None:

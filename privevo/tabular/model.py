@@ -17,7 +17,7 @@ so shards of one call give exactly the samples of the whole call.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -57,6 +57,8 @@ class TabularModel:
     #: The experiment config's fields (dotted keys) this model is built from (the schema, prior and atom rate are the
     #: ``tabular`` section's): a process keeps its loaded model while their values stay the same.
     config_fields = ("model", "tabular")
+    #: In process: no API calls to record (:class:`privevo.remote_calls.RecordedModel`).
+    ledger = None
 
     def __init__(self, schema: Schema, atom_rate: float = 0.0, prior: np.ndarray | None = None,
                  batch_size: int = 4096) -> None:
@@ -75,14 +77,6 @@ class TabularModel:
         self._sizes = np.array([len(c.categories or []) for c in schema.columns], dtype=np.float64)
 
     # ------------------------------------------------------------------ the shared model interface
-
-    def record_calls(self, layout: Any, generation: int, step: str, shard: int | None = None) -> None:
-        """In-process: no API calls to record."""
-        return None
-
-    def call_summary(self) -> dict[str, Any]:
-        """In-process: no API calls."""
-        return {}
 
     def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
         """``n`` new rows (RANDOM_API) as codes (n, n_columns); ``labels`` >= 0 pin the label column."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from privevo.text.text_io import as_texts
 
 if TYPE_CHECKING:
     from privevo.config import TextConfig
+    from privevo.remote_calls import CallLedger
 
 Labels = np.ndarray | int | None
 
@@ -117,13 +118,10 @@ class AugPE:
 
     # ------------------------------------------------------------------ the shared model interface
 
-    def record_calls(self, layout: Any, generation: int, step: str, shard: int | None = None) -> None:
-        """The backend's call ledger for this step."""
-        self.backend.record_calls(layout, generation, step, shard)
-
-    def call_summary(self) -> dict[str, Any]:
-        """The backend's call totals."""
-        return self.backend.call_summary()
+    @property
+    def ledger(self) -> CallLedger | None:
+        """The backend's call ledger (None in process), which a step records into."""
+        return self.backend.ledger
 
     def _class_name(self, label: int) -> str | None:
         if label < 0 or self.class_names is None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from privevo.config import Config
+    from privevo.remote_calls import CallLedger
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class TextModel(abc.ABC):
     #: The experiment config's fields (dotted keys) that ``from_config`` reads: a process keeps its loaded model
     #: while their values stay the same.
     config_fields: ClassVar[tuple[str, ...]]
+    #: The calls' ledger and stored answers of a backend behind an API (None in process): a step records into it
+    #: through :class:`privevo.remote_calls.RecordedModel`.
+    ledger: CallLedger | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -65,13 +69,6 @@ class TextModel(abc.ABC):
         """One completion per request, in order (the answer only, without the prompt), each sampled with the
         request's seed; ``system`` is the system message (None: the model's default)."""
 
-    def record_calls(self, layout: Any, generation: int, step: str, shard: int | None = None) -> None:
-        """Where this step's calls are recorded (in-process backends record nothing)."""
-        return None
-
-    def call_summary(self) -> dict[str, Any]:
-        """The recorded calls' totals (in-process backends: none)."""
-        return {}
 
 
 def sampling_seed(seed: int, index: int) -> np.random.Generator:

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import requests
 
     from privevo.config import Config, RemoteConfig
-    from privevo.layout import RunLayout
 
 #: The call ledger's counters of a text backend.
 COUNTERS = ("requests", "texts", "reused_texts", "tokens_in", "tokens_out", "retries", "failures", "seconds")
@@ -90,7 +89,7 @@ class OpenAICompatible(TextModel):
         self.client = HttpClient(settings, _hint, sleep, settings.tokens_per_minute)
         self.url = self.client.url
         self.model_name = settings.model_name or self._only_model()
-        self.ledger = CallLedger("texts", COUNTERS, self._ledger_header, self._cost)
+        self.ledger: CallLedger = CallLedger("texts", COUNTERS, self._ledger_header, self._cost)
 
     @classmethod
     def from_config(cls, config: Config) -> OpenAICompatible:
@@ -104,14 +103,6 @@ class OpenAICompatible(TextModel):
         return cls(settings, section.temperature, section.top_p)
 
     # ------------------------------------------------------------------ call ledger
-
-    def record_calls(self, layout: RunLayout, generation: int, step: str, shard: int | None = None) -> None:
-        """Store received texts and keep the call ledger of this step under the run layout."""
-        self.ledger.bind(layout, generation, step, shard)
-
-    def call_summary(self) -> dict[str, Any]:
-        """This step's calls so far (tokens in and out, estimated cost), for its step record."""
-        return self.ledger.summary()
 
     def _ledger_header(self) -> dict[str, Any]:
         return {"url": public_url(self.url), "model_name": self.model_name, "api": self.api,

@@ -20,11 +20,13 @@ Backends (:data:`MODEL_BACKENDS`, the config's ``model.kind``):
   per class, img2img variations.
 - ``remote`` (:mod:`privevo.image.models.remote`): any of these behind a KServe v2 / Open Inference
   Protocol server (``pipeline.py serve``), called over HTTP with retries, a rate limit, a call
-  ledger and a store of received images (:mod:`privevo.image.protocol`).
+  ledger and a store of received images (:mod:`privevo.image.protocol`); it implements
+  :class:`~privevo.image.models.base.FoundationModel`'s ``_random`` and ``_variation`` itself and
+  keeps its calls in ``ledger``, which a step binds (:class:`privevo.remote_calls.RecordedModel`).
 
 Adding a backend (for example a DiT or a consistency model) is one new module and one line:
 
-1. ``privevo/models/<kind>.py`` with a subclass of :class:`~privevo.image.models.base.FoundationModel`
+1. ``privevo/image/models/<kind>.py`` with a subclass of :class:`~privevo.image.models.base.LocalModel`
    that sets ``image_size``, ``channels``, ``num_classes``, ``name``, ``batch_size`` and ``device``
    (:func:`privevo.runtime.resolve_device`; and, for mixed precision, ``autocast_dtype`` from
    :func:`~privevo.image.models.base.resolve_autocast`) in ``__init__``, and implements

@@ -1,8 +1,9 @@
 """The foundation-model interface and the helpers its backends share.
 
-:class:`FoundationModel` validates inputs, batches, seeds one generator per sample and shows
-progress; a backend implements ``from_config``, ``_random_batch`` and ``_variation_batch``
-(see :mod:`privevo.image.models` for the steps of adding one).
+:class:`FoundationModel` is the interface: it validates inputs and leaves the two calls to a
+backend. :class:`LocalModel` runs them in process: it batches, seeds one generator per sample
+and shows progress; a backend implements ``from_config``, ``_random_batch`` and
+``_variation_batch`` (see :mod:`privevo.image.models` for the steps of adding one).
 """
 
 import abc
@@ -10,7 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from privevo.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
     from privevo.config import Config
-    from privevo.layout import RunLayout
+    from privevo.remote_calls import CallLedger
 
 Labels = np.ndarray | int | None
 
@@ -81,7 +82,7 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 
 class FoundationModel(abc.ABC):
-    """A public generative model behind PE's RANDOM_API and VARIATION_API."""
+    """A public generative model behind PE's RANDOM_API and VARIATION_API: checks the inputs, then runs the call."""
 
     image_size: int
     channels: int
@@ -93,19 +94,14 @@ class FoundationModel(abc.ABC):
     #: The experiment config's fields (dotted keys) that ``from_config`` reads, its ``model`` section included: a
     #: process keeps its loaded model while their values stay the same.
     config_fields: ClassVar[tuple[str, ...]]
+    #: The calls' ledger and stored answers of a backend behind an API (None in process): a step records into it
+    #: through :class:`privevo.remote_calls.RecordedModel`.
+    ledger: "CallLedger | None" = None
 
     @classmethod
     @abc.abstractmethod
     def from_config(cls, config: "Config") -> Self:
         """Load the model an experiment config names (``config.model`` and the image shape), offline."""
-
-    def record_calls(self, layout: "RunLayout", generation: int, step: str, shard: int | None = None) -> None:
-        """Where a step's API calls are recorded and their results stored; in-process models make none."""
-        return None
-
-    def call_summary(self) -> dict[str, Any]:
-        """The step's API calls (requests, images, retries, cost) for its step record; empty in-process."""
-        return {}
 
     def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
         """Draw ``n`` new samples (RANDOM_API); ``labels`` pick classes where the model has them."""
@@ -113,14 +109,7 @@ class FoundationModel(abc.ABC):
             raise UserError(f"number of samples must be a non-negative integer, got {n!r}")
         n = int(n)
         self._check_seed(seed, first_index)
-        labels = self._check_labels(labels, n)
-
-        def run_batch(
-            indices: np.ndarray, batch_labels: np.ndarray | None, generators: list[torch.Generator]
-        ) -> np.ndarray:
-            return self._random_batch(batch_labels, generators)
-
-        return self._batched(n, seed, first_index, labels, "random", run_batch)
+        return self._random(n, self._check_labels(labels, n), int(seed), int(first_index))
 
     def variation(
         self, images: np.ndarray, degree: float, labels: Labels = None, seed: int = 0, first_index: int = 0
@@ -128,54 +117,19 @@ class FoundationModel(abc.ABC):
         """One variation of each image (VARIATION_API); ``degree`` 0 keeps it, 1 draws anew."""
         self._check_images(images)
         degree = self._check_degree(degree)
-        n = len(images)
         self._check_seed(seed, first_index)
-        labels = self._check_labels(labels, n)
-
-        def run_batch(
-            indices: np.ndarray, batch_labels: np.ndarray | None, generators: list[torch.Generator]
-        ) -> np.ndarray:
-            return self._variation_batch(images[indices], degree, batch_labels, generators)
-
-        return self._batched(n, seed, first_index, labels, f"variation {degree:g}", run_batch)
-
-    def _batched(
-        self,
-        n: int,
-        seed: int,
-        first_index: int,
-        labels: np.ndarray | None,
-        what: str,
-        run_batch: Callable[..., np.ndarray],
-    ) -> np.ndarray:
-        """Call ``run_batch(indices, labels, generators)`` for each batch of up to ``batch_size`` samples."""
-        out = np.empty((n, self.image_size, self.image_size, self.channels), dtype=np.uint8)
-        precision = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-        with precision, runtime.Progress(n, f"{self.name}: {what}", "img") as progress:
-            for start in range(0, n, self.batch_size):
-                stop = min(start + self.batch_size, n)
-                indices = np.arange(start, stop)
-                generators = [sample_generator(int(seed), int(first_index + i)) for i in indices]
-                if len(indices) == 1:
-                    # CPU kernels take other paths for a batch of one, which round far more
-                    # differently from batched runs (up to 9% of a tiny Stable Diffusion sample's
-                    # pixels, measured); run two identical samples to stay on the batched path.
-                    indices = indices.repeat(2)
-                    generators.append(torch.Generator(device="cpu").set_state(generators[0].get_state()))
-                batch_labels = None if labels is None else labels[indices]
-                out[start:stop] = run_batch(indices, batch_labels, generators)[: stop - start]
-                progress.update(stop - start)
-        return out
+        labels = self._check_labels(labels, len(images))
+        return self._variation(images, degree, labels, int(seed), int(first_index))
 
     @abc.abstractmethod
-    def _random_batch(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
-        """Draw one sample per generator."""
+    def _random(self, n: int, labels: np.ndarray | None, seed: int, first_index: int) -> np.ndarray:
+        """RANDOM_API on checked inputs (labels None for an unconditional model)."""
 
     @abc.abstractmethod
-    def _variation_batch(
-        self, images: np.ndarray, degree: float, labels: np.ndarray | None, generators: list[torch.Generator]
+    def _variation(
+        self, images: np.ndarray, degree: float, labels: np.ndarray | None, seed: int, first_index: int
     ) -> np.ndarray:
-        """Vary each image with its own generator."""
+        """VARIATION_API on checked inputs."""
 
     @staticmethod
     def _check_degree(degree: float) -> float:
@@ -217,6 +171,67 @@ class FoundationModel(abc.ABC):
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
             shape = f"(n, {', '.join(map(str, expected))})"
             raise UserError(f"images for model {self.name} must be uint8 of shape {shape}, got {got}")
+
+
+
+class LocalModel(FoundationModel):
+    """A backend run in process: batches of up to ``batch_size`` samples, one generator per sample, progress shown."""
+
+    def _random(self, n: int, labels: np.ndarray | None, seed: int, first_index: int) -> np.ndarray:
+        def run_batch(
+            indices: np.ndarray, batch_labels: np.ndarray | None, generators: list[torch.Generator]
+        ) -> np.ndarray:
+            return self._random_batch(batch_labels, generators)
+
+        return self._batched(n, seed, first_index, labels, "random", run_batch)
+
+    def _variation(
+        self, images: np.ndarray, degree: float, labels: np.ndarray | None, seed: int, first_index: int
+    ) -> np.ndarray:
+        def run_batch(
+            indices: np.ndarray, batch_labels: np.ndarray | None, generators: list[torch.Generator]
+        ) -> np.ndarray:
+            return self._variation_batch(images[indices], degree, batch_labels, generators)
+
+        return self._batched(len(images), seed, first_index, labels, f"variation {degree:g}", run_batch)
+
+    def _batched(
+        self,
+        n: int,
+        seed: int,
+        first_index: int,
+        labels: np.ndarray | None,
+        what: str,
+        run_batch: Callable[..., np.ndarray],
+    ) -> np.ndarray:
+        """Call ``run_batch(indices, labels, generators)`` for each batch of up to ``batch_size`` samples."""
+        out = np.empty((n, self.image_size, self.image_size, self.channels), dtype=np.uint8)
+        precision = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        with precision, runtime.Progress(n, f"{self.name}: {what}", "img") as progress:
+            for start in range(0, n, self.batch_size):
+                stop = min(start + self.batch_size, n)
+                indices = np.arange(start, stop)
+                generators = [sample_generator(int(seed), int(first_index + i)) for i in indices]
+                if len(indices) == 1:
+                    # CPU kernels take other paths for a batch of one, which round far more
+                    # differently from batched runs (up to 9% of a tiny Stable Diffusion sample's
+                    # pixels, measured); run two identical samples to stay on the batched path.
+                    indices = indices.repeat(2)
+                    generators.append(torch.Generator(device="cpu").set_state(generators[0].get_state()))
+                batch_labels = None if labels is None else labels[indices]
+                out[start:stop] = run_batch(indices, batch_labels, generators)[: stop - start]
+                progress.update(stop - start)
+        return out
+
+    @abc.abstractmethod
+    def _random_batch(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
+        """Draw one sample per generator."""
+
+    @abc.abstractmethod
+    def _variation_batch(
+        self, images: np.ndarray, degree: float, labels: np.ndarray | None, generators: list[torch.Generator]
+    ) -> np.ndarray:
+        """Vary each image with its own generator."""
 
 
 def check_sampling_options(num_inference_steps: int, batch_size: int) -> None:

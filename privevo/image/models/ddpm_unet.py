@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from privevo.errors import UserError  # noqa: E402
 from privevo.image.models.base import (  # noqa: E402
-    FoundationModel,
+    LocalModel,
     check_model_index,
     check_sampling_options,
     first_line,
@@ -71,7 +71,7 @@ def variation_steps(num_inference_steps: int, degree: float) -> int:
     return min(int(num_inference_steps * degree), num_inference_steps)
 
 
-class DDPMUNetModel(Pretrained, FoundationModel):
+class DDPMUNetModel(Pretrained, LocalModel):
     """A diffusers UNet2DModel: sampling for random, SDEdit (noise, then the sampler back) for variation."""
 
     def __init__(

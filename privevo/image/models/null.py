@@ -14,13 +14,13 @@ from privevo import runtime
 runtime.prefer_passive_waiting()  # before torch loads OpenMP: see privevo.runtime
 import torch  # noqa: E402
 
-from privevo.image.models.base import FoundationModel  # noqa: E402
+from privevo.image.models.base import LocalModel  # noqa: E402
 
 if TYPE_CHECKING:
     from privevo.config import Config
 
 
-class NullModel(FoundationModel):
+class NullModel(LocalModel):
     """RANDOM_API draws uniform noise; VARIATION_API replaces a ``degree`` share of the pixels with noise.
 
     Each sample's pixels come from its own generator (seeded like the real backends' samples), so a sharded run draws

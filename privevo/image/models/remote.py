@@ -14,7 +14,7 @@ What a call does (the client, the retries, the ledger and the stored results are
 - retries a request on 429, 5xx, timeouts, refused connections and malformed or wrong-shape
   bodies, with exponential backoff and full jitter, waiting at least ``Retry-After``; after
   ``max_retries`` retries the step fails with one line; other 4xx answers fail at once;
-- when a step bound it (:meth:`record_calls`), stores each request's images under the run
+- when a step records its calls (:class:`privevo.remote_calls.RecordedModel`), stores each request's images under the run
   layout before using them and reuses stored ones first (a crashed or retried step does not
   pay twice), and keeps the step's call ledger (requests, images, retries, failures, seconds,
   estimated cost at ``price_per_image``).
@@ -33,15 +33,13 @@ import numpy as np
 
 from privevo.errors import UserError
 from privevo.image import protocol
-from privevo.image.models.base import FoundationModel, Labels
+from privevo.image.models.base import FoundationModel
 from privevo.remote_calls import CallLedger, CallStats, HttpClient, public_url, request_key
 
 if TYPE_CHECKING:
     import requests
-    import torch
 
     from privevo.config import Config, RemoteConfig
-    from privevo.layout import RunLayout
 
 #: The call ledger's counters of an image backend.
 COUNTERS = ("requests", "images", "reused_images", "retries", "failures", "seconds")
@@ -61,7 +59,7 @@ class RemoteModel(FoundationModel):
         self.device = torch.device("cpu")
         self.model_name = settings.model_name or self._only_model()
         self.name = f"remote:{self.model_name}"
-        self.ledger = CallLedger("images", COUNTERS, self._ledger_header, self._cost)
+        self.ledger: CallLedger = CallLedger("images", COUNTERS, self._ledger_header, self._cost)
         metadata = self._metadata()
         try:
             _, height, width, depth = metadata["outputs"][0]["shape"]
@@ -93,14 +91,6 @@ class RemoteModel(FoundationModel):
 
     # ------------------------------------------------------------------ call ledger
 
-    def record_calls(self, layout: RunLayout, generation: int, step: str, shard: int | None = None) -> None:
-        """Store received images and keep the call ledger of this step under the run layout."""
-        self.ledger.bind(layout, generation, step, shard)
-
-    def call_summary(self) -> dict[str, Any]:
-        """This step's calls so far, for its step record (the audit lists them)."""
-        return self.ledger.summary()
-
     def _ledger_header(self) -> dict[str, Any]:
         return {"url": public_url(self.url), "model_name": self.model_name,
                 "price_per_image": self.settings.price_per_image}
@@ -111,43 +101,28 @@ class RemoteModel(FoundationModel):
 
     # ------------------------------------------------------------------ the two calls
 
-    def random(self, n: int, labels: Labels = None, seed: int = 0, first_index: int = 0) -> np.ndarray:
+    def _random(self, n: int, labels: np.ndarray | None, seed: int, first_index: int) -> np.ndarray:
         """``n`` new samples from the server (RANDOM_API)."""
-        if not isinstance(n, (int, np.integer)) or n < 0:
-            raise UserError(f"number of samples must be a non-negative integer, got {n!r}")
-        self._check_seed(seed, first_index)
-        checked = self._check_labels(labels, int(n))
 
         def inputs(start: int, stop: int) -> dict[str, np.ndarray]:
             tensors = {"count": np.array([stop - start], np.int64)}
-            if checked is not None:
-                tensors["labels"] = checked[start:stop]
+            if labels is not None:
+                tensors["labels"] = labels[start:stop]
             return tensors
 
-        return self._call("random", int(n), inputs, int(seed), int(first_index), {})
+        return self._call("random", n, inputs, seed, first_index, {})
 
-    def variation(self, images: np.ndarray, degree: float, labels: Labels = None, seed: int = 0,
-                  first_index: int = 0) -> np.ndarray:
+    def _variation(self, images: np.ndarray, degree: float, labels: np.ndarray | None, seed: int,
+                   first_index: int) -> np.ndarray:
         """One variation of each image from the server (VARIATION_API)."""
-        self._check_images(images)
-        degree = self._check_degree(degree)
-        self._check_seed(seed, first_index)
-        checked = self._check_labels(labels, len(images))
 
         def inputs(start: int, stop: int) -> dict[str, np.ndarray]:
             tensors = {"images": images[start:stop], "degree": np.array([degree], np.float64)}
-            if checked is not None:
-                tensors["labels"] = checked[start:stop]
+            if labels is not None:
+                tensors["labels"] = labels[start:stop]
             return tensors
 
-        return self._call("variation", len(images), inputs, int(seed), int(first_index), {"degree": degree})
-
-    def _random_batch(self, labels: np.ndarray | None, generators: list[torch.Generator]) -> np.ndarray:
-        raise NotImplementedError("the remote backend draws on the server: call random()")
-
-    def _variation_batch(self, images: np.ndarray, degree: float, labels: np.ndarray | None,
-                         generators: list[torch.Generator]) -> np.ndarray:
-        raise NotImplementedError("the remote backend varies on the server: call variation()")
+        return self._call("variation", len(images), inputs, seed, first_index, {"degree": degree})
 
     def _call(self, call: str, n: int, inputs: Callable[[int, int], dict[str, np.ndarray]], seed: int,
               first_index: int, extra_key: dict[str, Any]) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from privevo.errors import UserError  # noqa: E402
 from privevo.image import image_shape  # noqa: E402
 from privevo.image.models.base import (  # noqa: E402
-    FoundationModel,
+    LocalModel,
     check_model_index,
     check_sampling_options,
     first_line,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from privevo.config import Config
 
 
-class StableDiffusionModel(Pretrained, FoundationModel):
+class StableDiffusionModel(Pretrained, LocalModel):
     """Stable Diffusion: text-to-image with one prompt per class for random, img2img for variation."""
 
     def __init__(
