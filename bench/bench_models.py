@@ -433,9 +433,9 @@ def measure_layouts(args: argparse.Namespace) -> list[dict[str, Any]]:
                     row = run_layout(args, isa, batch_size, processes, threads)
                     rates.setdefault((isa, batch_size, row["layout"]), []).append(row["rate"])
                     kernels[isa] = row["kernels"]
-    rows = [{"isa": isa, "kernels": kernels[isa], "batch_size": batch_size, "layout": layout,
-             "image_steps_per_s": round(statistics.median(r), 1), "min": round(min(r), 1), "max": round(max(r), 1)}
-            for (isa, batch_size, layout), r in rates.items()]
+    rows: list[dict[str, Any]] = [{"isa": isa, "kernels": kernels[isa], "batch_size": batch_size, "layout": layout,
+                                   "image_steps_per_s": round(statistics.median(r), 1), "min": round(min(r), 1),
+                                   "max": round(max(r), 1)} for (isa, batch_size, layout), r in rates.items()]
     print(f"\nBatch size x thread layout: float32 image-steps/s of the machine (sampler {args.layout_steps} steps, "
           f"{args.layout_images} images per process), median of {args.layout_rounds} interleaved rounds; "
           f"layout = processes x threads; load average {' '.join(load_start or [])} -> {' '.join(loadavg() or [])}")

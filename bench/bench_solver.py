@@ -50,7 +50,7 @@ def plan(settings: list[str], seeds: int) -> list[tuple[int, str]]:
 
 def compare(rows: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
     """Per setting: the spread of each figure, the ratios of image-steps and wall to the baseline's, the verdict."""
-    out = []
+    out: list[dict[str, Any]] = []
     for setting in settings:
         chosen = [r for r in rows if r["setting"] == setting]
         out.append({"setting": setting, "figures": {key: spread([r[key] for r in chosen]) for key, _ in REUSE_FIGURES}})
