@@ -161,7 +161,10 @@ class DDPMUNetModel(Pretrained, LocalModel):
         return noise.to(self.device, self.dtype)
 
     def _timesteps(self, steps: int) -> torch.Tensor:
-        """The last ``steps`` timesteps of the schedule, with a multistep solver's history cleared for a new batch."""
+        """The last ``steps`` timesteps of the schedule, with a multistep solver's history cleared for a new batch.
+
+        The solver keeps that history on the model, so one instance samples one batch at a time (privevo.serve
+        holds a lock around every call)."""
         self.scheduler.set_timesteps(self.num_inference_steps)  # resets a multistep solver's previous outputs
         start = self.num_inference_steps - steps
         if hasattr(self.scheduler, "set_begin_index"):  # a solver that counts its steps starts at the tail
