@@ -99,7 +99,7 @@ def test_an_uncompressed_npz_is_mapped_and_hashed_in_chunks(root: str, monkeypat
     with storage.mapped_npz(uri, hashes=()) as (_, hashes):
         assert hashes == {}
     storage.write_bytes(uri, storage.read_bytes(uri)[:-40])  # truncated: its zip directory is gone
-    with pytest.raises(UserError, match="not a readable .npz"), storage.mapped_npz(uri):
+    with pytest.raises(UserError, match=r"not a readable \.npz"), storage.mapped_npz(uri):
         pass
 
 
