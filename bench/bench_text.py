@@ -17,11 +17,14 @@ generation against the held-out texts:
   held-out texts; the bench follows the issue);
 - **words**: the mean word count.
 
+``--score RUN`` scores every generation of a finished run instead (e.g. the kfp.local demo's), without running.
+
 The baseline row is 250 real private texts (50 per class, drawn by each seed), scored the same way.
 The DP noise is fresh OS entropy in every run; ``seed`` changes the public randomness. Figures only.
 
 Usage:
     .venv/bin/python bench/bench_text.py [--seeds 0 1 2] [--set key=value ...] [--json out.json]
+    .venv/bin/python bench/bench_text.py --score runs/fortunes-20261206-045309
 """
 
 from __future__ import annotations
@@ -138,18 +141,34 @@ def worker(args: argparse.Namespace) -> None:
                       "examples": [str(t) for t in last.samples[:: max(1, len(last.samples) // 5)]]}))
 
 
+def score_run(path: str, config: str, overrides: list[str]) -> None:
+    """Every generation of the run at ``path`` scored as the table does, one JSON line each."""
+    import privevo
+
+    result = privevo.open_run(path)
+    scorer = Scorer(config, overrides)
+    for generation in range(result.generation() + 1):
+        population = result.population(generation)
+        print(json.dumps({"generation": generation, **rounded(scorer.score(population.samples, population.labels))}),
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=CONFIG)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--score", metavar="RUN", help="score the generations of this finished run and stop")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.score:
+        score_run(args.score, args.config, args.set)
         return
     load_before = loadavg()
     runs = []
