@@ -265,6 +265,8 @@ class DockerSession:
 
 
 def _chown_tree(folder: str, uid: int, gid: int) -> None:
+    if not os.path.lexists(folder):  # a failed new run's folder is removed before its folders are handed back
+        return
     os.lchown(folder, uid, gid)
     for parent, dirs, files in os.walk(folder):
         for name in dirs + files:

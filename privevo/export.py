@@ -83,7 +83,7 @@ def export_run(run: Run, to: str | os.PathLike[str], generation: int = -1, expor
     formats = run.modality.export_formats
     export_format = export_format or formats[0]
     if export_format not in formats:
-        raise UserError(f"unknown export format {export_format!r} for a {run.modality.name} run: use "
+        raise UserError(f"unknown export format {export_format!r} for this {run.modality.name} run: use "
                         f"{' or '.join(formats)}")
     target = Path(to)
     if "://" in os.fspath(to):

@@ -9,6 +9,7 @@ from privevo.config import load_config
 from privevo.errors import UserError
 from privevo.image.embeddings import EMBEDDINGS, embedding_class, load_embedding
 from privevo.image.embeddings.effnet_lite0 import EfficientNetLite0Embedding
+from privevo.image.embeddings.null import NullEmbedding
 from privevo.image.embeddings.pixels import PixelEmbedding
 
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -16,7 +17,7 @@ TINY = ROOT / "configs" / "tiny.yaml"
 
 def test_registry_names_every_embedding() -> None:
     assert {name: embedding_class(name) for name in EMBEDDINGS} == {
-        "pixels": PixelEmbedding, "effnet_lite0": EfficientNetLite0Embedding,
+        "pixels": PixelEmbedding, "effnet_lite0": EfficientNetLite0Embedding, "null": NullEmbedding,
     }
 
 
@@ -28,7 +29,7 @@ def test_unknown_embedding_is_a_one_line_error() -> None:
     assert "embedding.name" in str(from_config.value)
     for excinfo in (from_config, from_registry):
         message = str(excinfo.value)
-        assert "\n" not in message and "'clip'" in message and "effnet_lite0, pixels" in message, message
+        assert "\n" not in message and "'clip'" in message and "effnet_lite0, null, pixels" in message, message
 
 
 def test_pixels_from_config() -> None:

@@ -83,7 +83,7 @@ def run_cli(argv: list[str]) -> int:
 
 @pytest.mark.parametrize(("extra", "fragment"), [
     (["--generation", "3"], "generations 0 to 2: generation 3 does not exist"),
-    (["--format", "parquet"], "invalid choice: 'parquet'"),
+    (["--format", "parquet"], "unknown export format 'parquet' for this image run: use imagefolder or npz"),
 ])
 def test_bad_generation_or_format_is_refused_in_one_line(finished, tmp_path, capsys, extra, fragment):
     folder = tmp_path / "out"

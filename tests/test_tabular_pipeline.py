@@ -79,7 +79,7 @@ def test_an_image_format_for_a_table_run_is_a_one_line_error(tabular_run: Path, 
     result = run_cli("export", str(tabular_run), "--to", str(tmp_path / "out"), "--format", "npz")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown export format 'npz' for a tabular run: use csv or parquet"]
+        "error: unknown export format 'npz' for this tabular run: use csv or parquet"]
     assert not (tmp_path / "out").exists()
 
 
