@@ -37,6 +37,7 @@ from privevo import storage
 from privevo.config import RemoteConfig, load_config, parse_config
 from privevo.errors import UserError
 from privevo.image import protocol
+from privevo.run_record import Run
 from privevo.testing import assert_close_images
 from tests.conftest import ROOT, _free_port, _run_cli, tiny_args, wait_for_http
 
@@ -79,6 +80,39 @@ def stop(proc: subprocess.Popen) -> str:
             proc.kill()
             proc.wait()
     return proc.stdout.read() if proc.stdout else ""
+
+def generate_initial_until_killed(run: Run, proc: subprocess.Popen) -> int:
+    """generate_initial's shard 0 against ``proc``'s server, killed once the step has stored its first result: the
+    step fails in one line after its retries; returns how many results it kept."""
+    from privevo import steps
+
+    store = Path(run.layout.calls_dir(0)) / "cache" / "generate_initial-000"
+
+    def kill_after_first_result() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (store.is_dir() and any(store.iterdir())):
+            time.sleep(0.005)
+        proc.kill()
+
+    killer = threading.Thread(target=kill_after_first_result)
+    killer.start()
+    try:
+        with pytest.raises(UserError, match=r"failed after 3 attempts, the last with the server is unreachable") as error:
+            steps.generate_initial(run, 0)
+    finally:
+        killer.join()
+        stop(proc)
+    assert "\n" not in str(error.value)
+    return len(list(store.iterdir()))
+
+
+def served_by(run: Run, url: str) -> Run:
+    """The same run (config and layout) with its model behind another server of the same model."""
+    assert run.config.model.remote is not None
+    moved = run.config.model.remote.model_copy(update={"url": url})
+    return Run(run.config.model_copy(update={"model": run.config.model.model_copy(update={"remote": moved})}),
+               run.layout)
+
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +379,6 @@ def test_killed_server_fails_one_line_then_resume_pays_only_for_the_rest(fault_s
                                                                          tmp_path: Path) -> None:
     """generate_initial against a server killed mid-step: retries, one line, and every received image kept."""
     from privevo import steps
-    from privevo.run_record import Run
 
     proc, url = start_serve("--batch-size", "4")
     config = load_config(ROOT / "configs" / "tiny.yaml", [
@@ -354,31 +387,13 @@ def test_killed_server_fails_one_line_then_resume_pays_only_for_the_rest(fault_s
         "model.batch_size=4", "population.size=24", "population.num_shards=1", "model.remote.price_per_image=0.01",
     ])
     run = Run.create(config, "killed")
-    store = Path(run.layout.calls_dir(0)) / "cache" / "generate_initial-000"
-
-    def kill_after_first_result() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (store.is_dir() and any(store.iterdir())):
-            time.sleep(0.005)
-        proc.kill()
-
-    killer = threading.Thread(target=kill_after_first_result)
-    killer.start()
-    try:
-        with pytest.raises(UserError, match=r"failed after 3 attempts, the last with the server is unreachable") as error:
-            steps.generate_initial(run, 0)
-    finally:
-        killer.join()
-        stop(proc)
-    assert "\n" not in str(error.value)
-    kept = len(list(store.iterdir()))
+    kept = generate_initial_until_killed(run, proc)
     assert 1 <= kept < 6
     ledger = storage.read_json(run.layout.calls(0, "generate_initial", 0))
     assert ledger["images"] == 4 * kept and ledger["failures"] >= 1 and ledger["retries"] >= 2
 
     # Another server of the same model (another port): the stored results are used, the rest is called.
-    run = Run(config.model_copy(update={"model": config.model.model_copy(update={
-        "remote": config.model.remote.model_copy(update={"url": fault_server.url})})}), run.layout)
+    run = served_by(run, fault_server.url)
     steps.generate_initial(run, 0)
     record = storage.read_json(run.layout.step_record(0, "generate_initial", 0))["params"]
     assert record["api_reused_images"] == 4 * kept and record["api_images"] == 24 - 4 * kept
@@ -467,7 +482,6 @@ def test_rate_limit_spaces_requests() -> None:
 @pytest.mark.model_outputs
 def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: Path) -> None:
     """configs/tiny.yaml with model.kind remote through kfp.local: the in-process samples, an audit that passes."""
-    from privevo.run_record import Run
 
     non_private = ["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0",  # a vote without noise,
                    "--set", "privacy.allow_non_private=true", "--set", "privacy.dataset_budget=null"]  # as allowed

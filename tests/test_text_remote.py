@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,15 @@ from privevo.config import RemoteConfig, load_config
 from privevo.errors import UserError
 from privevo.text.backends import Request
 from tests.conftest import ROOT, _free_port
-from tests.test_remote import FAULT_ANSWERS, InProcessServer, bind, in_process_server, launch, stop
+from tests.test_remote import (
+    FAULT_ANSWERS,
+    InProcessServer,
+    bind,
+    generate_initial_until_killed,
+    in_process_server,
+    launch,
+    served_by,
+)
 
 CONFIG = ROOT / "configs" / "tiny-text.yaml"
 #: The OpenAI API's faults: the shared ones, with its own malformed and wrong answers.
@@ -251,32 +258,13 @@ def test_killed_serve_fails_one_line_then_resume_pays_only_for_the_rest(fault_se
                                   "model.remote.max_retries=2", "model.remote.backoff_s=0.05",
                                   "model.remote.max_concurrency=1", "model.remote.price_per_output_token=0.01"])
     run = Run.create(config, "killed")
-    store = Path(run.layout.calls_dir(0)) / "cache" / "generate_initial-000"
-
-    def kill_after_first_result() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (store.is_dir() and any(store.iterdir())):
-            time.sleep(0.005)
-        proc.kill()
-
-    killer = threading.Thread(target=kill_after_first_result)
-    killer.start()
-    try:
-        with pytest.raises(UserError, match=r"failed after 3 attempts, the last with the server is unreachable") as error:
-            steps.generate_initial(run, 0)
-    finally:
-        killer.join()
-        stop(proc)
-    assert "\n" not in str(error.value)
-    kept = len(list(store.iterdir()))
+    kept = generate_initial_until_killed(run, proc)
     size = config.population.size
     assert 1 <= kept < size
     ledger = storage.read_json(run.layout.calls(0, "generate_initial", 0))
     assert ledger["texts"] == kept and ledger["failures"] >= 1 and ledger["retries"] >= 2
 
-    assert config.model.remote is not None
-    moved = config.model.remote.model_copy(update={"url": fault_server.url})
-    run = Run(config.model_copy(update={"model": config.model.model_copy(update={"remote": moved})}), run.layout)
+    run = served_by(run, fault_server.url)
     steps.generate_initial(run, 0)
     record = storage.read_json(run.layout.step_record(0, "generate_initial", 0))["params"]
     assert record["api_reused_texts"] == kept and record["api_texts"] == size - kept
