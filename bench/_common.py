@@ -49,6 +49,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def own_figures(started: float) -> dict[str, float]:
+    """This process's wall seconds since ``started``, CPU seconds and peak RSS (MiB), rounded for a results row."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
 def children_peak_rss_mb() -> float:
     """Largest peak RSS of any waited-for descendant, MiB."""
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -32,7 +32,6 @@ STARTED = time.perf_counter()  # before any import of the library: the worker's 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -42,7 +41,7 @@ from typing import Any  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import PYTHON, format_table, loadavg, markdown_table, run_worker, spread, write_json  # noqa: E402
+from bench._common import PYTHON, format_table, loadavg, markdown_table, own_figures, run_worker, spread, write_json  # noqa: E402
 
 CONFIG = "configs/adult.yaml"
 ROWS = 1000
@@ -85,15 +84,13 @@ def worker(args: argparse.Namespace) -> None:
     overrides = [f"seed={args.seed}", *args.set]
     result = privevo.run(args.config, overrides=overrides, run_root=workdir / "runs",
                          private_root=workdir / "private", run_id=f"adult-seed{args.seed}")
-    wall = time.perf_counter() - STARTED
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures = own_figures(STARTED)  # before scoring: the run's own cost
     synthetic = result.population().samples
     schema, _, held_out = tables(args.config, overrides)
     atoms = {f"{c.name}={c.atoms[0]:g}": round(float(np.mean(synthetic[:, j] == c.atoms[0])), 3)
              for j, c in enumerate(schema.columns) if c.atoms}
     print(json.dumps({"table": f"ours, seed {args.seed}", **score(schema, synthetic, held_out),
-                      "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-                      "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "epsilon": result.epsilon,
+                      **figures, "epsilon": result.epsilon,
                       "at_atom": atoms}))
 
 

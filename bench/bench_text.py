@@ -35,7 +35,6 @@ STARTED = time.perf_counter()  # before any import of the library: the worker's 
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,7 +43,7 @@ from typing import Any  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench._common import format_table, loadavg, markdown_table, run_worker, spread, write_json  # noqa: E402
+from bench._common import format_table, loadavg, markdown_table, own_figures, run_worker, spread, write_json  # noqa: E402
 
 CONFIG = "configs/fortunes.yaml"
 PER_CLASS = 50
@@ -130,14 +129,12 @@ def worker(args: argparse.Namespace) -> None:
     overrides = [f"seed={args.seed}", *args.set]
     result = privevo.run(args.config, overrides=overrides, run_root=workdir / "runs",
                          private_root=workdir / "private", run_id=f"fortunes-seed{args.seed}")
-    wall = time.perf_counter() - STARTED
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures = own_figures(STARTED)  # before scoring: the run's own cost
     scorer = Scorer(args.config, overrides)
     first, last = result.population(0), result.population()
     print(json.dumps({"seed": args.seed, "generation_0": rounded(scorer.score(first.samples, first.labels)),
                       "final": rounded(scorer.score(last.samples, last.labels)), "final_generation": result.generation(),
-                      "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-                      "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "epsilon": result.epsilon,
+                      **figures, "epsilon": result.epsilon,
                       "examples": [str(t) for t in last.samples[:: max(1, len(last.samples) // 5)]]}))
 
 
