@@ -176,7 +176,10 @@ def _error_text(response: requests.Response) -> str:
 
 
 class HttpClient:
-    """Requests to one server: a session per thread with the bearer token, the rate limits, retries with backoff."""
+    """Requests to one server: a session per thread with the bearer token, the rate limits, retries with backoff.
+
+    ``hint(status)`` says what to check when the server refuses a request with a status other than 401 or 403 (those
+    are always the token's settings, which every backend behind an API shares)."""
 
     def __init__(self, settings: RemoteConfig, hint: Callable[[int], str], sleep: Callable[[float], None] = time.sleep,
                  tokens_per_minute: float | None = None) -> None:
@@ -189,6 +192,12 @@ class HttpClient:
         self._token = read_token(settings)
         self._local = threading.local()
         self._sleep = sleep
+
+    def _refusal_hint(self, status: int) -> str:
+        """What to check after a refusal: the token's settings for 401 and 403, else what the backend says."""
+        if status in (401, 403):
+            return "check the token in model.remote.token_env or model.remote.token_file"
+        return self.hint(status)
 
     def where(self, path: str = "") -> str:
         """The public URL of ``path`` on the server (no credentials)."""
@@ -241,7 +250,7 @@ class HttpClient:
                 else:
                     stats.add(failures=1)
                     raise UserError(f"{where} refused the request: HTTP {response.status_code} "
-                                    f"{_error_text(response)}: {self.hint(response.status_code)}")
+                                    f"{_error_text(response)}: {self._refusal_hint(response.status_code)}")
             if attempt == settings.max_retries:
                 break
             delay = random.uniform(0, min(settings.max_backoff_s, settings.backoff_s * 2**attempt))

@@ -178,9 +178,8 @@ class OpenAICompatible(TextModel):
 
 
 def _hint(status: int) -> str:
-    """What to check when the server refuses a request with ``status``."""
-    if status in (401, 403):
-        return "check the token in model.remote.token_env or model.remote.token_file"
+    """What to check when the server refuses a request with ``status`` (401 and 403: the shared client names the
+    token's settings)."""
     if status == 404:
         return "check model.remote.model_name, model.remote.url and model.remote.api"
     return "check that the server speaks the OpenAI API (/v1/chat/completions or /v1/completions)"

@@ -199,9 +199,8 @@ class RemoteModel(FoundationModel):
 
 
 def _hint(status: int) -> str:
-    """What to check when the server refuses a request with ``status``."""
-    if status in (401, 403):
-        return "check the token in model.remote.token_env or model.remote.token_file"
+    """What to check when the server refuses a request with ``status`` (401 and 403: the shared client names the
+    token's settings)."""
     if status == 404:
         return "check model.remote.model_name and model.remote.url"
     return "check that the server speaks the KServe v2 protocol of pipeline.py serve"
