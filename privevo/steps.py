@@ -476,21 +476,31 @@ def _stored_synthetic_embeddings(run: Run, generation: int, shard: int, populati
 
 
 def _read_synthetic_embeddings(run: Run, generation: int, population_size: int) -> np.ndarray:
-    """The vote's synthetic embeddings, in shard order, checked against the population they describe."""
-    parts = []
+    """The vote's synthetic embeddings, in shard order, checked against the population they describe.
+
+    Filled shard by shard into one array sized from the first shard's rows: the set is held once (plus one
+    shard), not once in parts and again concatenated."""
+    uncovered = UserError(f"generation {generation}'s synthetic embeddings do not cover its population: "
+                          "rerun embed_synthetic for every shard")
+    embeddings: np.ndarray | None = None
+    filled = 0
     for shard in range(run.config.population.num_shards):
         population_sha = storage.sha256_uri(run.layout.shard(generation - 1, shard))
-        embeddings = _stored_synthetic_embeddings(run, generation, shard, population_sha)
-        if embeddings is None:
+        part = _stored_synthetic_embeddings(run, generation, shard, population_sha)
+        if part is None:
             raise UserError(
                 f"generation {generation} shard {shard} has no synthetic embeddings of the current population: "
                 f"run embed_synthetic for generation {generation} shard {shard} first"
             )
-        parts.append(embeddings)
-    embeddings = np.concatenate(parts)
-    if len(embeddings) != population_size:
-        raise UserError(f"generation {generation}'s synthetic embeddings do not cover its population: "
-                        "rerun embed_synthetic for every shard")
+        if embeddings is None:
+            embeddings = np.empty((population_size, *part.shape[1:]), part.dtype)
+        if filled + len(part) > population_size or part.shape[1:] != embeddings.shape[1:]:
+            raise uncovered
+        embeddings[filled : filled + len(part)] = part
+        filled += len(part)
+        del part  # one shard at a time beside the whole
+    if embeddings is None or filled != population_size:
+        raise uncovered
     return embeddings
 
 
