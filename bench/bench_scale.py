@@ -5,8 +5,9 @@ The null model and embedding (``model.kind: null``, ``embedding.name: null``: se
 manifests, the audit and orchestration. Each rung of the ladder is one run of a CIFAR-10-like config (32x32x3,
 10 classes, conditional, 2 generations), made in one process step by step, every step in its own subprocess (its
 peak RSS is its own), and printed per step: wall and CPU seconds, peak RSS, bytes read and written and the storage
-requests (counted at the storage backend), then per generation the files' sizes and the manifests' sizes, and the
-audit's time and peak RSS. The smallest rung also runs through kfp.local (``pipeline.py run``) for its overhead.
+requests (counted at the storage backend), the same summed per step kind, then per generation the files' sizes and
+the manifests' sizes, and the audit's time and peak RSS. The smallest rung also runs through kfp.local
+(``pipeline.py run``) for its overhead.
 
 Then a log-log fit of each step's seconds (and peak RSS) against N_priv, N_syn and the lookahead L over the ladder,
 the CIFAR-10 prediction of each, and which term dominates; the vote's time beside its GEMM floor
@@ -333,11 +334,32 @@ def fits(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def per_kind(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rung's steps summed per step kind (the largest process's peak), in the plan's order, then the audit."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for s in [*result["steps"], result["audit"]]:
+        row = kinds.setdefault(step_kind(s["step"]), {"step": step_kind(s["step"]), "processes": 0, "seconds": 0.0,
+                                                      "cpu_s": 0.0, "peak_rss_mb": 0.0, "read_mib": 0.0,
+                                                      "written_mib": 0.0, "requests": 0})
+        row["processes"] += 1
+        row["seconds"] += s["seconds"]
+        row["cpu_s"] += s["cpu_s"]
+        row["peak_rss_mb"] = max(row["peak_rss_mb"], s["peak_rss_mb"])
+        row["read_mib"] += s["read_bytes"] / 2**20
+        row["written_mib"] += s["written_bytes"] / 2**20
+        row["requests"] += s["requests"]
+    return [{k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()} for row in kinds.values()]
+
+
 def print_rung(result: dict[str, Any]) -> None:
     print(f"\n== {result['name']} ({result['rung']})")
     columns = [("step", "step"), ("seconds", "wall s"), ("cpu_s", "CPU s"), ("peak_rss_mb", "peak RSS MiB"),
                ("read_bytes", "read B"), ("written_bytes", "written B"), ("requests", "storage req")]
     print(format_table([*result["steps"], result["audit"]], columns))
+    print("per step kind (summed over shards and generations; peak: the largest process's):")
+    print(format_table(per_kind(result), [("step", "step"), ("processes", "processes"), ("seconds", "wall s"),
+                                          ("cpu_s", "CPU s"), ("peak_rss_mb", "peak RSS MiB"), ("read_mib", "read MiB"),
+                                          ("written_mib", "written MiB"), ("requests", "storage req")]))
     print(format_table(result["generations"], [("generation", "gen"), ("files", "files"), ("mb", "MiB"),
                                                ("manifest_parts", "manifest parts"), ("manifest_kb", "manifest KiB")]))
     print(f"audit: {'OK' if result['audit']['ok'] else result['audit']['first_failure']}")
@@ -378,10 +400,16 @@ def main() -> None:
     print(f"float32 GEMM on a 4096 x {DIM} x 4096 block: {gemm['gemm_gflops']} GFLOP/s wall, "
           f"{gemm['gemm_gflop_per_cpu_s']} GFLOP per CPU second")
     results: dict[str, Any] = {"machine": info, "gemm": gemm, "rungs": []}
+
+    def save() -> None:  # after each rung too: a long profile's figures outlive a later failure
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
     for rung in LADDERS[args.profile]:
         print(f"\nrung {rung.name} ...", flush=True)
         results["rungs"].append(run_rung(rung, work))
         print_rung(results["rungs"][-1])
+        save()
     if not args.no_kfp:
         results["kfp_local"] = run_kfp_local(LADDERS[args.profile][0], work)
         in_process = sum(s["seconds"] for s in results["rungs"][0]["steps"])
@@ -401,9 +429,11 @@ def main() -> None:
     for r in results["rungs"]:
         n_priv, n_syn = r["rung"]["n_priv"], r["rung"]["n_syn"]
         votes = [s for s in r["steps"] if step_kind(s["step"]) == "dp_vote"]
-        floor = 2 * n_priv * n_syn * DIM / CLASSES / rate  # per class: each private row searches its class's tenth
-        print(f"{r['name']}: dp_vote {max(s['seconds'] for s in votes):.1f} s per generation, GEMM floor "
-              f"{floor:.2f} s (2 N_priv N_syn d / {CLASSES} classes at {gemm['gemm_gflops']} GFLOP/s); largest step "
+        flop = 2 * n_priv * n_syn * DIM / CLASSES  # per class: each private row searches its class's tenth
+        print(f"{r['name']}: dp_vote {max(s['seconds'] for s in votes):.1f} s and {max(s['cpu_s'] for s in votes):.1f} "
+              f"CPU s per generation, GEMM floor {flop / rate:.2f} s and "
+              f"{flop / (gemm['gemm_gflop_per_cpu_s'] * 1e9):.2f} CPU s (2 N_priv N_syn d / {CLASSES} classes at "
+              f"{gemm['gemm_gflops']} GFLOP/s, {gemm['gemm_gflop_per_cpu_s']} GFLOP per CPU s); largest step "
               f"peak {max(s['peak_rss_mb'] for s in r['steps']):.0f} MiB; audit {r['audit']['seconds']} s")
     if args.votes or args.profile == "cifar10":
         fraction = args.vote_fraction
@@ -423,8 +453,8 @@ def main() -> None:
                   f"CPU s; peak anonymous memory {vote['peak_anon_mb']} MiB "
                   f"({vote['anon_before_vote_mb']} MiB before the vote, the synthetic set included; the private rows "
                   "stream from a memory map)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+            save()
+    save()
 
 
 if __name__ == "__main__":
