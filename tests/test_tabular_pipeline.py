@@ -14,6 +14,10 @@ from conftest import ROOT
 from privevo.config import load_config
 from privevo.modalities import get_modality
 
+# These tests share one kfp.local run (module fixtures): `make test` runs with --dist loadgroup, so they go to one
+# xdist worker, which builds those once instead of each worker building its own.
+pytestmark = pytest.mark.xdist_group("tabular_pipeline")
+
 TINY_TABULAR = ROOT / "configs" / "tiny-tabular.yaml"
 
 
@@ -99,3 +103,15 @@ def test_leak_fingerprints_only_rows_with_a_distinctive_value() -> None:
     only_small = load_config(TINY_TABULAR, ["tabular.columns=[{name: job, type: categorical, categories: [a, b]}, "
                                             "{name: income, type: categorical, categories: [x, y]}]"])
     assert modality.leak_fingerprints(only_small, np.array([[0.0, 1.0], [1.0, 1.0]])) == set()
+
+
+def test_the_summary_prints_scalars_only(tabular_run: Path, capsys) -> None:
+    """The run's closing summary shows the final metrics as name=value; tables (utility, per column) stay in the
+    report."""
+    from privevo.cli import _print_summary
+    from privevo.run_record import Run
+
+    _print_summary(Run.open(str(tabular_run.parent), tabular_run.name), 1.0)
+    final = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("final (generation"))
+    assert "tvd_3way=" in final and "downstream_accuracy=" in final
+    assert "{" not in final and "[" not in final
