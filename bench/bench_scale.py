@@ -16,8 +16,9 @@ the CIFAR-10 prediction of each, and which term dominates; the vote's time besid
 and the unconditional CIFAR-10 vote (``--votes``; ``--vote-fraction`` searches that share of the private rows and
 scales the time linearly: the vote is one pass over the private set; said so in the output).
 
-Profiles: ``smoke`` (seconds), ``ladder`` (minutes), ``large`` (20,000 x 20,000, lookahead 8), ``cifar10`` (the
-ladder, then 50,000 x 50,000, lookahead 8, 2 generations, and the votes). Figures only: nothing here asserts.
+Profiles: ``smoke`` (seconds), ``ladder`` (minutes), ``large`` (20,000 x 20,000, lookahead 8), ``cifar10``
+(50,000 x 50,000, lookahead 8, 4 shards, 2 generations, then the ladder and the votes). Figures only: nothing here
+asserts.
 
 Usage:
     .venv/bin/python bench/bench_scale.py [--profile smoke|ladder|cifar10] [--work DIR] [--json OUT]
@@ -70,7 +71,7 @@ LADDERS = {
                Rung(8000, 8000, 2), Rung(2000, 2000, 2, image_size=64)],
 }
 CIFAR10 = Rung(50_000, 50_000, 8, shards=4)
-LADDERS["cifar10"] = [*LADDERS["ladder"], CIFAR10]
+LADDERS["cifar10"] = [CIFAR10, *LADDERS["ladder"]]  # the full size first: its figures are printed and saved first
 LADDERS["large"] = [Rung(20_000, 20_000, 8, shards=4)]  # the largest rung a busy 2-core machine runs in minutes
 
 
@@ -305,8 +306,9 @@ def step_kind(label: str) -> str:
 def fits(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per step kind: CPU seconds (summed over a run's shards and generations; wall seconds follow a shared machine's
     load) as a power law in each size, from the rungs that vary that size alone around the base; the CIFAR-10
-    prediction multiplies the factors."""
-    base = rungs[0]["rung"]
+    prediction multiplies the factors (beside the measured figure when a rung has CIFAR-10's sizes)."""
+    base_index = rungs.index(smallest(rungs))
+    base = rungs[base_index]["rung"]
     totals = []
     for r in rungs:
         per_kind: dict[str, dict[str, float]] = {}
@@ -316,9 +318,10 @@ def fits(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], s["peak_rss_mb"])
         totals.append((r["rung"], per_kind))
     rows = []
-    for kind in totals[0][1]:
+    measured = next((k for r, k in totals if r == asdict(CIFAR10)), {})
+    for kind in totals[base_index][1]:
         row: dict[str, Any] = {"step": kind}
-        predicted_s = totals[0][1][kind]["seconds"]
+        predicted_s = totals[base_index][1][kind]["seconds"]
         for size, target in (("n_priv", CIFAR10.n_priv), ("n_syn", CIFAR10.n_syn), ("lookahead", CIFAR10.lookahead)):
             points = [(r[size], k[kind]["seconds"]) for r, k in totals
                       if all(r[o] == base[o] for o in ("n_priv", "n_syn", "lookahead", "image_size") if o != size)
@@ -328,10 +331,17 @@ def fits(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"exp_{size}"] = None if fit is None else fit["exponent"]
             if fit is not None:
                 predicted_s *= (target / max(base[size], 1)) ** max(fit["exponent"], 0.0)
-        row["base_s"] = round(totals[0][1][kind]["seconds"], 2)
+        row["base_s"] = round(totals[base_index][1][kind]["seconds"], 2)
         row["cifar10_predicted_s"] = round(predicted_s, 1)
+        row["cifar10_measured_s"] = round(measured[kind]["seconds"], 1) if kind in measured else None
         rows.append(row)
     return rows
+
+
+def smallest(rungs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rung of the fewest private rows x synthetic samples x lookahead x pixels: the fits' base."""
+    return min(rungs, key=lambda r: (r["rung"]["n_priv"] * r["rung"]["n_syn"] * max(r["rung"]["lookahead"], 1)
+                                     * r["rung"]["image_size"] ** 2))
 
 
 def per_kind(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -351,7 +361,7 @@ def per_kind(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()} for row in kinds.values()]
 
 
-def print_rung(result: dict[str, Any]) -> None:
+def print_rung(result: dict[str, Any], gemm: dict[str, float]) -> None:
     print(f"\n== {result['name']} ({result['rung']})")
     columns = [("step", "step"), ("seconds", "wall s"), ("cpu_s", "CPU s"), ("peak_rss_mb", "peak RSS MiB"),
                ("read_bytes", "read B"), ("written_bytes", "written B"), ("requests", "storage req")]
@@ -363,6 +373,14 @@ def print_rung(result: dict[str, Any]) -> None:
     print(format_table(result["generations"], [("generation", "gen"), ("files", "files"), ("mb", "MiB"),
                                                ("manifest_parts", "manifest parts"), ("manifest_kb", "manifest KiB")]))
     print(f"audit: {'OK' if result['audit']['ok'] else result['audit']['first_failure']}")
+    n_priv, n_syn = result["rung"]["n_priv"], result["rung"]["n_syn"]
+    votes = [s for s in result["steps"] if step_kind(s["step"]) == "dp_vote"]
+    flop = 2 * n_priv * n_syn * DIM / CLASSES  # per class: each private row searches its class's tenth
+    print(f"{result['name']}: dp_vote {max(s['seconds'] for s in votes):.1f} s and "
+          f"{max(s['cpu_s'] for s in votes):.1f} CPU s per generation, GEMM floor {flop / gemm['gemm_gflops'] / 1e9:.2f} s "
+          f"and {flop / gemm['gemm_gflop_per_cpu_s'] / 1e9:.2f} CPU s (2 N_priv N_syn d / {CLASSES} classes at "
+          f"{gemm['gemm_gflops']} GFLOP/s, {gemm['gemm_gflop_per_cpu_s']} GFLOP per CPU s); largest step "
+          f"peak {max(s['peak_rss_mb'] for s in result['steps']):.0f} MiB; audit {result['audit']['seconds']} s")
 
 
 def main() -> None:
@@ -408,11 +426,12 @@ def main() -> None:
     for rung in LADDERS[args.profile]:
         print(f"\nrung {rung.name} ...", flush=True)
         results["rungs"].append(run_rung(rung, work))
-        print_rung(results["rungs"][-1])
+        print_rung(results["rungs"][-1], gemm)
         save()
     if not args.no_kfp:
-        results["kfp_local"] = run_kfp_local(LADDERS[args.profile][0], work)
-        in_process = sum(s["seconds"] for s in results["rungs"][0]["steps"])
+        first = smallest(results["rungs"])
+        results["kfp_local"] = run_kfp_local(Rung(**first["rung"]), work)
+        in_process = sum(s["seconds"] for s in first["steps"])
         kfp = results["kfp_local"]
         print(f"\nkfp.local, {kfp['name']}: exit {kfp['exit']}, {kfp['seconds']} s wall ({in_process:.1f} s of steps in "
               f"process), {kfp['cpu_s']} CPU s, largest step {kfp['peak_rss_mb']} MiB")
@@ -422,19 +441,11 @@ def main() -> None:
               "prediction from the base rung):")
         print(format_table(results["fits"], [("step", "step"), ("exp_n_priv", "exp N_priv"), ("exp_n_syn", "exp N_syn"),
                                              ("exp_lookahead", "exp L"), ("base_s", "base CPU s"),
-                                             ("cifar10_predicted_s", "CIFAR-10 CPU s (pred.)")]))
+                                             ("cifar10_predicted_s", "CIFAR-10 CPU s (pred.)"),
+                                             ("cifar10_measured_s", "CIFAR-10 CPU s (measured)")]))
         top = max(results["fits"], key=lambda row: row["cifar10_predicted_s"])
         print(f"dominant at CIFAR-10 scale (predicted): {top['step']} ({top['cifar10_predicted_s']} CPU s per run)")
     rate = gemm["gemm_gflops"] * 1e9
-    for r in results["rungs"]:
-        n_priv, n_syn = r["rung"]["n_priv"], r["rung"]["n_syn"]
-        votes = [s for s in r["steps"] if step_kind(s["step"]) == "dp_vote"]
-        flop = 2 * n_priv * n_syn * DIM / CLASSES  # per class: each private row searches its class's tenth
-        print(f"{r['name']}: dp_vote {max(s['seconds'] for s in votes):.1f} s and {max(s['cpu_s'] for s in votes):.1f} "
-              f"CPU s per generation, GEMM floor {flop / rate:.2f} s and "
-              f"{flop / (gemm['gemm_gflop_per_cpu_s'] * 1e9):.2f} CPU s (2 N_priv N_syn d / {CLASSES} classes at "
-              f"{gemm['gemm_gflops']} GFLOP/s, {gemm['gemm_gflop_per_cpu_s']} GFLOP per CPU s); largest step "
-              f"peak {max(s['peak_rss_mb'] for s in r['steps']):.0f} MiB; audit {r['audit']['seconds']} s")
     if args.votes or args.profile == "cifar10":
         fraction = args.vote_fraction
         for label, n_priv, classes in (("CIFAR-10 unconditional", CIFAR10.n_priv, 1),
