@@ -183,9 +183,25 @@ def make_tiny_run(tmp_path, run_id: str, *overrides: str):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> TinyRun:
-    """configs/tiny.yaml run end to end through kfp.local, once per test session (worker)."""
-    base = tmp_path_factory.mktemp("tiny")
-    result = _run_cli(*tiny_args(base / "runs", base / "private", "--run-id", "tiny-ci"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return TinyRun(str(base / "runs"), str(base / "private"), "tiny-ci", result.stdout)
+def tiny_run(tmp_path_factory, worker_id: str) -> TinyRun:
+    """configs/tiny.yaml run end to end through kfp.local, once per test session.
+
+    Under xdist the first worker that needs it runs it in the session's shared temporary folder while the others
+    wait on a lock and read it (tests only read it, or change a :meth:`TinyRun.copy`); a failed run fails them all.
+    """
+    from filelock import FileLock
+
+    # under xdist the parent of each worker's basetemp is this session's own folder
+    shared = worker_id != "master"
+    base = tmp_path_factory.getbasetemp().parent / "tiny-shared" if shared else tmp_path_factory.mktemp("tiny")
+    stdout, failure = base / "run.stdout", base / "run.failure"
+    base.mkdir(exist_ok=True)
+    with FileLock(str(base) + ".lock"):
+        if not stdout.is_file() and not failure.is_file():
+            result = _run_cli(*tiny_args(base / "runs", base / "private", "--run-id", "tiny-ci"))
+            if result.returncode == 0:
+                stdout.write_text(result.stdout)
+            else:
+                failure.write_text(f"exit code {result.returncode}\n" + result.stdout[-3000:] + result.stderr[-3000:])
+    assert not failure.is_file(), failure.read_text()
+    return TinyRun(str(base / "runs"), str(base / "private"), "tiny-ci", stdout.read_text())
