@@ -41,6 +41,10 @@ from privevo.run_record import Run
 from privevo.testing import assert_close_images
 from tests.conftest import ROOT, _free_port, _run_cli, tiny_args, wait_for_http
 
+# These tests share the model behind a served process and a loaded model (module fixtures): `make test` runs with
+# --dist loadgroup, so they go to one xdist worker, which builds those once instead of each worker building its own.
+pytestmark = pytest.mark.xdist_group("remote")
+
 MODEL = str(ROOT / "models" / "fashion-mnist-ddpm")
 STEPS = 3
 
@@ -481,13 +485,15 @@ def test_rate_limit_spaces_requests() -> None:
 @pytest.mark.slow
 @pytest.mark.model_outputs
 def test_tiny_pipeline_through_serve_matches_in_process(served: str, tmp_path: Path) -> None:
-    """configs/tiny.yaml with model.kind remote through kfp.local: the in-process samples, an audit that passes."""
+    """configs/tiny.yaml with model.kind remote through kfp.local: the in-process samples, an audit that passes.
 
+    One generation: it has every kind of model call, and each more is only more kfp.local process start-ups."""
     non_private = ["--set", "privacy.epsilon=null", "--set", "privacy.noise_multiplier=0",  # a vote without noise,
                    "--set", "privacy.allow_non_private=true", "--set", "privacy.dataset_budget=null"]  # as allowed
     args = tiny_args(tmp_path / "runs", tmp_path / "private", "--run-id", "remote", *non_private,
                      "--set", "model.kind=remote", "--set", f"model.remote.url={served}",
-                     "--set", "model.remote.price_per_image=0.001")
+                     "--set", "model.remote.price_per_image=0.001",
+                     "--set", "population.generations=1", "--set", "population.degrees=[0.6]")
     result = _run_cli(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     audit = _run_cli("audit", "remote", "--run-root", str(tmp_path / "runs"), "--allow-non-private")
