@@ -108,10 +108,11 @@ def main() -> None:
                                ("min", "min"), ("max", "max"), ("runs", "runs")]))
     print(f"\nagainst the baseline {args.settings[0]} (ratios of means, this run):")
     for entry in settings[1:]:
-        verdicts = "; ".join(f"{m} n/a" if v is None else f"{m} {v['mean_with']:.4g} vs bound {v['bound']:.4g}"
+        verdicts = "; ".join(f"{m} n/a" if v is None else
+                             f"{m} {verdict_word(v['not_worse'])} ({v['mean_with']:.4g} vs bound {v['bound']:.4g})"
                              for m, v in entry["verdict"].items())
         print(f"  {entry['setting']}: image-steps x{entry.get('image_steps_ratio')}, wall x{entry.get('wall_s_ratio')}; "
-              f"{verdict_word(entry['not_worse'])} on FD and class TV ({verdicts})")
+              f"{verdict_word(entry['not_worse'])} overall: {verdicts}")
     print(f"rule: {RULE}")
     print(json.dumps({"bench": "solver", "config": args.config, "overrides": official_overrides(args),
                       "runs": rows, "settings": settings, "rule": RULE,
