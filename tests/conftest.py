@@ -87,6 +87,33 @@ def gcs_server() -> Iterator[GcsServer]:
             proc.wait()
 
 
+#: Test modules whose tests share a module fixture that runs a whole pipeline or loads a model (test_cli_user's tests
+#: also change its one run in turn): under xdist each goes to one worker, which builds the fixture once.
+ONE_WORKER_MODULES = frozenset({
+    "test_api.py", "test_cli_user.py", "test_docker.py", "test_export.py", "test_remote.py", "test_tabular_pipeline.py",
+    "test_text.py", "test_text_remote.py",
+})
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``pytest -n N`` (xdist's ``--dist load``): tests are handed out one at a time as workers free up, except that
+    each module of :data:`ONE_WORKER_MODULES` goes to one worker whole (the largest units first).
+
+    Not ``--dist loadgroup`` with ``xdist_group`` marks: with pytest 9.2 and pytest-xdist 3.8 the marks silently
+    group nothing (pytest-dev/pytest-xdist#1386). Any other ``--dist`` asked for is xdist's own.
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1] in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModules(config, log)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Each test computes on one torch thread, restored afterwards.

@@ -13,10 +13,6 @@ from privevo import api, shipped
 from privevo.config import load_config
 from privevo.errors import UserError
 
-# These tests share one in-process run (module fixtures): `make test` runs with --dist loadgroup, so they go to one
-# xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("api")
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 

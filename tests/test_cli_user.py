@@ -24,10 +24,6 @@ from conftest import ROOT, wait_for_http
 
 from privevo.testing import assert_close_images
 
-# These tests share one interrupted and resumed kfp.local run (module fixtures): `make test` runs with --dist
-# loadgroup, so they go to one xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("cli_user")
-
 
 def remove_run(run_id: str) -> None:
     """Remove a run made under the default folders, and kfp.local's log of it."""

@@ -20,10 +20,6 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_args
 
-# These tests share one kfp.local run in containers (module fixtures): `make test` runs with --dist loadgroup, so they
-# go to one xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("docker")
-
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 PRIVATE_STEPS = {"embed_private", "dp_vote"}  # configs/tiny.yaml: evaluation.against_private is false
 PUBLIC_STEPS = {"generate_initial", "embed_synthetic", "generate_variations", "initial_shard", "variation_shard",

@@ -16,10 +16,6 @@ from privevo.cli import main
 from privevo.image.export import label_names
 from privevo.population import Population
 
-# These tests share one in-process run (module fixtures): `make test` runs with --dist loadgroup, so they go to one
-# xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("export")
-
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 

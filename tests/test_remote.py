@@ -41,10 +41,6 @@ from privevo.run_record import Run
 from privevo.testing import assert_close_images
 from tests.conftest import ROOT, _free_port, _run_cli, tiny_args, wait_for_http
 
-# These tests share the model behind a served process and a loaded model (module fixtures): `make test` runs with
-# --dist loadgroup, so they go to one xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("remote")
-
 MODEL = str(ROOT / "models" / "fashion-mnist-ddpm")
 STEPS = 3
 

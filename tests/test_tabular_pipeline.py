@@ -14,10 +14,6 @@ from conftest import ROOT
 from privevo.config import load_config
 from privevo.modalities import get_modality
 
-# These tests share one kfp.local run (module fixtures): `make test` runs with --dist loadgroup, so they go to one
-# xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("tabular_pipeline")
-
 TINY_TABULAR = ROOT / "configs" / "tiny-tabular.yaml"
 
 

@@ -22,10 +22,6 @@ from privevo.text.augpe import AugPE, tidy
 from privevo.text.backends import HfCausalLM, Request, TextModel
 from privevo.text.data import load_texts, split_bucket
 
-# These tests share one in-process run and the loaded text models (module fixtures): `make test` runs with --dist
-# loadgroup, so they go to one xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("text")
-
 TINY = "configs/tiny-text.yaml"
 MINILM = Path("models/all-minilm-l6-v2")
 

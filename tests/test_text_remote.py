@@ -34,10 +34,6 @@ from tests.test_remote import (
     served_by,
 )
 
-# These tests share the loaded text model behind a server (module fixtures): `make test` runs with --dist loadgroup,
-# so they go to one xdist worker, which builds those once instead of each worker building its own.
-pytestmark = pytest.mark.xdist_group("text_remote")
-
 CONFIG = ROOT / "configs" / "tiny-text.yaml"
 #: The OpenAI API's faults: the shared ones, with its own malformed and wrong answers.
 TEXT_FAULTS = {**FAULT_ANSWERS, "malformed": (200, [], b'{"id": "x", "choices": [{"message": {"cont'),
