@@ -83,7 +83,7 @@ def public_inputs(config: Config, step_name: str | None) -> list[str]:
     (``step_name=None``), which reads no data."""
     paths = []
     if step_name in MODEL_STEPS:
-        paths.append(config.model.path)
+        paths.append(config.model.weights_path)
     if step_name == "evaluate":
         paths.append(config.evaluation.classifier_path)
         if config.evaluation.reference is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from privevo import storage
-from privevo.config import Config, config_to_dict, parse_config, set_dotted
+from privevo.config import Config, config_to_dict, parse_config, with_overrides
 from privevo.errors import UserError
 from privevo.population import Population
 from privevo.run_record import Run
@@ -86,9 +86,7 @@ def load(config: str | os.PathLike[str] | Config, overrides: Overrides = None, r
         if value is not None:
             assignments.append(_assignment(key, os.fspath(value)))
     if isinstance(config, Config):
-        data = config_to_dict(config)
-        for assignment in assignments:
-            set_dotted(data, assignment)
+        data = with_overrides(config_to_dict(config), assignments, "the given Config")
         return shipped.with_local_models(parse_config(data, source="config"))
     if not isinstance(config, (str, os.PathLike)):
         raise UserError(f"config must be a file path, a shipped config name or a Config, got {type(config).__name__}")

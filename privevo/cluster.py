@@ -42,7 +42,7 @@ def _config_paths(config: Config) -> dict[str, str | None]:
         "run_root": config.run_root,
         "private_root": config.private_root,
         "private.path": config.private.path,
-        "model.path": config.model.path,
+        "model.path": config.model.weights_path,
         "evaluation.reference.path": config.evaluation.reference.path if config.evaluation.reference else None,
         "evaluation.classifier_path": config.evaluation.classifier_path,
     }

@@ -8,10 +8,12 @@ A config is a YAML file; any key can be overridden with ``--set dotted.key=value
 from __future__ import annotations
 
 import copy
+import logging
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -25,6 +27,8 @@ from privevo.registry import check_registered
 from privevo.tabular import TABULAR_EMBEDDINGS, TABULAR_MODELS
 from privevo.tabular.schema import ColumnSpec, CsvOptions
 from privevo.text import TEXT_EMBEDDINGS, TEXT_MODELS
+
+logger = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
@@ -96,9 +100,8 @@ def _validated_modality(info: ValidationInfo) -> str:
     return str((info.context or {}).get("modality", "image"))
 
 
-def _check_modality_name(registries: dict[str, dict[str, str]], name: str, what: str, info: ValidationInfo) -> str:
-    """``name`` if the config's modality registers it under ``what`` (an unknown modality is the modality's error)."""
-    modality = _validated_modality(info)
+def _check_modality_name(registries: dict[str, dict[str, str]], name: str, what: str, modality: str) -> str:
+    """``name`` if ``modality`` registers it under ``what`` (an unknown modality is the modality's error)."""
     if modality not in registries:
         return name
     return check_registered(registries[modality], name, what if modality == "image" else f"{modality} {what}")
@@ -106,47 +109,44 @@ def _check_modality_name(registries: dict[str, dict[str, str]], name: str, what:
 NULL_MODEL = "null"
 
 
-class ModelConfig(_Strict):
-    """The public foundation model and how to call it."""
+class ModelSection(_Strict):
+    """What every backend kind's ``model`` section holds; each kind's own options are on its subclass."""
 
-    kind: str = Field(default="ddpm_unet", description="a key of the modality's MODEL_KINDS (image: "
-                                                      "privevo.image.models.MODEL_BACKENDS)")
-    path: str | None = Field(
-        default=None, description="weights folder, gs:// prefix (copied once per machine) or hub name; not for kind remote"
-    )
+    kind: str = Field(description="a key of the modality's MODEL_KINDS (image: privevo.image.models.MODEL_BACKENDS)")
+    batch_size: int = Field(default=64, ge=1, description="samples per model call (and per lookahead batch)")
+    allow_null: bool = Field(default=False, description="allow the null stand-ins (model kind null, embedding null: "
+                                                        "random samples, for benchmarks and tests)")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str, info: ValidationInfo) -> str:
+        return _check_modality_name(MODEL_KINDS, kind, "foundation model kind", _validated_modality(info))
+
+    @property
+    def weights_path(self) -> str | None:
+        """``model.path`` of a kind that loads a model folder, None for the others."""
+        return None
+
+    @property
+    def api_server(self) -> RemoteConfig | None:
+        """``model.remote`` of a kind behind an API, None for the others."""
+        return None
+
+
+class LocalModelSection(ModelSection):
+    """A model loaded in process from a folder: its path, digest, device and precision."""
+
+    path: str | None = Field(default=None, description="weights folder, gs:// prefix (copied once per machine) or hub "
+                                                       "name")
     sha256: str | None = Field(
         default=None, description="the folder's digest (python -m privevo.model_store hash PATH), checked before loading; "
                                   "required for a gs:// path",
     )
-    remote: RemoteConfig | None = Field(default=None, description="the server, for kind remote")
-    num_inference_steps: int = Field(
-        default=25, ge=1, description="sampler steps of a full denoise (the random API); a variation at degree d runs "
-                                      "int(d * num_inference_steps) of them (SDEdit)",
-    )
-    scheduler: Literal["ddim", "dpm_solver", "unipc"] = Field(
-        default="ddim", description="the ddpm_unet sampler: ddim (eta 0), dpm_solver (DPM-Solver++ 2M) or unipc; "
-                                    "all deterministic given each sample's initial noise",
-    )
-    batch_size: int = Field(default=64, ge=1)
     device: str = "auto"
     autocast: Literal["auto", "off", "bfloat16", "float16"] = Field(
         default="auto",
         description="mixed-precision forward pass; auto = bfloat16 where the hardware has it natively, else off",
     )
-    prompts: list[str] | None = None
-    guidance_scale: float = 7.5
-    disable_safety_checker: bool = True
-    allow_null: bool = Field(default=False, description="allow kind null (random images, for benchmarks and tests)")
-
-    @field_validator("kind", mode="before")
-    @classmethod
-    def _yaml_null_kind(cls, kind: Any) -> Any:
-        return NULL_MODEL if kind is None else kind  # YAML reads an unquoted `null` as None
-
-    @field_validator("kind")
-    @classmethod
-    def _registered_kind(cls, kind: str, info: ValidationInfo) -> str:
-        return _check_modality_name(MODEL_KINDS, kind, "foundation model kind", info)
 
     @field_validator("autocast", mode="before")
     @classmethod
@@ -159,18 +159,131 @@ class ModelConfig(_Strict):
         return None if sha256 is None else check_digest(sha256)
 
     @model_validator(mode="after")
-    def _path_or_remote(self) -> ModelConfig:
-        if self.kind in REMOTE_KINDS and self.remote is None:
-            raise ValueError(f"kind {self.kind} needs model.remote with at least url (the server's base URL)")
-        if self.kind == NULL_MODEL and not self.allow_null:
-            raise ValueError("kind null returns random images, for benchmarks and tests: set model.allow_null: true "
-                             "to run it")
-        if self.kind not in (*REMOTE_KINDS, *TABULAR_MODELS, NULL_MODEL) and self.path is None:
+    def _has_path(self) -> LocalModelSection:
+        if self.path is None:
             raise ValueError(f"kind {self.kind} needs model.path (the model's folder or hub name)")
-        if self.path is not None and is_remote(self.path) and self.sha256 is None:
+        if is_remote(self.path) and self.sha256 is None:
             raise ValueError(f"model.path {self.path} is on Cloud Storage, so it needs model.sha256 "
                              f"(python -m privevo.model_store hash {self.path} prints it)")
         return self
+
+    @property
+    def weights_path(self) -> str | None:
+        """``model.path``."""
+        return self.path
+
+
+class DiffusionSection(LocalModelSection):
+    """A diffusion model: how many sampler steps a full denoise takes."""
+
+    num_inference_steps: int = Field(
+        default=25, ge=1, description="sampler steps of a full denoise (the random API); a variation at degree d runs "
+                                      "int(d * num_inference_steps) of them (SDEdit)",
+    )
+
+
+class DDPMUNetSection(DiffusionSection):
+    """``model.kind: ddpm_unet`` (privevo.image.models.ddpm_unet)."""
+
+    kind: Literal["ddpm_unet"] = "ddpm_unet"
+    scheduler: Literal["ddim", "dpm_solver", "unipc"] = Field(
+        default="ddim", description="the sampler: ddim (eta 0), dpm_solver (DPM-Solver++ 2M) or unipc; all "
+                                    "deterministic given each sample's initial noise",
+    )
+
+
+class StableDiffusionSection(DiffusionSection):
+    """``model.kind: stable_diffusion`` (privevo.image.models.stable_diffusion)."""
+
+    kind: Literal["stable_diffusion"] = "stable_diffusion"
+    prompts: list[str] | None = Field(default=None, description="one per class; none: the experiment's name")
+    guidance_scale: float = 7.5
+    disable_safety_checker: bool = True
+
+
+class HfCausalLMSection(LocalModelSection):
+    """``model.kind: hf_causal_lm`` (privevo.text.backends); its sampling settings are the ``text`` section's."""
+
+    kind: Literal["hf_causal_lm"] = "hf_causal_lm"
+
+
+class ApiModelSection(ModelSection):
+    """A model behind an API: the server."""
+
+    remote: RemoteConfig | None = Field(default=None, description="the server")
+
+    @model_validator(mode="after")
+    def _has_remote(self) -> ApiModelSection:
+        if self.remote is None:
+            raise ValueError(f"kind {self.kind} needs model.remote with at least url (the server's base URL)")
+        return self
+
+    @property
+    def api_server(self) -> RemoteConfig | None:
+        """``model.remote``."""
+        return self.remote
+
+
+class RemoteSection(ApiModelSection):
+    """``model.kind: remote``: images from a KServe v2 / Open Inference Protocol server (privevo.image.models.remote)."""
+
+    kind: Literal["remote"] = "remote"
+
+
+class OpenAICompatibleSection(ApiModelSection):
+    """``model.kind: openai_compatible``: texts from an OpenAI-compatible server (privevo.text.openai_compatible)."""
+
+    kind: Literal["openai_compatible"] = "openai_compatible"
+
+
+class NullSection(ModelSection):
+    """``model.kind: null``: random images, for benchmarks and tests (privevo.image.models.null)."""
+
+    kind: Literal["null"] = "null"
+
+    @model_validator(mode="after")
+    def _allowed(self) -> NullSection:
+        if not self.allow_null:
+            raise ValueError("kind null returns random images, for benchmarks and tests: set model.allow_null: true "
+                             "to run it")
+        return self
+
+
+class TabularModelSection(ModelSection):
+    """``model.kind: tabular``: Tab-PE's APIs on the public schema (privevo.tabular.model); its settings are the
+    ``tabular`` section's."""
+
+    kind: Literal["tabular"] = "tabular"
+
+
+#: The ``model`` section: one class per backend kind, chosen by ``kind``.
+ModelConfig = Annotated[
+    DDPMUNetSection | StableDiffusionSection | HfCausalLMSection | RemoteSection | OpenAICompatibleSection
+    | NullSection | TabularModelSection,
+    Field(discriminator="kind"),
+]
+#: model.kind -> its section's class.
+MODEL_SECTIONS: dict[str, type[ModelSection]] = {
+    section.model_fields["kind"].default: section for section in get_args(get_args(ModelConfig)[0])
+}
+#: Every key some kind's model section takes.
+MODEL_OPTIONS: frozenset[str] = frozenset(key for section in MODEL_SECTIONS.values() for key in section.model_fields)
+
+_Section = TypeVar("_Section", bound=ModelSection)
+
+
+def model_section(config: Config, section: type[_Section]) -> _Section:
+    """``config.model`` as ``section``, the class of the kind a backend was chosen by (a backend reads only its own
+    options)."""
+    if not isinstance(config.model, section):
+        raise TypeError(f"model.kind {config.model.kind} has no {section.__name__}")
+    return config.model
+
+
+def model_options(kind: str) -> frozenset[str]:
+    """The keys kind ``kind``'s model section takes (empty for an unknown kind)."""
+    section = MODEL_SECTIONS.get(kind)
+    return frozenset(section.model_fields) if section is not None else frozenset()
 
 
 class EmbeddingConfig(_Strict):
@@ -191,7 +304,7 @@ class EmbeddingConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _registered_name(cls, name: str, info: ValidationInfo) -> str:
-        return _check_modality_name(EMBEDDING_NAMES, name, "embedding", info)
+        return _check_modality_name(EMBEDDING_NAMES, name, "embedding", _validated_modality(info))
 
 
 @dataclass(frozen=True)
@@ -557,15 +670,21 @@ class Config(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _modality_defaults(cls, data: Any) -> Any:
-        """A non-image config without model.kind or embedding.name gets its modality's first registered one."""
+        """A config without model.kind gets its modality's first registered kind (image: ddpm_unet), a non-image one
+        without embedding.name its modality's first embedding; YAML's unquoted ``kind: null`` is kind null."""
         modality = data.get("modality", "image") if isinstance(data, dict) else "image"
-        if modality == "image" or modality not in MODEL_KINDS:
+        if modality not in MODEL_KINDS:
             return data
         data = dict(data)
-        for section, key, registry in (("model", "kind", MODEL_KINDS), ("embedding", "name", EMBEDDING_NAMES)):
+        defaults = (("model", "kind", MODEL_KINDS), *([] if modality == "image" else
+                                                       [("embedding", "name", EMBEDDING_NAMES)]))
+        for section, key, registry in defaults:
             values = data.get(section)
             if values is None or (isinstance(values, dict) and key not in values):
                 data[section] = {**(values or {}), key: next(iter(registry[modality]))}
+        model = data["model"]
+        if isinstance(model, dict) and model.get("kind", "") is None:
+            data["model"] = {**model, "kind": NULL_MODEL}  # YAML reads an unquoted `null` as None
         return data
 
     @model_validator(mode="after")
@@ -579,35 +698,82 @@ class Config(_Strict):
                              "true to run it")
         if self.population.conditional and not self.class_names:
             raise ValueError("population.conditional needs class_names")
-        token_file = self.model.remote.token_file if self.model.remote is not None else None
+        token_file = self.model.api_server.token_file if self.model.api_server is not None else None
         if self.kubernetes.model_token_secret and not (self.model.kind in REMOTE_KINDS and token_file
                                                        and token_file.startswith("/")):
             raise ValueError(f"kubernetes.model_token_secret needs a model behind an API (model.kind "
                              f"{' or '.join(REMOTE_KINDS)}) and an absolute model.remote.token_file (where the "
                              "secret's file is mounted)")
         pvc = self.kubernetes.model_pvc
-        if pvc and not (self.model.path or "").startswith(pvc.mount_path + "/"):
+        if pvc and not (self.model.weights_path or "").startswith(pvc.mount_path + "/"):
             raise ValueError(f"kubernetes.model_pvc is mounted at {pvc.mount_path}: set model.path to the model's "
                              f"folder under it, e.g. {pvc.mount_path}/MODEL")
         return self
 
 
-def set_dotted(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override in place (value parsed as YAML)."""
+def parse_assignment(assignment: str) -> tuple[str, Any]:
+    """One ``dotted.key=value`` override as (key, value), the value parsed as YAML."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise UserError(f"--set expects dotted.key=value, got {assignment!r}")
     try:
-        value = yaml.safe_load(raw) if raw else None
+        return key, yaml.safe_load(raw) if raw else None
     except yaml.YAMLError as error:
         raise UserError(f"--set {key}: {raw!r} is not valid YAML ({str(error).splitlines()[0]}): "
                         "quote it or close its brackets") from None
-    set_key(data, key, value)
 
 
-def set_key(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set the dotted ``key`` of a config dict to ``value`` in place, making missing sections: the one way a
-    ``--set`` override and a run parameter reach the config."""
+def with_overrides(data: dict[str, Any], overrides: Iterable[str | tuple[str, Any]], source: str) -> dict[str, Any]:
+    """A copy of the config dict ``data`` (read from ``source``) with ``overrides`` set: the one way a ``--set``, a
+    Python API override and a run parameter reach the config. Each is a ``dotted.key=value`` string (the value parsed
+    as YAML) or a (dotted key, value) pair; missing sections are made.
+
+    An override that changes ``model.kind`` drops the model keys of ``data`` that are options of another kind but not
+    of the new one (said in one log line): ``--set model.kind=null`` on a config of a ddpm_unet. A model key an
+    override sets stays, so a key of another kind is refused by the validation, unless its value is null (unset)."""
+    data = copy.deepcopy(data)
+    model = data.get("model")
+    before = _kind_of(data)
+    from_data = list(model) if isinstance(model, dict) else []  # the model keys ``data`` holds, in order
+    overridden: dict[str, Any] = {}  # model key -> the value an override gave it last
+    for override in overrides:
+        key, value = parse_assignment(override) if isinstance(override, str) else override
+        _set_key(data, key, value)
+        parts = key.split(".")
+        if parts == ["model"]:  # the whole section
+            from_data, overridden = [], {}
+        elif parts[0] == "model":
+            from_data = [k for k in from_data if k != parts[1]]
+            overridden[parts[1]] = value if len(parts) == 2 else {}
+    model = data.get("model")
+    kind = _kind_of(data)
+    if not isinstance(model, dict) or kind not in MODEL_SECTIONS:
+        return data  # the validation names what is wrong
+    options = model_options(kind)
+    for key, value in overridden.items():
+        if value is None and key in MODEL_OPTIONS and key not in options:
+            del model[key]
+    ignored = [key for key in from_data if key in MODEL_OPTIONS and key not in options] if kind != before else []
+    for key in ignored:
+        del model[key]
+    if ignored:
+        logger.info("model.kind=%s: ignoring %s from %s (not options of kind %s)", kind,
+                    ", ".join(f"model.{key}" for key in ignored), source, kind)
+    return data
+
+
+def _kind_of(data: dict[str, Any]) -> Any:
+    """The model kind a config dict names: its modality's first where it names none, None without a model section."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return None
+    if "kind" not in model:
+        return next(iter(MODEL_KINDS.get(str(data.get("modality", "image")), {})), None)
+    return NULL_MODEL if model["kind"] is None else model["kind"]  # YAML reads an unquoted `null` as None
+
+
+def _set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a config dict to ``value`` in place, making missing sections."""
     *sections, last = key.split(".")
     node = data
     for part in sections:
@@ -628,41 +794,74 @@ def get_key(data: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _fields_at(location: tuple[Any, ...]) -> list[str]:
-    """The keys the schema allows in the section at ``location`` (a dotted key's parts), [] when it is not a section."""
+def _fields_at(location: tuple[Any, ...], kind: str | None = None) -> list[str]:
+    """The keys the schema allows in the section at ``location`` (a dotted key's parts; under ``model``, kind ``kind``'s
+    section), [] when it is not a section."""
     model: Any = Config
     for part in location:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return []
+        if model is Config and part == "model":
+            model = MODEL_SECTIONS.get(kind or "")
+            continue
         candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]  # X | None: look inside
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
     return list(model.model_fields) if model is not None else []
 
 
-def _unknown_key(location: tuple[Any, ...]) -> str:
-    """The message for a key the schema does not have, with the closest allowed key of its section if one is near."""
+def _unknown_key(location: tuple[Any, ...], kind: str | None) -> str:
+    """The message for a key the schema does not have (or that is an option of another model kind than ``kind``),
+    with the closest allowed key of its section if one is near."""
     import difflib
 
     key = ".".join(str(p) for p in location)
-    close = difflib.get_close_matches(str(location[-1]), _fields_at(location[:-1]), n=1)
+    if kind is not None and len(location) == 2 and location[1] in MODEL_OPTIONS:
+        return f"{key} is not an option of kind {kind}"
+    close = difflib.get_close_matches(str(location[-1]), _fields_at(location[:-1], kind), n=1)
     hint = f" (did you mean '{'.'.join([*map(str, location[:-1]), close[0]])}'?)" if close else ""
     return f"unknown key '{key}'{hint}"
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+def _config_location(location: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
+    """A problem's location as config keys, without the kind pydantic puts after ``model``, and that kind."""
+    if len(location) > 1 and location[0] == "model" and location[1] in MODEL_SECTIONS:
+        return (location[0], *location[2:]), str(location[1])
+    return tuple(location), None
+
+
+def _own_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the model keys that are options of other kinds only (earlier versions wrote one flat model
+    section holding every kind's options into run.json and compiled pipelines)."""
+    model, kind = data.get("model"), _kind_of(data)
+    if not isinstance(model, dict) or kind not in MODEL_SECTIONS:
+        return data
+    options = model_options(kind)
+    return {**data, "model": {key: value for key, value in model.items()
+                              if key in options or key not in MODEL_OPTIONS}}
+
+
+def parse_config(data: dict[str, Any], source: str = "config", stored: bool = False) -> Config:
     """Validate a config dict; the first problem becomes a one-line UserError (an unknown key first: a misspelt
-    section would otherwise be reported as the missing section it was meant to be)."""
+    section would otherwise be reported as the missing section it was meant to be). ``stored``: a config this program
+    wrote (run.json, a compiled pipeline), whose model keys of other kinds are dropped."""
+    modality = str(data.get("modality", "image")) if isinstance(data, dict) else "image"
     try:
-        modality = data.get("modality", "image") if isinstance(data, dict) else "image"
-        return Config.model_validate(data, context={"modality": modality})
+        return Config.model_validate(_own_model_keys(data) if stored else data, context={"modality": modality})
     except ValidationError as error:
         problems = error.errors()
         first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
+        location, kind = _config_location(first["loc"])
         if first["type"] == "extra_forbidden":
-            raise UserError(f"{source}: {_unknown_key(first['loc'])}") from None
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise UserError(f"{source}: {where}: {first['msg']}") from None
+            raise UserError(f"{source}: {_unknown_key(location, kind)}") from None
+        message = first["msg"]
+        if first["type"] == "union_tag_invalid" and location == ("model",):  # a kind no modality registers
+            try:
+                _check_modality_name(MODEL_KINDS, str(first["ctx"]["tag"]), "foundation model kind", modality)
+            except ValueError as unknown:
+                location, message = ("model", "kind"), str(unknown)
+        where = ".".join(str(p) for p in location) or "(top level)"
+        raise UserError(f"{source}: {where}: {message}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -676,10 +875,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config keys")
-    data = copy.deepcopy(data)
-    for assignment in overrides or []:
-        set_dotted(data, assignment)
-    return parse_config(data, source=str(path))
+    return parse_config(with_overrides(data, overrides or [], str(path)), source=str(path))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Imports kfp (the ``kfp`` extra) when a pipeline is built; nothing else in the li
 
 import os
 
-from privevo.config import ResourcesConfig
+from privevo.config import LocalModelSection, ResourcesConfig
 from privevo.step_table import STEPS, StepSpec, step
 
 KFP_LOCAL_PARALLEL_SHARDS = 2  # kfp.local's cap on concurrent ParallelFor iterations (kfp 2.17)
@@ -85,7 +85,7 @@ def build_pipeline(config, local: bool = False, target: str = "kfp"):
             kubernetes.mount_pvc(task, pvc_name=k8s.model_pvc.claim_name, mount_path=k8s.model_pvc.mount_path)
         if spec is not None and spec.calls_model and k8s.model_token_secret:  # the remote model's token
             kubernetes.use_secret_as_volume(task, secret_name=k8s.model_token_secret,
-                                            mount_path=os.path.dirname(config.model.remote.token_file))
+                                            mount_path=os.path.dirname(config.model.api_server.token_file))
         if spec is not None and spec.reads_private(config):  # the cluster's policy moves it to the private account
             kubernetes.add_pod_label(task, *PRIVATE_TIER_LABEL)
         if spec is not None and spec.reads_private(config) and k8s.private_secret:
@@ -114,9 +114,11 @@ def build_pipeline(config, local: bool = False, target: str = "kfp"):
         generations = config.population.generations
 
         model_inputs = {}
-        if config.model.path and is_remote(config.model.path):  # the model as a KFP artifact: lineage starts there
-            model = dsl.importer(artifact_uri=config.model.path, artifact_class=dsl.Model, reimport=False,
-                                 metadata={"sha256": config.model.sha256, "kind": config.model.kind})
+        weights = config.model
+        if isinstance(weights, LocalModelSection) and weights.path and is_remote(weights.path):
+            # the model as a KFP artifact: lineage starts there
+            model = dsl.importer(artifact_uri=weights.path, artifact_class=dsl.Model, reimport=False,
+                                 metadata={"sha256": weights.sha256, "kind": weights.kind})
             model.set_display_name("public-model")
             model_inputs = {"model": model.output}
 

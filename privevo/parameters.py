@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from privevo.config import Config, config_to_dict, get_key, parse_config, set_key
+from privevo.config import Config, config_to_dict, get_key, parse_config, with_overrides
 
 #: ``epsilon`` at or below this means "not set" (KFP parameters cannot be None): sigma is then ``noise_multiplier``.
 EPSILON_UNSET = 0.0
@@ -79,9 +79,9 @@ def apply_parameters(config: Config, values: dict[str, Any]) -> Config:
     unknown = sorted(set(values) - set(PARAMETER_NAMES))
     if unknown:
         raise ValueError(f"unknown run parameters {unknown}")  # a programming error: the pipeline declares them all
-    defaults, data = parameter_defaults(config), config_to_dict(config)
-    for parameter in RUN_PARAMETERS:
-        if parameter.name not in values or values[parameter.name] == defaults[parameter.name]:
-            continue  # an unchanged value leaves the config as written (a scalar degree stays a scalar)
-        set_key(data, parameter.key, parameter.config_value(values[parameter.name]))
-    return parse_config(data, source="run parameters")
+    defaults = parameter_defaults(config)
+    changed = [(parameter.key, parameter.config_value(values[parameter.name])) for parameter in RUN_PARAMETERS
+               # an unchanged value leaves the config as written (a scalar degree stays a scalar)
+               if parameter.name in values and values[parameter.name] != defaults[parameter.name]]
+    return parse_config(with_overrides(config_to_dict(config), changed, "the compiled config"),
+                        source="run parameters")

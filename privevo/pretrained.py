@@ -33,6 +33,6 @@ class Pretrained(abc.ABC):
     @classmethod
     def from_config(cls, config: Config) -> Self:
         """The model at ``config.model.path`` with the config's options."""
-        path = config.model.path
+        path = config.model.weights_path
         assert path is not None  # the config requires a path for in-process kinds
         return cls.from_pretrained(path, **cls.pretrained_options(config))

@@ -286,8 +286,8 @@ def _metrics_table(result: dict[str, Any]) -> str:
 def _config_table(config: Config, result: dict[str, Any]) -> str:
     """The settings a reader needs to judge the result (nothing that tells the private set's size)."""
     private, population, privacy = config.private, config.population, config.privacy
-    remote = config.model.remote
-    model = (remote.model_name or remote.url) if remote else config.model.path
+    remote = config.model.api_server
+    model = (remote.model_name or remote.url) if remote else config.model.weights_path
     target = f"{privacy.epsilon:g}" if privacy.epsilon is not None else "none (explicit noise multiplier)"
     rows = [
         ("config", config.name),

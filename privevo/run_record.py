@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime as _dt
 import platform
 import shutil
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from privevo import storage
-from privevo.config import Config, config_to_dict, get_key, parse_config, set_dotted
+from privevo.config import Config, config_to_dict, get_key, parse_config, with_overrides
 from privevo.errors import UserError
 from privevo.layout import RunLayout, overlaps, same_or_inside
 from privevo.modalities import Modality, get_modality
@@ -84,7 +83,7 @@ class Run:
         probe = RunLayout(run_root, run_id, private_root="")  # the private root is in run.json
         if not storage.exists(probe.run_json):
             raise UserError(f"no run {run_id} under {run_root} (missing {probe.run_json})")
-        config = parse_config(storage.read_json(probe.run_json)["config"], source=probe.run_json)
+        config = parse_config(storage.read_json(probe.run_json)["config"], source=probe.run_json, stored=True)
         config = config.model_copy(update={"run_root": run_root})
         return cls(config, layout_for(config, run_id, run_root))
 
@@ -94,10 +93,7 @@ class Run:
         if not overrides:
             return self
         stored = config_to_dict(self.config)
-        data = copy.deepcopy(stored)
-        for assignment in overrides:
-            set_dotted(data, assignment)
-        config = parse_config(data, source="--set")
+        config = parse_config(with_overrides(stored, overrides, self.layout.run_json), source="--set")
         changed = _changed_keys(stored, config_to_dict(config))
         for key in changed:
             if not any(key == allowed or key.startswith(f"{allowed}.") for allowed in RESUMABLE_KEYS):

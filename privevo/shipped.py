@@ -69,11 +69,13 @@ def local_model_path(path: str | None) -> str | None:
 
 def with_local_models(config: Config) -> Config:
     """``config`` with its model and classifier paths resolved by :func:`local_model_path` (for runs on this machine)."""
-    model_path, classifier_path = local_model_path(config.model.path), local_model_path(config.evaluation.classifier_path)
-    if (model_path, classifier_path) == (config.model.path, config.evaluation.classifier_path):
+    weights_path = config.model.weights_path
+    model_path, classifier_path = local_model_path(weights_path), local_model_path(config.evaluation.classifier_path)
+    if (model_path, classifier_path) == (weights_path, config.evaluation.classifier_path):
         return config
     data = config_to_dict(config)
-    data["model"]["path"] = model_path
+    if model_path is not None:
+        data["model"]["path"] = model_path
     data["evaluation"]["classifier_path"] = classifier_path
     return parse_config(data, source="config")
 

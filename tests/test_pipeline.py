@@ -59,7 +59,7 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
 
     groups = executors_by_step(spec)
     T = cfg.population.generations
-    remote_model = bool(cfg.model.path and is_remote(cfg.model.path))
+    remote_model = bool(cfg.model.weights_path and is_remote(cfg.model.weights_path))
     assert set(groups) == {"resolve_config", "embed_private", "initial_shard", "dp_vote", "generate_variations",
                            "evaluate"} | ({"variation_shard"} if T > 1 else set()) | ({"importer"} if remote_model else set())
     votes = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("dp-vote")]

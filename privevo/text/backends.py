@@ -100,9 +100,10 @@ class HfCausalLM(Pretrained, TextModel):
     @classmethod
     def pretrained_options(cls, config: Config) -> dict[str, Any]:
         """``model.sha256``, ``batch_size``, ``device``, ``autocast`` and ``text``'s sampling and threads."""
+        from privevo.config import HfCausalLMSection, model_section
         from privevo.text.modality import text_section
 
-        m, section = config.model, text_section(config)
+        m, section = model_section(config, HfCausalLMSection), text_section(config)
         return {"sha256": m.sha256, "batch_size": m.batch_size, "device": m.device, "autocast": m.autocast,
                 "temperature": section.temperature, "top_p": section.top_p, "threads": section.threads}
 

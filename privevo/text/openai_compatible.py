@@ -94,11 +94,11 @@ class OpenAICompatible(TextModel):
     @classmethod
     def from_config(cls, config: Config) -> OpenAICompatible:
         """The server ``config.model.remote`` names, with ``text``'s temperature and top-p."""
+        from privevo.config import OpenAICompatibleSection, model_section
         from privevo.text.modality import text_section
 
-        settings = config.model.remote
-        if settings is None:
-            raise UserError("model.kind openai_compatible needs model.remote with at least url")
+        settings = model_section(config, OpenAICompatibleSection).remote
+        assert settings is not None  # the config requires it
         section = text_section(config)
         return cls(settings, section.temperature, section.top_p)
 

@@ -109,7 +109,9 @@ class DDPMUNetModel(Pretrained, LocalModel):
     @classmethod
     def pretrained_options(cls, config: "Config") -> dict[str, Any]:
         """The model section's sampling options, and the experiment's ``image_size`` to check the UNet against."""
-        m = config.model
+        from privevo.config import DDPMUNetSection, model_section
+
+        m = model_section(config, DDPMUNetSection)
         return {"num_inference_steps": m.num_inference_steps, "batch_size": m.batch_size, "device": m.device,
                 "image_size": config.image_size, "autocast": m.autocast, "sha256": m.sha256, "scheduler": m.scheduler}
 

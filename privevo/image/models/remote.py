@@ -84,10 +84,11 @@ class RemoteModel(FoundationModel):
     @classmethod
     def from_config(cls, config: Config) -> Self:
         """The server ``config.model.remote`` names, checked against the experiment's image shape."""
-        settings = config.model.remote
-        if settings is None:
-            raise UserError("model.kind remote needs model.remote with at least url")
-        return cls(settings, config.model.batch_size, config.image_size, config.channels)
+        from privevo.config import RemoteSection, model_section
+
+        section = model_section(config, RemoteSection)
+        assert section.remote is not None  # the config requires it
+        return cls(section.remote, section.batch_size, config.image_size, config.channels)
 
     # ------------------------------------------------------------------ call ledger
 

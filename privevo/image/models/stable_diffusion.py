@@ -76,7 +76,9 @@ class StableDiffusionModel(Pretrained, LocalModel):
     @classmethod
     def pretrained_options(cls, config: "Config") -> dict[str, Any]:
         """The model section's options, one prompt per class (default: the experiment's name), the image shape."""
-        m = config.model
+        from privevo.config import StableDiffusionSection, model_section
+
+        m = model_section(config, StableDiffusionSection)
         image_size, channels = image_shape(config)
         return {"prompts": m.prompts or [config.name], "image_size": image_size, "channels": channels,
                 "num_inference_steps": m.num_inference_steps, "guidance_scale": m.guidance_scale,
