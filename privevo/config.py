@@ -757,8 +757,8 @@ def with_overrides(data: dict[str, Any], overrides: Iterable[str | tuple[str, An
     for key in ignored:
         del model[key]
     if ignored:
-        logger.info("model.kind=%s: ignoring %s from %s (not options of kind %s)", kind,
-                    ", ".join(f"model.{key}" for key in ignored), source, kind)
+        logger.warning("model.kind=%s: ignoring %s from %s (not options of kind %s)", kind,
+                       ", ".join(f"model.{key}" for key in ignored), source, kind)
     return data
 
 
