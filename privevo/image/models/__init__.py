@@ -39,10 +39,13 @@ Adding a backend (for example a DiT or a consistency model) is one new module an
    :func:`~privevo.image.models.base.check_model_index`); its ``config_fields`` name the config
    fields ``from_config`` reads. A backend loaded from a model folder also derives from
    :class:`~privevo.pretrained.Pretrained`: ``from_pretrained(path, **options)`` loads it (what
-   ``pipeline.py serve`` calls) and ``pretrained_options(config)`` gives the config's options.
-2. Its line in :data:`MODEL_BACKENDS`: ``"<kind>": "privevo.image.models.<kind>:<Class>"``. Configs can
-   then name it as ``model.kind``; the registry is plain strings so that validating a config
-   does not import torch.
+   ``pipeline.py serve`` calls) and ``pretrained_options(config)`` gives the options of its
+   section (:func:`privevo.config.model_section`).
+2. Its line in :data:`MODEL_BACKENDS`: ``"<kind>": "privevo.image.models.<kind>:<Class>"``, and its
+   ``model`` section in :mod:`privevo.config`: a subclass of ``ModelSection`` (or of
+   ``LocalModelSection`` / ``DiffusionSection`` for a model folder) with ``kind: Literal["<kind>"]``
+   and its own options, added to the ``ModelConfig`` union. Configs can then name it as
+   ``model.kind``; the registry is plain strings so that validating a config does not import torch.
 """
 
 from __future__ import annotations
