@@ -3,6 +3,10 @@
 A config is a YAML file; any key can be overridden with ``--set dotted.key=value``
 (the value is parsed as YAML, so ``--set privacy.k=2`` is an int and
 ``--set population.degrees=[0.5,0.4]`` a list). Unknown keys are errors.
+
+The ``model`` section is one class per backend kind (:data:`ModelConfig`, chosen by ``model.kind``):
+an option of another kind is refused, and an override that changes ``model.kind`` drops the
+file's options of the old kind (:func:`with_overrides`).
 """
 
 from __future__ import annotations
