@@ -40,11 +40,14 @@ class PlannedStep:
 
 
 def plan_steps(config: Config) -> list[PlannedStep]:
-    """Every step of a run of ``config`` in DAG order: the private embedding, generation 0, then per generation the
+    """Every step of a run of ``config`` in DAG order: the private embedding, the DP warm start when the config asks
+    for one, generation 0, then per generation the
     lookahead embeddings, the DP vote and the variations of each shard, and the evaluation (the same work as the
     pipeline's tasks, one step at a time)."""
     shards = range(config.population.num_shards)
     plan = [PlannedStep(step("embed_private"), StepArgs(), "embed_private", 0)]
+    if step("warm_start").reads_private(config):
+        plan.append(PlannedStep(step("warm_start"), StepArgs(), "warm_start", 0))
     plan += [PlannedStep(step("generate_initial"), StepArgs(shard=s), f"generate_initial s{s}", 0) for s in shards]
     for g in range(1, config.population.generations + 1):
         plan += [PlannedStep(step("embed_synthetic"), StepArgs(g, s), f"embed_synthetic g{g} s{s}", g) for s in shards]

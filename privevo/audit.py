@@ -2,8 +2,8 @@
 
 For every generation it lists the steps and their parameters, every file with its
 sha256 and size, the DP release, sigma and cumulative epsilon; then it checks that
-every hash matches its manifest, that every release is paid for by exactly one
-ledger event (and every event by an existing, unchanged release), that epsilon
+every hash matches its manifest, that every release (each vote's, and the DP warm
+start's noisy marginals) is paid for by exactly one ledger event (and every event by an existing, unchanged release), that epsilon
 recomputed from the ledger matches what the run reported, and that nothing in the
 released tier carries private-tier data (private embeddings, private images, clean
 counts). A run without a DP guarantee (noise multiplier 0, which only the operator can
@@ -197,8 +197,8 @@ def _check_reported_epsilon(run: Run, ledger, report: AuditReport) -> None:
                      for row in metrics["generations"]]
     for listing in report.generations:
         for step in listing["steps"]:
-            if step["step"] == "dp_vote":
-                reported.append((run.layout.relative(run.layout.step_record(listing["generation"], "dp_vote")),
+            if step["step"] in ("dp_vote", "warm_start"):
+                reported.append((run.layout.relative(run.layout.step_record(listing["generation"], step["step"])),
                                  listing["generation"],
                                  step["params"]["epsilon_after"]))
     for where, generation, value in reported:
@@ -313,6 +313,8 @@ def _check_no_private_data(run: Run, ledger: privacy.Ledger, report: _Deferred, 
                        or (allow_non_private and e.noise_multiplier == 0)}
     shape = run.config.population
     vote_bins = {shape.candidates(g) for g in range(shape.generations)}  # each vote's histogram length
+    if privacy.warm_start_plan(run.config) is not None:  # and the warm start's marginals, concatenated
+        vote_bins.add(sum(privacy.warm_start_hook(run.config).bins))
 
     def check(uri: str, data: bytes) -> bool:
         name = run.layout.relative(uri)

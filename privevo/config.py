@@ -437,6 +437,13 @@ class PrivacyConfig(_Strict):
         default="discrete_gaussian",
         description="vote noise: exact discrete Gaussian on integer counts (secure, default) or continuous Gaussian",
     )
+    warm_start_share: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="the DP warm start: this share of the run's privacy loss (in rho-zCDP, where Gaussian "
+                    "mechanisms add up) buys noisy 1-way marginals of the private set, one ledger event before "
+                    "generation 0, that the model uses as its prior (modalities with a warm start: tabular); "
+                    "the votes' noise is calibrated for the rest; 0: none",
+    )
     max_private_rows: int | None = Field(
         default=None, ge=1,
         description="public bound on the selected private set's rows: embed_private and every vote do the work of "
@@ -594,6 +601,10 @@ class TabularConfig(_Strict):
     )
     prior: DataConfig | None = Field(default=None, description="a public table of the same schema: the random API's "
                                                                "per-column distribution (default: uniform)")
+    warm_start_bins: int = Field(
+        default=20, ge=1, description="the DP warm start's bins of a numeric column's marginal besides its atoms "
+                                      "(equal-width over the bounds, or log-scale for scale: log; an integer column "
+                                      "with at most this many values gets one bin per value)")
 
 
 class TextRandomPrompts(_Strict):

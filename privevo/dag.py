@@ -127,10 +127,13 @@ def build_pipeline(config, local: bool = False, target: str = "kfp"):
             return configure(steps[kind](**run_inputs, **(model_inputs if spec.calls_model else {}), **inputs), name, spec)
 
         private = add("embed_private", "embed-private")
+        warm = add("warm_start", "warm-start") if step("warm_start").reads_private(config) else None
         with dsl.ParallelFor(items=shards, name="gen-000-shards", parallelism=k8s.max_parallel_shards) as shard:
             # each shard's samples and their embedding for the next vote in one task (one process, networks
             # loaded once); the last generation's shards only make their samples
             initial = add("initial_shard", "initial-shard", shard=shard)
+            if warm is not None:  # generation 0 draws from the warm start's noisy marginals
+                initial.after(warm)
         population, embedded = initial, initial
         for generation in range(1, generations + 1):
             vote = add("dp_vote", f"dp-vote-gen-{generation:03d}", generation=generation,

@@ -7,7 +7,8 @@ the report and the command line ask the layout; nobody else formats a run path.
 ```
 <run_root>/<run_id>/run.json, ledger.json, metrics.json
 <run_root>/<run_id>/gen-NNN/population.npz, shards/shard-SSS.npz   (.npz: the modality's population suffix),
-    synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws),
+    synthetic_embeddings/shard-SSS.npz, noisy_histogram.npz (+ redraws), noisy_marginals.npz (gen-000: the
+    DP warm start, privacy.warm_start_share),
     selection.npz, steps/<step>.json, manifest/<writer>.json,
     calls/<step>[-SSS].json, calls/cache/<step>[-SSS]/<key>.npz   (model.kind remote)
 <run_root>/<run_id>/report/index.html, samples-gen-NNN.png, samples-reference.png, curves.png,
@@ -47,6 +48,7 @@ MANIFEST_DIR = "manifest"
 POPULATION_STEM = "population"
 RELEASE_FILE = "noisy_histogram.npz"
 REDRAW_PREFIX = "noisy_histogram-redraw-"
+WARM_START_FILE = "noisy_marginals.npz"
 SELECTION_FILE = "selection.npz"
 SHARDS_DIR = "shards"
 SYNTHETIC_EMBEDDINGS_DIR = "synthetic_embeddings"
@@ -63,7 +65,8 @@ PRIVATE_TIMINGS_FILE = "private_timings.json"
 DATASETS_DIR = "datasets"
 
 _GEN_DIR = re.compile(r"^gen-\d{3,}/")
-_RELEASE_NAME = re.compile(rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz)$")
+_RELEASE_NAME = re.compile(
+    rf"^(?:{re.escape(RELEASE_FILE)}|{re.escape(REDRAW_PREFIX)}[\w.-]+\.npz|{re.escape(WARM_START_FILE)})$")
 
 
 def normalised(uri: str) -> str:
@@ -275,6 +278,11 @@ class RunLayout:
             raise ValueError(f"redraw tag {tag!r} must be letters, digits, '_', '-' or '.'")
         return storage.join(self.gen_dir(generation), f"{REDRAW_PREFIX}{tag}.npz")
 
+    @property
+    def warm_start_release(self) -> str:
+        """The DP warm start's release (the noisy 1-way marginals, write-once), in generation 0's folder."""
+        return storage.join(self.gen_dir(0), WARM_START_FILE)
+
     def selection(self, generation: int) -> str:
         """The parents the vote selected."""
         return storage.join(self.gen_dir(generation), SELECTION_FILE)
@@ -313,6 +321,6 @@ class RunLayout:
 
     @staticmethod
     def is_release(relative: str) -> bool:
-        """Whether a run-relative name is a DP release (first draw or a redraw)."""
+        """Whether a run-relative name is a DP release (a vote's first draw or a redraw, or the warm start)."""
         match = _GEN_DIR.match(relative)
         return match is not None and _RELEASE_NAME.match(relative[match.end() :]) is not None

@@ -17,7 +17,7 @@ import abc
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -48,6 +48,22 @@ class SampleSet:
 
     samples: np.ndarray
     labels: np.ndarray | None
+
+
+class WarmStart(Protocol):
+    """A data type's DP warm start (``privacy.warm_start_share``): 1-way marginals of the private set in public bins.
+
+    One record falls in exactly one bin of each marginal, so adding or removing it moves each of the C marginals'
+    counts by 1 in one bin: L2 sensitivity sqrt(C) (:func:`privevo.privacy.release_warm_start` charges and noises)."""
+
+    #: The number of bins of each marginal, from the config alone (public).
+    bins: list[int]
+
+    def counts(self, samples: np.ndarray) -> np.ndarray:
+        """The marginals' clean counts, concatenated (int64, sum(bins)): PRIVATE, for the privacy module only."""
+
+    def apply(self, model: Any, noisy: np.ndarray) -> Any:
+        """The model with the released noisy counts as its prior (post-processing of the release)."""
 
 
 class Modality(abc.ABC):
@@ -118,6 +134,10 @@ class Modality(abc.ABC):
     @abc.abstractmethod
     def load_embedding(self, config: Config) -> Any:
         """The vote's embedding ``config.embedding`` names: ``embed(samples, batch_size, progress) -> float32 (N, dim)``."""
+
+    def warm_start(self, config: Config) -> WarmStart | None:
+        """The data type's DP warm start for ``config`` (None: it has none, and a config asking for one is refused)."""
+        return None
 
     # ------------------------------------------------------------------ metrics, report, export, audit
 

@@ -2,7 +2,10 @@
 
 Each generation's vote is one Gaussian mechanism with L2 sensitivity 1 (one private
 sample moves one unit of weight). Its DP output is the noisy histogram; everything
-computed from it (threshold, selection, variations) is post-processing.
+computed from it (threshold, selection, variations) is post-processing. An optional DP
+warm start (``privacy.warm_start_share``) releases the private set's noisy 1-way marginals
+once, before generation 0, as one more Gaussian event of the same ledger
+(:func:`release_warm_start`).
 
 This module holds the only secret randomness (:func:`secret_rng`: DP noise and the
 private subsample), the noise, the threshold and selection, the release of a vote
@@ -189,7 +192,7 @@ class PrivacyEvent:
     hits. Pending events count in epsilon like released ones.
     """
 
-    generation: int
+    generation: int  # the vote's generation; 0 for the warm start
     noise_multiplier: float
     sensitivity: float = 1.0
     sampling_rate: float = 1.0
@@ -198,7 +201,7 @@ class PrivacyEvent:
     reason: str = "vote"
     created_at: str = ""
     mechanism: str = "gaussian"  # ledgers written before the discrete Gaussian hold continuous events
-    k: int = 1
+    k: int = 1  # the integer counts one record moves by 1: a vote's k neighbours, the warm start's C marginals
     status: str = "released"
     redraw_key: str = ""
     charge_id: str = ""  # random, set when the event is made: names its charge in the data-set ledger too
@@ -312,16 +315,77 @@ def _cached_epsilon(groups: tuple[tuple[tuple[str, float, float, int], int], ...
 
 def schedule_epsilon(
     noise_multipliers: Sequence[float], delta: float, sampling_rate: float = 1.0,
-    mechanism: Mechanism = "discrete_gaussian", k: int = 1,
+    mechanism: Mechanism = "discrete_gaussian", k: int = 1, warm_start: WarmStartPlan | None = None,
 ) -> float:
-    """Epsilon of a planned schedule (one vote per entry); used for calibration and budgets."""
-    return compute_epsilon(_planned_events(noise_multipliers, sampling_rate, mechanism, k), delta)
+    """Epsilon of a planned schedule (one vote per entry, and the warm start's event when planned); used for
+    calibration and budgets."""
+    return compute_epsilon(_planned_events(noise_multipliers, sampling_rate, mechanism, k, warm_start), delta)
+
+
+#: The ledger's reason of the warm start's event (a vote's is "vote" or "force-new-noise").
+WARM_START = "warm_start"
+
+#: (share, marginals): the warm start's share of the run's rho and the number C of marginals it releases.
+WarmStartPlan = tuple[float, int]
+
+
+def warm_start_multiplier(vote_sigma: float, generations: int, share: float) -> float:
+    """The warm start's noise multiplier (noise std / its L2 sensitivity) for a share of the run's privacy loss.
+
+    Gaussian mechanisms compose additively in rho-zCDP (and in mu^2 of mu-GDP): a vote costs 1/(2 sigma^2), so the
+    warm start gets ``share`` of the run's total when 1/(2 s^2) = share / (1 - share) * generations / (2 sigma^2).
+    The votes are counted as full-batch here; the accountant composes the real events whatever they are.
+    """
+    if not 0 < share < 1:
+        raise UserError(f"privacy.warm_start_share must lie in (0, 1) for a warm start, got {share}")
+    return vote_sigma * math.sqrt((1 - share) / (share * generations))
+
+
+def _warm_start_event(vote_sigma: float, generations: int, plan: WarmStartPlan, mechanism: Mechanism,
+                      **fields: Any) -> PrivacyEvent:
+    """The warm start's event: C column histograms, each moved by 1 in one bin when one record is added or removed,
+    so L2 sensitivity sqrt(C); as the accountant counts it, C compositions of a unit-sensitivity (discrete) Gaussian
+    of scale s*sqrt(C) (k = C, like a vote with k neighbours). Never subsampled."""
+    share, marginals = plan
+    return PrivacyEvent(generation=0, noise_multiplier=warm_start_multiplier(vote_sigma, generations, share),
+                        sensitivity=math.sqrt(marginals), mechanism=mechanism, k=marginals, reason=WARM_START,
+                        **fields)
 
 
 def _planned_events(noise_multipliers: Sequence[float], sampling_rate: float, mechanism: Mechanism,
-                    k: int) -> list[PrivacyEvent]:
-    return [PrivacyEvent(generation=g + 1, noise_multiplier=s, sampling_rate=sampling_rate, mechanism=mechanism, k=k)
-            for g, s in enumerate(noise_multipliers)]
+                    k: int, warm_start: WarmStartPlan | None = None) -> list[PrivacyEvent]:
+    votes = [PrivacyEvent(generation=g + 1, noise_multiplier=s, sampling_rate=sampling_rate, mechanism=mechanism, k=k)
+             for g, s in enumerate(noise_multipliers)]
+    if warm_start is None:
+        return votes
+    return [_warm_start_event(noise_multipliers[0], len(noise_multipliers), warm_start, mechanism), *votes]
+
+
+def warm_start_plan(config: Config) -> WarmStartPlan | None:
+    """The config's warm start (share, number of marginals), None without one; a modality without a warm start is
+    a one-line UserError."""
+    share = config.privacy.warm_start_share
+    if not share:
+        return None
+    return share, len(warm_start_hook(config).bins)
+
+
+def warm_start_hook(config: Config) -> Any:
+    """The modality's warm start (:class:`privevo.modalities.WarmStart`) for a config that asks for one."""
+    from privevo.modalities import get_modality
+
+    hook = get_modality(config).warm_start(config)
+    if hook is None:
+        raise UserError(f"privacy.warm_start_share: modality {config.modality} has no DP warm start (tabular has "
+                        "one): set it to 0")
+    return hook
+
+
+def run_planned_events(config: Config, vote_sigma: float) -> list[PrivacyEvent]:
+    """Every event a run of ``config`` plans: its warm start, if any, then its votes at ``vote_sigma``."""
+    privacy = config.privacy
+    return _planned_events([vote_sigma] * config.population.generations, privacy.sampling_rate, privacy.mechanism,
+                           privacy.k, warm_start_plan(config))
 
 
 def gdp_mu(noise_multipliers: Sequence[float]) -> float:
@@ -367,9 +431,10 @@ def gdp_epsilon(noise_multipliers: Sequence[float], delta: float) -> float:
 @functools.lru_cache(maxsize=64)
 def calibrate_noise_multiplier(
     epsilon: float, delta: float, generations: int, sampling_rate: float = 1.0,
-    mechanism: Mechanism = "discrete_gaussian", k: int = 1,
+    mechanism: Mechanism = "discrete_gaussian", k: int = 1, warm_start: WarmStartPlan | None = None,
 ) -> float:
-    """The smallest constant noise multiplier (to 1e-4) whose ``generations`` votes spend at most ``epsilon``.
+    """The smallest constant noise multiplier (to 1e-4) whose ``generations`` votes spend at most ``epsilon``, with
+    the warm start's event (its share of the run, :func:`warm_start_multiplier`) when ``warm_start`` plans one.
 
     A 1-D root find on the accountant's upper bound, which falls monotonically in sigma; the
     result is then nudged up until its upper bound does not exceed the target.
@@ -381,7 +446,7 @@ def calibrate_noise_multiplier(
     validate_schedule_args(generations, delta, sampling_rate)
 
     def excess(sigma: float) -> float:
-        return schedule_epsilon([sigma] * generations, delta, sampling_rate, mechanism, k) - epsilon
+        return schedule_epsilon([sigma] * generations, delta, sampling_rate, mechanism, k, warm_start) - epsilon
 
     low, high = 0.3, 1.0
     while excess(high) > 0:
@@ -437,7 +502,9 @@ def privacy_report(events: Sequence[PrivacyEvent], delta: float, privacy: Privac
         "non_private_reasons": reasons,
         "neighbouring_relation": NEIGHBOURING_RELATION,
         "sensitivity": "L2 sensitivity 1 per vote: each private record gives weight 1/sqrt(k) to each of its k nearest "
-                       "synthetic samples (per class when conditional: disjoint histograms compose in parallel)",
+                       "synthetic samples (per class when conditional: disjoint histograms compose in parallel)"
+                       + ("; the warm start's C column histograms: L2 sensitivity sqrt(C), one count of each (k = C)"
+                          if any(e.reason == WARM_START for e in events) else ""),
         "accountant": (f"prv-accountant, upper bound (eps_error {EPS_ERROR:g})" if mechanisms == ["gaussian"]
                        else "dp-accounting privacy-loss distributions, pessimistic estimate"),
         "delta": delta,
@@ -523,14 +590,18 @@ def noise_multiplier_for(config: Config, layout: RunLayout | None = None) -> flo
     if privacy.noise_multiplier is not None:
         return privacy.noise_multiplier
     assert privacy.epsilon is not None  # the config holds exactly one of the two
-    inputs = {"epsilon": privacy.epsilon, "delta": privacy.delta, "generations": config.population.generations,
-              "sampling_rate": privacy.sampling_rate, "mechanism": privacy.mechanism, "k": privacy.k}
+    plan = warm_start_plan(config)
+    inputs: dict[str, Any] = {"epsilon": privacy.epsilon, "delta": privacy.delta,
+                              "generations": config.population.generations, "sampling_rate": privacy.sampling_rate,
+                              "mechanism": privacy.mechanism, "k": privacy.k}
+    if plan is not None:
+        inputs["warm_start"] = list(plan)
     if layout is not None and storage.exists(layout.calibration_json):
         kept = storage.read_json(layout.calibration_json)
         if kept.get("inputs") == inputs:
             return float(kept["noise_multiplier"])
     sigma = calibrate_noise_multiplier(privacy.epsilon, privacy.delta, config.population.generations,
-                                       privacy.sampling_rate, privacy.mechanism, privacy.k)
+                                       privacy.sampling_rate, privacy.mechanism, privacy.k, plan)
     if layout is not None:
         storage.write_json(layout.calibration_json, {"inputs": inputs, "noise_multiplier": sigma})
     return sigma
@@ -565,9 +636,9 @@ def check_planned_budget(config: Config) -> None:
         raise UserError("privacy.dataset_budget is not set: give the epsilon the private data set may spend over its "
                         "whole life, across all runs (or privacy.allow_non_private: true for a run without that bound)")
     sigma = noise_multiplier_for(config)
-    planned = _planned_events([sigma] * config.population.generations, privacy.sampling_rate, privacy.mechanism,
-                              privacy.k)
-    what = f"the planned {len(planned)} votes at noise multiplier {format_sigma(sigma)}"
+    planned = run_planned_events(config, sigma)
+    what = (f"the planned {config.population.generations} votes at noise multiplier {format_sigma(sigma)}"
+            + (" and the warm start" if len(planned) > config.population.generations else ""))
     check_budget([], planned, privacy, what)
     check_dataset_budget([], planned, privacy, what)
 
@@ -721,13 +792,12 @@ def check_dataset_plan(config: Config, run_id: str) -> None:
     if config.privacy.dataset_budget is None or storage.is_gcs(config.private_root):
         return
     ledger = load_dataset_ledger(config)
-    charged = {c.event.generation for c in ledger.charges if c.run_id == run_id and c.event.reason == "vote"}
-    sigma = noise_multiplier_for(config)
-    privacy = config.privacy
-    planned = [e for e in _planned_events([sigma] * config.population.generations, privacy.sampling_rate,
-                                          privacy.mechanism, privacy.k) if e.generation not in charged]
+    charged = {(c.event.generation, c.event.reason) for c in ledger.charges
+               if c.run_id == run_id and c.event.reason in ("vote", WARM_START)}
+    planned = [e for e in run_planned_events(config, noise_multiplier_for(config))
+               if (e.generation, e.reason) not in charged]
     if planned:
-        check_dataset_budget(ledger.events, planned, privacy, f"this run's {len(planned)} planned votes")
+        check_dataset_budget(ledger.events, planned, config.privacy, f"this run's {len(planned)} planned events")
 
 
 def _charge_dataset(layout: RunLayout, config: Config, event: PrivacyEvent, check: bool) -> None:
@@ -741,7 +811,7 @@ def _charge_dataset(layout: RunLayout, config: Config, event: PrivacyEvent, chec
         if any(c.matches(run_id, event) for c in ledger.charges):
             return ledger.to_dict()
         if check:
-            check_dataset_budget(ledger.events, [event], config.privacy, f"vote {event.generation}")
+            check_dataset_budget(ledger.events, [event], config.privacy, _what(event))
         ledger.budget, ledger.delta = config.privacy.dataset_budget, dataset_delta(config.privacy)
         ledger.charges.append(DatasetCharge(run_id, layout.run_dir, replace(event, status="charged", release_sha256="")))
         return ledger.to_dict()
@@ -834,6 +904,71 @@ def release_vote(
     return _write_release(layout, event, noisy)  # ... before the release exists
 
 
+def release_warm_start(layout: RunLayout, config: Config, clean_counts: Callable[[], np.ndarray],
+                       created_at: float | None = None) -> Release:
+    """The run's DP warm start: the noisy counts of the C column histograms (concatenated), reused when they exist,
+    else charged as one ledger event (:func:`_warm_start_event`), then noised and written once, exactly like a vote's
+    release (:func:`release_vote`: charge before release, the data-set ledger first, a pending event completed by
+    the next attempt). The noise is the run's mechanism at scale s*sqrt(C) on each count, from the CSPRNG;
+    ``clean_counts`` runs only when a release is drawn and its result never leaves this function."""
+    privacy = config.privacy
+    plan = warm_start_plan(config)
+    if plan is None:
+        raise UserError("this run's config asks for no warm start (privacy.warm_start_share is 0)")
+    uri = layout.warm_start_release
+    ledger = Ledger.load(layout.ledger_json, privacy.delta)
+    ours = [e for e in ledger.events if e.reason == WARM_START]
+    if ours:
+        event = ours[-1]
+        if storage.exists(uri):
+            _charge_dataset(layout, config, event, check=False)
+            return _reuse(layout, event, uri)
+        if event.status == "released":
+            raise UserError(f"{event.release_uri} is missing although the ledger paid for it: restore it, or start "
+                            "a new run")
+        _charge_dataset(layout, config, event, check=True)
+        logger.info("the warm start was paid for but never written (a crash): writing it now")
+        return _write_release(layout, event, _noisy_counts(clean_counts(), event))
+    stamp = _utc_iso(time.time() if created_at is None else created_at)
+    event = _warm_start_event(noise_multiplier_for(config, layout), config.population.generations, plan,
+                              privacy.mechanism, release_uri=layout.relative(uri), created_at=stamp, status="pending",
+                              charge_id=secrets.token_hex(8))
+    check_budget(ledger.events, [event], privacy, _what(event))  # fail fast, before any work
+    check_dataset_budget(load_dataset_ledger(config).events, [event], privacy, _what(event))
+    clean = clean_counts()
+    _charge_dataset(layout, config, event, check=True)
+    event = _append_event(layout, privacy.delta, event, budget=privacy)
+    noisy = _noisy_counts(clean, event)
+    del clean
+    return _write_release(layout, event, noisy)
+
+
+def _noisy_counts(counts: np.ndarray, event: PrivacyEvent) -> np.ndarray:
+    """Integer counts with the event's noise on each: scale noise_multiplier * sensitivity (sqrt(k))."""
+    mechanism: Mechanism = "gaussian" if event.mechanism == "gaussian" else "discrete_gaussian"
+    root_k = math.sqrt(event.k)  # add_noise's histogram holds weights 1/sqrt(k): counts scaled back by it after
+    noisy = add_noise(np.asarray(counts, np.float64) / root_k, event.noise_multiplier, event.k, mechanism) * root_k
+    return np.rint(noisy) if mechanism == "discrete_gaussian" else noisy  # integer counts plus integer noise
+
+
+def read_warm_start(layout: RunLayout, delta: float) -> np.ndarray:
+    """The run's released noisy marginals (public), checked against the ledger event that paid for them."""
+    event = next((e for e in Ledger.load(layout.ledger_json, delta).events if e.reason == WARM_START), None)
+    uri = layout.warm_start_release
+    if event is None or not storage.exists(uri):
+        raise UserError(f"run {layout.run_id} has no warm start yet: run warm_start first")
+    data = storage.read_bytes(uri)
+    if event.status == "released" and event.release_sha256 != storage.sha256_bytes(data):
+        raise UserError(f"{event.release_uri} changed after it was released: restore it (the audit names it)")
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return np.asarray(npz["noisy_histogram"], np.float64)
+
+
+def _what(event: PrivacyEvent) -> str:
+    """An event's release as messages name it: "vote 3" or "the warm start"."""
+    return "the warm start" if event.reason == WARM_START else f"vote {event.generation}"
+
+
 def _new_event(config: Config, generation: int, sigma: float, uri: str, layout: RunLayout, reason: str,
                redraw_key: str, created_at: str) -> PrivacyEvent:
     privacy = config.privacy
@@ -853,7 +988,7 @@ def _append_event(layout: RunLayout, delta: float, event: PrivacyEvent, budget: 
         if any(e.release_uri == event.release_uri for e in ledger.events):
             return ledger.to_dict()
         if budget is not None:
-            check_budget(ledger.events, [event], budget, f"vote {event.generation}")
+            check_budget(ledger.events, [event], budget, _what(event))
         ledger.append(event)
         return ledger.to_dict()
 
@@ -867,7 +1002,7 @@ def _write_release(layout: RunLayout, event: PrivacyEvent, noisy: np.ndarray) ->
     uri = layout.absolute(event.release_uri)
     with contextlib.suppress(storage.AlreadyExists):  # a concurrent attempt released first: use its draw
         storage.write_npz(uri, {"noisy_histogram": noisy}, exclusive=True)
-    logger.info("generation %d: released the noisy histogram (%s, sigma=%.4g)", event.generation, event.mechanism,
+    logger.info("%s: released the noisy histogram (%s, sigma=%.4g)", _what(event), event.mechanism,
                 event.noise_multiplier)
     return _reuse(layout, event, uri)
 
@@ -881,8 +1016,7 @@ def _reuse(layout: RunLayout, event: PrivacyEvent, uri: str) -> Release:
     elif event.release_sha256 != sha:
         raise UserError(f"{event.release_uri} changed after it was released: restore it (the audit names it)")
     else:
-        logger.info("generation %d: the DP release already exists: reusing it (no new noise, no new charge)",
-                    event.generation)
+        logger.info("%s: the DP release already exists: reusing it (no new noise, no new charge)", _what(event))
     storage.note_reused(uri, sha)  # in the vote's manifest part, even when the try that wrote it stopped before it
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return Release(npz["noisy_histogram"], uri, sha)

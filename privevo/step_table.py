@@ -52,6 +52,11 @@ def _never(config: Config) -> bool:
     return False
 
 
+def _warm_start(config: Config) -> bool:
+    """Whether the config asks for a DP warm start (the step exists in its DAG only then)."""
+    return config.privacy.warm_start_share > 0
+
+
 def _initial_shard(run: Run, args: StepArgs) -> dict[str, Any]:
     return {"population": steps.generate_initial(run, args.shard),
             "embeddings": steps.embed_synthetic(run, 1, args.shard)}
@@ -68,11 +73,15 @@ def _evaluate(run: Run, args: StepArgs) -> dict[str, Any]:
     return evaluation.headline_metrics(evaluation.evaluate_run(run))
 
 
-#: Every step, in DAG order. The DAG runs initial_shard and variation_shard (generate_initial or generate_variations,
-#: then embed_synthetic, in one task) for every generation but the last, whose shards only generate_variations.
+#: Every step, in DAG order. warm_start exists in a run only when its config asks for it (``privacy.warm_start_share``),
+#: before generation 0, whose shards then wait for it. The DAG runs initial_shard and variation_shard
+#: (generate_initial or generate_variations, then embed_synthetic, in one task) for every generation but the last,
+#: whose shards only generate_variations.
 STEPS: tuple[StepSpec, ...] = (
     StepSpec("embed_private", lambda run, a: steps.embed_private(run), "privevo.components.embed_private",
              reads_private=_always, runs_network=True),
+    StepSpec("warm_start", lambda run, a: steps.warm_start(run), "privevo.components.warm_start",
+             reads_private=_warm_start, runs_network=False),
     StepSpec("generate_initial", lambda run, a: steps.generate_initial(run, a.shard), "privevo.components.generate_initial",
              reads_private=_never, runs_network=True, calls_model=True, sharded=True),
     StepSpec("embed_synthetic", lambda run, a: steps.embed_synthetic(run, a.generation, a.shard),

@@ -161,6 +161,16 @@ def load_embedding(config: Config) -> Any:
     return _load_once("embedding", config, modality.embedding_fields(config), modality.load_embedding)
 
 
+def run_model(run: Run) -> Any:
+    """The run's foundation model; with a DP warm start, drawing from its released noisy marginals (post-processing
+    of the release, checked against its ledger event)."""
+    model = load_model(run.config)
+    if not run.config.privacy.warm_start_share:
+        return model
+    noisy = privacy.read_warm_start(run.layout, run.config.privacy.delta)
+    return privacy.warm_start_hook(run.config).apply(model, noisy)
+
+
 def _model_labels(model, labels: np.ndarray) -> np.ndarray | None:
     """Class labels for a class-conditional model; None for an unconditional one."""
     return labels if model.num_classes is not None and np.all(labels >= 0) else None
@@ -306,6 +316,47 @@ def _read_private(run: Run, reference: dict[str, Any]) -> Iterator[tuple[np.ndar
         yield arrays["embeddings"], arrays["labels"], real
 
 
+# ------------------------------------------------------------------ warm_start
+
+
+def warm_start(run: Run) -> dict[str, Any]:
+    """The optional DP warm start (``privacy.warm_start_share``): the private set's noisy 1-way marginals, released
+    once per run (write-once release + its own ledger event, :func:`privacy.release_warm_start`) before generation 0,
+    whose model draws from them. A rerun reuses the release (no new noise, no new charge). Like the vote, it tells
+    nothing of the private set: the counts stay inside the privacy module, the time goes to the private tier, and the
+    released files and the event carry the run's start time."""
+    config = run.config
+    if not config.privacy.warm_start_share:
+        raise UserError("this run's config asks for no warm start (privacy.warm_start_share is 0)")
+    hook = privacy.warm_start_hook(config)  # a modality without one: refused before the private set is read
+
+    def clean_counts() -> np.ndarray:
+        """The marginals' clean counts (run only when a release is drawn; never leave privacy.release_warm_start)."""
+        private = load_private_set(run, "warm_start")
+        with private_failures(run, "warm_start", "counting the private records failed"):
+            return np.asarray(hook.counts(private.samples))
+
+    runtime.untimed_logging()
+    started, stamp = time.time(), _run_start_time(run)
+    release = privacy.release_warm_start(run.layout, config, clean_counts, created_at=stamp)
+    epsilon = run.ledger().epsilon(upto_generation=0)
+    event = next(e for e in run.ledger().events if e.reason == privacy.WARM_START)
+    params = {"noise_multiplier": event.noise_multiplier, "share": config.privacy.warm_start_share,
+              "marginals": len(hook.bins), "bins": sum(hook.bins), "mechanism": event.mechanism,
+              "release": run.layout.relative(release.uri), "epsilon_after": epsilon}
+    _record_step(run, 0, "warm_start", params, started, private=True)
+    _stamp_released([release.uri, run.layout.ledger_json, run.layout.step_record(0, "warm_start"),
+                     run.layout.manifest_part(0, "warm_start")], stamp)
+    return _reference(release.uri, release.sha256, generation=0, epsilon=epsilon)
+
+
+def _run_start_time(run: Run) -> float:
+    """When the run began (its run.json was written): the time the warm start's released files and event carry, which
+    says nothing of the private work (on gs://, where an object's time is not read here, the time the step began)."""
+    uri = run.layout.run_json
+    return time.time() if storage.is_gcs(uri) or not os.path.exists(uri) else os.path.getmtime(uri)
+
+
 # ------------------------------------------------------------- generate_initial
 
 
@@ -330,7 +381,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     part = shard_slice(run.config.population.size, shard, run.config.population.num_shards)
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
-    model = RecordedModel(load_model(run.config), run.layout, 0, "generate_initial", shard)
+    model = RecordedModel(run_model(run), run.layout, 0, "generate_initial", shard)
     seed = run.seed(0, "random")  # with the global sample index: the same samples however many shards
     samples = model.random(len(labels), labels=_model_labels(model, labels), seed=seed, first_index=part.start)
     population = Population(samples, labels, np.full(len(labels), -1, np.int64), generation=0)
@@ -435,7 +486,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
     lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     embedding = load_embedding(config)
-    model = RecordedModel(load_model(config), run.layout, generation, "embed_synthetic", shard) if lookahead else None
+    model = RecordedModel(run_model(run), run.layout, generation, "embed_synthetic", shard) if lookahead else None
 
     keep = config.population.reuse_lookahead and lookahead > 0
     kept = np.empty((lookahead if keep else 0, *population.samples.shape), population.samples.dtype)
@@ -631,7 +682,7 @@ def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]
     calls: dict[str, Any] = {}
     if len(fresh):
         runtime.configure_torch_threads(runtime.shard_cpu_budget())
-        model = RecordedModel(load_model(config), run.layout, generation, "generate_variations", shard)
+        model = RecordedModel(run_model(run), run.layout, generation, "generate_variations", shard)
         samples[fresh] = model.variation(previous.samples[parent_ids[fresh]], degree,
                                         labels=_model_labels(model, labels[fresh]), seed=seed, first_index=fresh_offset)
         calls = model.call_summary()
@@ -735,6 +786,7 @@ def rerun_outputs(run: Run, step: str, generation: int, shard: int) -> tuple[lis
 
     outputs: dict[str, tuple[list[str], int | None]] = {
         "embed_private": ([layout.private_embeddings, layout.private_embeddings_digest], 1),
+        "warm_start": ([], None),  # a DP release: a rerun reuses it (privacy.release_warm_start)
         "generate_initial": (population(0), 1),
         "initial_shard": (population(0) + embeddings(1), 1),
         "embed_synthetic": (embeddings(generation), generation),

@@ -4,7 +4,8 @@ Where each part lives: the public schema and its codes in :mod:`privevo.tabular.
 CSV and Parquet loaders in :mod:`privevo.tabular.data`, the random and variation APIs in
 :mod:`privevo.tabular.model`, the vote's embedding in :mod:`privevo.tabular.embedding`, the
 metrics and report views in :mod:`privevo.tabular.metrics`, the population file and the
-export's CSV and Parquet in :mod:`privevo.tabular.table_io`, and what the shared steps call in
+export's CSV and Parquet in :mod:`privevo.tabular.table_io`, the DP warm start's marginals in
+:mod:`privevo.tabular.warm_start`, and what the shared steps call in
 :mod:`privevo.tabular.modality` (:class:`TabularModality`). Importing this package imports none
 of them (the config reads :data:`TABULAR_MODELS` and :data:`TABULAR_EMBEDDINGS` from here).
 """

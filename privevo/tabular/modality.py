@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from privevo.config import Config, DataConfig, TabularConfig
     from privevo.data_quality import DataQuality
     from privevo.run_record import Run
+    from privevo.tabular.warm_start import TabularWarmStart
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,12 @@ class TabularModality(Modality):
         the public bounds, categoricals one-hot: :mod:`privevo.tabular.embedding`)."""
         embedding = registry.registered_class(TABULAR_EMBEDDINGS, config.embedding.name, "tabular embedding")
         return embedding(config_schema(config), tabular_section(config).categorical_weight)
+
+    def warm_start(self, config: Config) -> TabularWarmStart:
+        """Each column's 1-way marginal in public bins (:mod:`privevo.tabular.warm_start`)."""
+        from privevo.tabular.warm_start import TabularWarmStart
+
+        return TabularWarmStart(config_schema(config), tabular_section(config).warm_start_bins)
 
     def scorer(self, run: Run) -> Callable[[SampleSet | None, int, bool], Scores]:
         """Marginal TVDs and Wasserstein per generation; the final row adds downstream utility."""

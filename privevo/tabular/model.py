@@ -2,14 +2,17 @@
 
 RANDOM_API draws each column from its public domain: uniformly (a category, an integer in
 [min, max], a float in [min, max)), or, when the config names a public prior table with the
-same schema, from that table's column. VARIATION_API resamples each categorical value with
-probability p, shifts each numeric value by U(-p, p) x (max - min), rounds integers and clips
-to the bounds; with ``atom_rate`` > 0 a numeric value of a column with declared atoms moves
-to one of them (uniformly) with probability ``atom_rate`` x p instead of shifting.
+same schema, from that table's column, or, with the DP warm start, from the column's released
+noisy marginal (:mod:`privevo.tabular.warm_start`). VARIATION_API resamples each categorical
+value with probability p (uniformly, or from its noisy marginal with the warm start), shifts
+each numeric value by U(-p, p) x (max - min), rounds integers and clips to the bounds (with the
+warm start, a numeric value is instead resampled from its noisy marginal with probability p);
+with ``atom_rate`` > 0 a numeric value of a column with declared atoms moves to one of them
+(uniformly) with probability ``atom_rate`` x p instead.
 
 p is the shared variation ``degree`` of the generation (``population.degrees``): the
 mutation-rate decay of Tab-PE is that list, :func:`mutation_rates` computes it. Nothing here
-reads the private table: the domains are the schema's.
+reads the private table: the domains are the schema's, the marginals a DP release.
 
 Each sample draws its uniforms from its own generator, seeded by (seed, first_index + i, API),
 so shards of one call give exactly the samples of the whole call.
@@ -17,12 +20,15 @@ so shards of one call give exactly the samples of the whole call.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from privevo.errors import UserError
 from privevo.tabular.schema import Schema, check_codes
+
+if TYPE_CHECKING:
+    from privevo.tabular.warm_start import Marginals
 
 Labels = np.ndarray | int | None
 
@@ -61,7 +67,7 @@ class TabularModel:
     ledger = None
 
     def __init__(self, schema: Schema, atom_rate: float = 0.0, prior: np.ndarray | None = None,
-                 batch_size: int = 4096) -> None:
+                 batch_size: int = 4096, marginals: Marginals | None = None) -> None:
         if not 0 <= atom_rate <= 1:
             raise UserError(f"tabular.atom_rate must lie in [0, 1], got {atom_rate}")
         if prior is not None:
@@ -72,9 +78,16 @@ class TabularModel:
         self.atom_rate = atom_rate
         self.prior = prior
         self.batch_size = batch_size
+        self.marginals = marginals
         class_names = schema.class_names
         self.num_classes: int | None = None if class_names is None else len(class_names)
         self._sizes = np.array([len(c.categories or []) for c in schema.columns], dtype=np.float64)
+
+    def with_marginals(self, marginals: Marginals) -> TabularModel:
+        """This model drawing from the DP warm start's noisy marginals (``privacy.warm_start_share``)."""
+        if self.prior is not None:
+            raise UserError("tabular.prior and privacy.warm_start_share are two priors of the random API: use one")
+        return TabularModel(self.schema, self.atom_rate, None, self.batch_size, marginals)
 
     # ------------------------------------------------------------------ the shared model interface
 
@@ -82,7 +95,12 @@ class TabularModel:
         """``n`` new rows (RANDOM_API) as codes (n, n_columns); ``labels`` >= 0 pin the label column."""
         if not isinstance(n, (int, np.integer)) or n < 0:
             raise UserError(f"number of samples must be a non-negative integer, got {n!r}")
-        u = sample_uniforms(seed, first_index, int(n), len(self.schema.columns), _RANDOM)
+        width = len(self.schema.columns)
+        if self.marginals is not None:
+            u = sample_uniforms(seed, first_index, int(n), 2 * width, _RANDOM)
+            out = np.stack([self.marginals.draw(j, u[:, j], u[:, width + j]) for j in range(width)], axis=1)
+            return self._pin_labels(out, labels)
+        u = sample_uniforms(seed, first_index, int(n), width, _RANDOM)
         if self.prior is not None:
             rows = np.minimum((u * len(self.prior)).astype(np.int64), len(self.prior) - 1)
             out = np.take_along_axis(self.prior, rows, axis=0)
@@ -97,8 +115,9 @@ class TabularModel:
         if not 0 <= degree <= 1:
             raise UserError(f"the variation degree must lie in [0, 1], got {degree}")
         width = len(self.schema.columns)
-        u = sample_uniforms(seed, first_index, len(samples), 4 * width, _VARIATION)
-        mutate, value, shift, jump = u[:, :width], u[:, width:2 * width], u[:, 2 * width:3 * width], u[:, 3 * width:]
+        blocks = 5 if self.marginals is not None else 4  # the warm start's draws add a value inside a bin
+        u = sample_uniforms(seed, first_index, len(samples), blocks * width, _VARIATION)
+        mutate, value, shift, jump = (u[:, i * width:(i + 1) * width] for i in range(4))
         low, high = self.schema.low, self.schema.high
         categorical = self.schema.categorical
         out = samples.copy()
@@ -110,6 +129,11 @@ class TabularModel:
         shifted[:, integer] = np.round(shifted[:, integer])
         numeric = ~categorical
         out[:, numeric] = np.clip(shifted, low, high)[:, numeric]
+        if self.marginals is not None:  # resampled from the noisy marginal with probability p, numerics included
+            inside = u[:, 4 * width:]
+            for j in range(width):
+                change = mutate[:, j] < degree
+                out[change, j] = self.marginals.draw(j, value[change, j], inside[change, j])
         for j, column in enumerate(self.schema.columns):
             if column.atoms and self.atom_rate > 0:
                 atoms = np.array(column.atoms)
