@@ -219,7 +219,9 @@ def _print_summary(run, seconds: float) -> None:
     print(f"wall time: {seconds:.1f} s")
     print(f"data quality (private): {run.layout.data_quality}")
     print(f"epsilon spent: {privacy.format_epsilon(ledger.epsilon())} at delta={run.config.privacy.delta:g} "
-          f"over {len(ledger.events)} votes (per run: this run alone)")
+          f"over {sum(e.reason != privacy.WARM_START for e in ledger.events)} votes"
+          f"{' and the warm start' if any(e.reason == privacy.WARM_START for e in ledger.events) else ''}"
+          " (per run: this run alone)")
     try:
         print("\n".join(privacy.format_dataset_summary(privacy.dataset_summary(privacy.load_dataset_ledger(run.config)),
                                                       per_run=False)))

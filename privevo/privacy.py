@@ -39,6 +39,7 @@ from privevo.errors import UserError
 if TYPE_CHECKING:
     from privevo.config import Config, PrivacyConfig
     from privevo.layout import RunLayout
+    from privevo.modalities import WarmStart
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +371,7 @@ def warm_start_plan(config: Config) -> WarmStartPlan | None:
     return share, len(warm_start_hook(config).bins)
 
 
-def warm_start_hook(config: Config) -> Any:
+def warm_start_hook(config: Config) -> WarmStart:
     """The modality's warm start (:class:`privevo.modalities.WarmStart`) for a config that asks for one."""
     from privevo.modalities import get_modality
 
