@@ -605,6 +605,10 @@ class TabularConfig(_Strict):
         default=20, ge=1, description="the DP warm start's bins of a numeric column's marginal besides its atoms "
                                       "(equal-width over the bounds, or log-scale for scale: log; an integer column "
                                       "with at most this many values gets one bin per value)")
+    warm_start_given_label: bool = Field(
+        default=False, description="the DP warm start releases each other column's marginal per class of the label "
+                                   "column (its 2-way table with the label, at the same sensitivity), so that the "
+                                   "model draws each column given the row's label")
 
 
 class TextRandomPrompts(_Strict):

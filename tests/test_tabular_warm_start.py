@@ -98,6 +98,33 @@ def test_the_random_api_and_the_variation_draw_from_the_noisy_marginals() -> Non
         hook.apply(modality.load_model(config), noisy[:-1])
 
 
+def test_given_the_label_each_column_is_drawn_from_its_class_s_marginal() -> None:
+    """tabular.warm_start_given_label: job's table puts 'clerk' on <=50K and 'manager' on >50K; the label's own
+    marginal is 1-way. Rows drawn, pinned or resampled follow their label."""
+    config = load_config(TINY_TABULAR, [f"privacy.warm_start_share={SHARE}", "tabular.warm_start_given_label=true"])
+    modality = get_modality(config)
+    hook = modality.warm_start(config)
+    assert hook is not None
+    names = [c.name for c in config.tabular.columns]
+    job, income = names.index("job"), names.index("income")
+    assert hook.bins[job] == 2 * 4 and hook.bins[income] == 2
+    counts = hook.counts(np.array([[30, 0, 40, 0.5, 0], [50, 3, 40, 0.5, 1], [40, 3, 20, 0.25, 1]], np.float64))
+    offsets = np.concatenate([[0], np.cumsum(hook.bins)])
+    assert list(counts[offsets[job]:offsets[job + 1]]) == [1, 0, 0, 0, 0, 0, 0, 2]  # (<=50K, clerk), (>50K, manager)
+    assert list(counts[offsets[income]:offsets[income + 1]]) == [1, 2]
+    noisy = np.full(sum(hook.bins), 5.0)
+    noisy[offsets[job]:offsets[job + 1]] = [9, -1, -1, -1, -1, -1, -1, 9]
+    model = hook.apply(modality.load_model(config), noisy)
+    rows = model.random(200, seed=1)
+    assert set(rows[:, income]) == {0.0, 1.0}
+    assert np.all(rows[:, job] == np.where(rows[:, income] == 1, 3.0, 0.0))
+    pinned = model.random(50, labels=1, seed=2)
+    assert set(pinned[:, income]) == {1.0} and set(pinned[:, job]) == {3.0}
+    varied = model.variation(rows, 1.0, seed=3)  # every value drawn again, given the row's label, which is kept
+    assert np.array_equal(varied[:, income], rows[:, income])
+    assert np.all(varied[:, job] == np.where(varied[:, income] == 1, 3.0, 0.0))
+
+
 def test_the_step_exists_only_when_the_config_asks_for_it() -> None:
     plain = load_config(TINY_TABULAR)
     warm = load_config(TINY_TABULAR, [f"privacy.warm_start_share={SHARE}"])

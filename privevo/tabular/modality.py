@@ -128,7 +128,8 @@ class TabularModality(Modality):
         """Each column's 1-way marginal in public bins (:mod:`privevo.tabular.warm_start`)."""
         from privevo.tabular.warm_start import TabularWarmStart
 
-        return TabularWarmStart(config_schema(config), tabular_section(config).warm_start_bins)
+        section = tabular_section(config)
+        return TabularWarmStart(config_schema(config), section.warm_start_bins, section.warm_start_given_label)
 
     def scorer(self, run: Run) -> Callable[[SampleSet | None, int, bool], Scores]:
         """Marginal TVDs and Wasserstein per generation; the final row adds downstream utility."""

@@ -4,11 +4,11 @@ RANDOM_API draws each column from its public domain: uniformly (a category, an i
 [min, max], a float in [min, max)), or, when the config names a public prior table with the
 same schema, from that table's column, or, with the DP warm start, from the column's released
 noisy marginal (:mod:`privevo.tabular.warm_start`). VARIATION_API resamples each categorical
-value with probability p (uniformly, or from its noisy marginal with the warm start), shifts
-each numeric value by U(-p, p) x (max - min), rounds integers and clips to the bounds (with the
-warm start, a numeric value is instead resampled from its noisy marginal with probability p);
-with ``atom_rate`` > 0 a numeric value of a column with declared atoms moves to one of them
-(uniformly) with probability ``atom_rate`` x p instead.
+value uniformly with probability p, shifts each numeric value by U(-p, p) x (max - min), rounds
+integers and clips to the bounds; with the warm start, each value (numerics included) is instead
+drawn again from its noisy marginal with probability p (given the row's label, which is kept,
+when the marginals are per class); with ``atom_rate`` > 0 a numeric value of a column with
+declared atoms moves to one of them (uniformly) with probability ``atom_rate`` x p instead.
 
 p is the shared variation ``degree`` of the generation (``population.degrees``): the
 mutation-rate decay of Tab-PE is that list, :func:`mutation_rates` computes it. Nothing here
@@ -98,8 +98,11 @@ class TabularModel:
         width = len(self.schema.columns)
         if self.marginals is not None:
             u = sample_uniforms(seed, first_index, int(n), 2 * width, _RANDOM)
-            out = np.stack([self.marginals.draw(j, u[:, j], u[:, width + j]) for j in range(width)], axis=1)
-            return self._pin_labels(out, labels)
+            out = np.zeros((int(n), width))
+            for j in self.marginals.order:  # the label column first (pinned), then the others, maybe given it
+                out[:, j] = self.marginals.draw(j, u[:, j], u[:, width + j], out)
+                out = self._pin_labels(out, labels)
+            return out
         u = sample_uniforms(seed, first_index, int(n), width, _RANDOM)
         if self.prior is not None:
             rows = np.minimum((u * len(self.prior)).astype(np.int64), len(self.prior) - 1)
@@ -118,22 +121,20 @@ class TabularModel:
         blocks = 5 if self.marginals is not None else 4  # the warm start's draws add a value inside a bin
         u = sample_uniforms(seed, first_index, len(samples), blocks * width, _VARIATION)
         mutate, value, shift, jump = (u[:, i * width:(i + 1) * width] for i in range(4))
-        low, high = self.schema.low, self.schema.high
-        categorical = self.schema.categorical
         out = samples.copy()
-        resampled = np.minimum(np.floor(value * self._sizes), self._sizes - 1)
-        change = (mutate < degree) & categorical
-        out[change] = resampled[change]
-        shifted = samples + (2 * shift - 1) * degree * (high - low)
-        integer = np.array([c.type == "integer" for c in self.schema.columns])
-        shifted[:, integer] = np.round(shifted[:, integer])
-        numeric = ~categorical
-        out[:, numeric] = np.clip(shifted, low, high)[:, numeric]
-        if self.marginals is not None:  # resampled from the noisy marginal with probability p, numerics included
-            inside = u[:, 4 * width:]
-            for j in range(width):
-                change = mutate[:, j] < degree
-                out[change, j] = self.marginals.draw(j, value[change, j], inside[change, j])
+        if self.marginals is not None:
+            self._resample(out, mutate < degree, value, u[:, 4 * width:])
+        else:
+            low, high = self.schema.low, self.schema.high
+            categorical = self.schema.categorical
+            resampled = np.minimum(np.floor(value * self._sizes), self._sizes - 1)
+            change = (mutate < degree) & categorical
+            out[change] = resampled[change]
+            shifted = samples + (2 * shift - 1) * degree * (high - low)
+            integer = np.array([c.type == "integer" for c in self.schema.columns])
+            shifted[:, integer] = np.round(shifted[:, integer])
+            numeric = ~categorical
+            out[:, numeric] = np.clip(shifted, low, high)[:, numeric]
         for j, column in enumerate(self.schema.columns):
             if column.atoms and self.atom_rate > 0:
                 atoms = np.array(column.atoms)
@@ -143,6 +144,16 @@ class TabularModel:
         return self._pin_labels(out, labels)
 
     # ------------------------------------------------------------------ helpers
+
+    def _resample(self, out: np.ndarray, change: np.ndarray, value: np.ndarray, inside: np.ndarray) -> None:
+        """The warm start's variation, in place: each value ``change`` picks is drawn again from its column's noisy
+        marginal (numerics too, instead of a uniform shift), given the row's label when the marginals are per class
+        (the label itself is then kept: the row's other columns vary within its class)."""
+        assert self.marginals is not None
+        for j in self.marginals.order:
+            if j != self.marginals.label:
+                rows = change[:, j]
+                out[rows, j] = self.marginals.draw(j, value[rows, j], inside[rows, j], out[rows])
 
     def _uniform_values(self, u: np.ndarray) -> np.ndarray:
         """Each column uniform on its declared domain."""
