@@ -218,8 +218,9 @@ def _print_summary(run, seconds: float) -> None:
     print(f"report: {run.layout.report_index}")
     print(f"wall time: {seconds:.1f} s")
     print(f"data quality (private): {run.layout.data_quality}")
+    votes = sum(e.reason != privacy.WARM_START for e in ledger.events)
     print(f"epsilon spent: {privacy.format_epsilon(ledger.epsilon())} at delta={run.config.privacy.delta:g} "
-          f"over {sum(e.reason != privacy.WARM_START for e in ledger.events)} votes"
+          f"over {votes} vote{'' if votes == 1 else 's'}"
           f"{' and the warm start' if any(e.reason == privacy.WARM_START for e in ledger.events) else ''}"
           " (per run: this run alone)")
     try:
