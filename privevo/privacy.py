@@ -798,7 +798,10 @@ def check_dataset_plan(config: Config, run_id: str) -> None:
     planned = [e for e in run_planned_events(config, noise_multiplier_for(config))
                if (e.generation, e.reason) not in charged]
     if planned:
-        check_dataset_budget(ledger.events, planned, config.privacy, f"this run's {len(planned)} planned events")
+        votes = sum(e.reason != WARM_START for e in planned)
+        what = f"this run's {votes} planned vote{'' if votes == 1 else 's'}" + (
+            " and its warm start" if len(planned) > votes else "")
+        check_dataset_budget(ledger.events, planned, config.privacy, what)
 
 
 def _charge_dataset(layout: RunLayout, config: Config, event: PrivacyEvent, check: bool) -> None:

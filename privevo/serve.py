@@ -24,10 +24,12 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -289,8 +291,8 @@ def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8080, model_
     holder = ModelHolder(name, served.load)
     text = served.modality == "text"
     app = create_app(holder, token, modality=served.modality, max_new_tokens=served.max_new_tokens)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=int(graceful_timeout)))
+    server = _server_class()(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                            timeout_graceful_shutdown=int(graceful_timeout)))
 
     def stop_if_load_fails() -> None:
         holder.loaded.wait()
@@ -300,7 +302,28 @@ def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8080, model_
     threading.Thread(target=stop_if_load_fails, daemon=True).start()
     api = "OpenAI API, /v1/chat/completions" if text else "KServe v2 protocol"
     print(f"serving {served.kind} model {name!r} on http://{host}:{port} ({api})", flush=True)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        server.interrupted = True
+    if server.interrupted:
+        raise KeyboardInterrupt  # the caller says "stopped serving (interrupted)", whoever saw the signal last
     if holder.error is not None:
         raise UserError(holder.error)
     return 0
+
+
+def _server_class() -> type:
+    """uvicorn.Server that remembers a Ctrl-C: uvicorn shuts down on it, then replays it to the handler it replaced,
+    where asyncio may swallow it (a done task to cancel), so the run's end alone cannot tell an interrupted stop."""
+    import uvicorn
+
+    class InterruptAwareServer(uvicorn.Server):
+        interrupted = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGINT:
+                self.interrupted = True
+            super().handle_exit(sig, frame)
+
+    return InterruptAwareServer

@@ -61,7 +61,8 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
     T = cfg.population.generations
     remote_model = bool(cfg.model.weights_path and is_remote(cfg.model.weights_path))
     assert set(groups) == {"resolve_config", "embed_private", "initial_shard", "dp_vote", "generate_variations",
-                           "evaluate"} | ({"variation_shard"} if T > 1 else set()) | ({"importer"} if remote_model else set())
+                           "evaluate"} | ({"variation_shard"} if T > 1 else set()) | ({"importer"} if remote_model else set()) \
+        | ({"warm_start"} if cfg.privacy.warm_start_share else set())
     votes = [t for t in all_tasks(spec) if t["taskInfo"]["name"].startswith("dp-vote")]
     assert len(votes) == T
     # One process per shard per generation: each shard's samples are embedded for the next vote in the same
@@ -89,7 +90,7 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
         assert json.loads(loop["parameterIterator"]["items"]["raw"]) == list(range(cfg.population.num_shards))
 
     # The private-data credentials are mounted on the private steps only.
-    private = {e for kind in ("embed_private", "dp_vote") for e in groups[kind]}
+    private = {e for kind in ("embed_private", "warm_start", "dp_vote") for e in groups.get(kind, [])}
     if cfg.evaluation.against_private:
         private |= set(groups["evaluate"])
     assert {name for name, executor in platform.items() if "secretAsVolume" in executor} == private
@@ -116,10 +117,10 @@ def test_every_config_compiles_to_a_strict_pipeline_spec(run_cli, tmp_path, conf
     for kind, names in groups.items():
         for name in names if kind != "importer" else []:
             resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
-            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind not in ("dp_vote", "resolve_config")
+            wants_gpu = cfg.kubernetes.model_step.gpu_limit > 0 and kind not in ("dp_vote", "warm_start", "resolve_config")
             # every step has a deadline on a cluster: a stuck call fails its step instead of holding a node
-            resources_of = {"resolve_config": LIGHT_STEP, "dp_vote": cfg.kubernetes.cpu_step}.get(
-                kind, cfg.kubernetes.model_step)
+            resources_of = {"resolve_config": LIGHT_STEP, "dp_vote": cfg.kubernetes.cpu_step,
+                            "warm_start": cfg.kubernetes.cpu_step}.get(kind, cfg.kubernetes.model_step)
             assert platform[name]["activeDeadlineSeconds"] == str(resources_of.timeout_s), (config, name)
             assert ("accelerator" in resources) == wants_gpu, (config, name)
             assert resources["resourceCpuLimit"] == resources_of.cpu, (config, name)
