@@ -17,8 +17,8 @@ kfp.local's pipeline root               read-write  every step (task inputs and 
 the run's private folder                read-write  only steps with ``reads_private(config)``
 (``private_root/RUN_ID``)                           in :mod:`privevo.step_table`
 ``private.path`` (the private data)     read-only   the same private steps
-the data set's ledger folder            read-write  ``dp_vote`` only
-(``private_root/datasets/ID``)
+the data set's ledger folder            read-write  ``dp_vote`` and ``warm_start`` only
+(``private_root/datasets/ID``)                      (:data:`DATASET_LEDGER_WRITERS`: the DP releases)
 =====================================  ==========  =======================================
 
 Everything else a container sees is its image (the library, the components, the configs):
@@ -105,9 +105,13 @@ def plan_mounts(config: Config, run: Run, pipeline_root: str, step_name: str | N
         private_data = _local(config.private.path)
         if private_data and all(m.path != private_data for m in mounts):  # tiny and demo: also the reference
             mounts.append(Mount(private_data, writable=False, private=True))
-    if step_name == "dp_vote":  # its only writer: the data set's ledger, every run's charges on the private data
+    if step_name in DATASET_LEDGER_WRITERS:  # every run's charges on the private data: only the releases write them
         mounts.append(Mount(_dataset_folder(config), writable=True, private=True))
     return mounts
+
+
+#: The steps that charge the private data set's ledger: the DP releases (the optional warm start, every vote).
+DATASET_LEDGER_WRITERS = ("warm_start", "dp_vote")
 
 
 def _dataset_folder(config: Config) -> str:

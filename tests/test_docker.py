@@ -247,3 +247,24 @@ def test_docker_tabular_run_passes_the_audit_and_exports_csv(tmp_path, run_cli):
     result = run_cli("export", "tab-docker", "--run-root", str(tmp_path / "runs"), "--to", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "synthetic.csv").read_text().splitlines()[0] == "age,job,hours,score,income"
+
+
+def test_only_the_dp_releases_may_write_the_data_sets_ledger(tmp_path):
+    """The data set's ledger folder (every run's charges on the private data) is writable by the steps that release
+    something DP, the warm start and the vote, and seen by no other step."""
+    import local_docker
+    from privevo.config import load_config
+    from privevo.layout import RunLayout
+    from privevo.run_record import Run
+    from privevo.step_table import STEP_NAMES
+
+    config = load_config(ROOT / "configs" / "tiny-tabular.yaml", [
+        f"run_root={tmp_path}/runs", f"private_root={tmp_path}/private", "privacy.warm_start_share=0.3"])
+    run = Run(config, RunLayout(config.run_root, "plan", config.private_root))
+    ledger_folder = local_docker._dataset_folder(config)
+    for step_name in (*STEP_NAMES, None):
+        mounts = {m.path: m for m in local_docker.plan_mounts(config, run, str(tmp_path / "kfp"), step_name)}
+        if step_name in ("warm_start", "dp_vote"):
+            assert mounts[ledger_folder].writable and mounts[ledger_folder].private, step_name
+        else:
+            assert ledger_folder not in mounts, step_name
