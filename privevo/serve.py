@@ -302,12 +302,9 @@ def serve(served: ServedModel, host: str = "127.0.0.1", port: int = 8080, model_
     threading.Thread(target=stop_if_load_fails, daemon=True).start()
     api = "OpenAI API, /v1/chat/completions" if text else "KServe v2 protocol"
     print(f"serving {served.kind} model {name!r} on http://{host}:{port} ({api})", flush=True)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        server.interrupted = True
+    server.run()  # a Ctrl-C that reaches Python here raises KeyboardInterrupt to the caller
     if server.interrupted:
-        raise KeyboardInterrupt  # the caller says "stopped serving (interrupted)", whoever saw the signal last
+        raise KeyboardInterrupt  # one uvicorn saw and asyncio swallowed: the caller says "stopped serving (interrupted)"
     if holder.error is not None:
         raise UserError(holder.error)
     return 0
