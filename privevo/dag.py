@@ -16,9 +16,10 @@ NO_DEADLINE_RETRY_WINDOW_S = 7 * 24 * 3600  # how long retries may go on in a pi
 def build_pipeline(config, local: bool = False, target: str = "kfp"):
     """The KFP pipeline for ``config``: T generations and the shards unrolled at compile time (the DAG's shape),
     the values of :data:`privevo.parameters.RUN_PARAMETERS` as run parameters with the config's as defaults.
-    ``local``: for kfp.local on this machine, whose retries do not wait (the failures a backoff waits out are a
-    cluster's) and need no guard against repeating a user error. ``target`` "vertex": for Vertex AI Pipelines, the
-    portable spec alone (no kfp-kubernetes platform spec, Vertex's accelerator names; :mod:`privevo.vertex`)."""
+    ``local``: for kfp.local on this machine, which retries nothing (a retry outlives a cluster's failures, a lost
+    node or a preempted pod; here a failed step ends the run at once and ``run --resume`` continues it).
+    ``target`` "vertex": for Vertex AI Pipelines, the portable spec alone (no kfp-kubernetes platform spec, Vertex's
+    accelerator names; :mod:`privevo.vertex`)."""
     import importlib
     import inspect
     import json
@@ -63,11 +64,10 @@ def build_pipeline(config, local: bool = False, target: str = "kfp"):
         task.set_memory_request(resources.memory_request or resources.memory)
         if resources.timeout_s and not portable_only:
             kubernetes.set_timeout(task, resources.timeout_s)
-        if k8s.retries:
-            task.set_retry(k8s.retries, backoff_duration=f"{0 if local else k8s.retry_backoff_s}s",
+        if k8s.retries and not local:
+            task.set_retry(k8s.retries, backoff_duration=f"{k8s.retry_backoff_s}s",
                            backoff_factor=RETRY_BACKOFF_FACTOR, backoff_max_duration=f"{retry_window_s}s")
-            if not local:  # a user error ends the step: its retries exit at once (privevo.cluster)
-                task.set_env_variable(RETRY_GUARD_ENV, "1")
+            task.set_env_variable(RETRY_GUARD_ENV, "1")  # a user error ends the step: its retries exit at once
         if k8s.image_pull_secret and not portable_only:
             kubernetes.set_image_pull_secrets(task, [k8s.image_pull_secret])
         if resources.gpu_limit:

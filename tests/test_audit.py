@@ -124,33 +124,37 @@ def test_two_runs_share_generation_zero_but_not_noise(tiny_run, tmp_path):
                               np.load(second / "gen-001/noisy_histogram.npz")["noisy_histogram"])
 
 
-@pytest.mark.parametrize(
-    "marker,during",
-    [("gen-001/selection.npz", "generate_variations"), ("gen-001/population.npz", "dp_vote")],
-)
-def test_kill_mid_generation_then_resume(tmp_path, run_cli, marker, during):
-    """SIGKILL the whole local run while a step is working, resume, and check the record."""
-    args = tiny_args(tmp_path / "runs", tmp_path / "private", "--run-id", "killed")
-    process = subprocess.Popen([sys.executable, "pipeline.py", *args], cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = tmp_path / "runs" / "killed" / marker
+def _kill_when(process: subprocess.Popen, target, during: str) -> None:
+    """SIGKILL ``process``'s whole group once ``target`` exists (the run is then in ``during``)."""
     deadline = time.time() + 300
     while not target.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     assert target.exists(), f"the run never reached {during}"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (tmp_path / "runs" / "killed" / "metrics.json").exists()
-    # No half file that looks whole: every population file that exists loads.
-    for path in (tmp_path / "runs").rglob("*.npz"):
-        assert np.load(path).files
 
-    result = run_cli("run", "--resume", "killed", "--run-root", str(tmp_path / "runs"),
-                     "--pipeline-root", str(tmp_path / "kfp"))
+
+def test_kill_mid_generation_then_resume_twice(tmp_path, run_cli):
+    """SIGKILL the whole local run while generation 1's variations are made, resume it, SIGKILL the resume during
+    generation 2's vote, resume again, and check the record: the votes are paid once each."""
+    runs = tmp_path / "runs"
+    resume = ["run", "--resume", "killed", "--run-root", str(runs), "--pipeline-root", str(tmp_path / "kfp")]
+    commands = [tiny_args(runs, tmp_path / "private", "--run-id", "killed"), resume]
+    for command, (marker, during) in zip(commands, [("gen-001/selection.npz", "generate_variations"),
+                                                    ("gen-001/population.npz", "dp_vote")], strict=True):
+        process = subprocess.Popen([sys.executable, "pipeline.py", *command], cwd=ROOT, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_when(process, runs / "killed" / marker, during)
+        assert not (runs / "killed" / "metrics.json").exists()
+        # No half file that looks whole: every population file that exists loads.
+        for path in runs.rglob("*.npz"):
+            assert np.load(path).files
+
+    result = run_cli(*resume)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     from conftest import TinyRun
 
-    run = TinyRun(str(tmp_path / "runs"), str(tmp_path / "private"), "killed", result.stdout)
+    run = TinyRun(str(runs), str(tmp_path / "private"), "killed", result.stdout)
     assert audit(run_cli, run).returncode == 0
     assert [e["generation"] for e in ledger_events(run)] == [1, 2]
     assert json.loads((run.run_dir / "run.json").read_text())["status"] == "complete"
