@@ -350,6 +350,11 @@ class PopulationConfig(_Strict):
         description="a selected parent's first `lookahead` children are the vote's lookahead variations of it "
                     "(fewer model calls; post-processing, no privacy cost)",
     )
+    initial_candidates_per_slot: int = Field(
+        default=1, ge=1,
+        description="samples the random API draws per slot of generation 0: the first vote picks `size` parents "
+                    "among size x this many candidates",
+    )
     variations_per_parent: int = Field(default=1, ge=1, description="children the variation API makes of each parent")
     keep_selected: bool = Field(
         default=False,
@@ -395,10 +400,10 @@ class PopulationConfig(_Strict):
         raise AssertionError("the phases add up to generations (checked when the config is read)")
 
     def slot_size(self, generation: int) -> int:
-        """Candidates per parent slot in population ``generation``: its children, plus the parent when kept (1 for
-        generation 0). Population ``generation`` holds ``size`` slots, each its candidates in a row."""
+        """Candidates per parent slot in population ``generation``: its children, plus the parent when kept (the random
+        API's draws for generation 0). Population ``generation`` holds ``size`` slots, each its candidates in a row."""
         if generation == 0:
-            return 1
+            return self.initial_candidates_per_slot
         phase = self._population_phase(generation)
         assert phase.variations_per_parent is not None
         return phase.variations_per_parent + int(bool(phase.keep_selected))

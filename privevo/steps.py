@@ -361,14 +361,15 @@ def _run_start_time(run: Run) -> float:
 
 
 def initial_labels(run: Run) -> np.ndarray:
-    """Labels of generation 0: -1 (unconditional) or the public, uniform split over the run's classes."""
-    size = run.config.population.size
-    if not run.config.population.conditional:
-        return np.full(size, -1, np.int64)
+    """Labels of generation 0's candidates: -1 (unconditional) or the public, uniform split of the slots over the run's
+    classes, each slot's candidates in a row sharing its label."""
+    population = run.config.population
+    if not population.conditional:
+        return np.full(population.candidates(0), -1, np.int64)
     classes = run.class_ids()
-    counts = np.full(len(classes), size // len(classes))
-    counts[: size - counts.sum()] += 1
-    return np.repeat(np.array(classes, np.int64), counts)
+    counts = np.full(len(classes), population.size // len(classes))
+    counts[: population.size - counts.sum()] += 1
+    return np.repeat(np.repeat(np.array(classes, np.int64), counts), population.slot_size(0))
 
 
 def generate_initial(run: Run, shard: int) -> dict[str, Any]:
@@ -378,7 +379,9 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     if storage.exists(uri):
         logger.info("generation 0 shard %d already exists: reusing it", shard)
         return _reference(uri, _reused(run, 0, "generate_initial", shard, uri), generation=0, shard=shard)
-    part = shard_slice(run.config.population.size, shard, run.config.population.num_shards)
+    shape = run.config.population
+    slots, per_slot = shard_slice(shape.size, shard, shape.num_shards), shape.slot_size(0)
+    part = slice(slots.start * per_slot, slots.stop * per_slot)  # the shard's slots' candidates
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     model = RecordedModel(run_model(run), run.layout, 0, "generate_initial", shard)

@@ -34,6 +34,8 @@ def test_phases_fill_in_the_flat_keys_and_must_last_t_generations() -> None:
     config = parse_config(data)
     assert [config.population.candidates(g) for g in range(4)] == [60, 180, 240, 240]
     assert config.population.phase(1, config.privacy).selection == config.privacy.selection
+    data["population"]["initial_candidates_per_slot"] = 4
+    assert [parse_config(data).population.candidates(g) for g in range(4)] == [240, 180, 240, 240]
     data["population"]["schedule"] = [{"generations": 2}]
     with pytest.raises(UserError, match=r"population\.schedule's phases last 2 generations but generations is 3"):
         parse_config(data)
@@ -80,6 +82,38 @@ def test_a_two_phase_schedule_runs_end_to_end(tmp_path: Path) -> None:
     assert audit_run(run).first_failure is None
     folder = result.export(str(tmp_path / "out"), format="csv")
     assert len((folder / "synthetic.csv").read_text().splitlines()) == size + 1
+
+
+@pytest.mark.slow
+def test_the_first_vote_picks_size_parents_among_more_random_candidates(tmp_path: Path) -> None:
+    """initial_candidates_per_slot: the random API draws that many samples per slot of generation 0, the first vote
+    has one bin per candidate and picks ``size`` parents; the audit knows the larger first histogram."""
+    result = _run(tmp_path, "initial", "population.initial_candidates_per_slot=3")
+    run = result.run
+    size = run.config.population.size
+    initial = steps.load_candidates(run, 0)
+    assert len(initial) == 3 * size and len(np.unique(initial.samples, axis=0)) > 2 * size  # fresh draws
+    assert len(np.load(run.layout.release(1))["noisy_histogram"]) == 3 * size
+    assert len(np.load(run.layout.selection(1))["parent_ids"]) == size
+    assert [len(steps.load_candidates(run, g)) for g in (1, 2, 3)] == [60, 180, 180]
+    assert audit_run(run).first_failure is None
+
+
+@pytest.mark.slow
+def test_more_random_candidates_per_slot_keep_the_slots_class(tmp_path: Path) -> None:
+    """Conditional: a slot's random candidates share its class, and the first vote fills each class's slots from
+    that class's candidates."""
+    result = privevo.run("configs/tiny-text.yaml", overrides=["population.initial_candidates_per_slot=2",
+                                                              "population.generations=1", "population.degrees=0.5"],
+                         run_root=str(tmp_path / "runs"), private_root=str(tmp_path / "private"), run_id="classes")
+    run = result.run
+    initial = steps.load_candidates(run, 0)
+    slot_labels = initial.labels[::2]
+    assert len(initial) == 2 * run.config.population.size
+    assert np.array_equal(initial.labels, np.repeat(slot_labels, 2)) and len(np.unique(slot_labels)) == 2
+    parents = np.load(run.layout.selection(1))["parent_ids"]
+    assert np.array_equal(initial.labels[parents], slot_labels)
+    assert audit_run(run).first_failure is None
 
 
 @pytest.mark.slow
