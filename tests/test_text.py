@@ -215,6 +215,10 @@ def test_sentence_embedding_is_unit_length_and_close_for_close_texts() -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > 0.5 > similarity[0, 2] + 0.3
+    # the batches take the texts by length; each row still belongs to its own text (alone: no padding, so only close)
+    for row, text in enumerate(["A cat sat on the mat.", "Tax rates rose again."]):
+        alone = embedding.embed(text_io.as_texts([text]), batch_size=1)[0]
+        assert np.allclose(alone, vectors[2 * row], atol=1e-4)
 
 
 def _template_regex(template: str) -> re.Pattern[str]:

@@ -48,22 +48,25 @@ class SentenceEmbedding:
         return cls(model, tokenizer, path, max_length)
 
     def embed(self, samples: np.ndarray, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-        """Unit-length mean-pooled embeddings of ``samples`` as float32 (N, dim); an empty text embeds like any
-        other (the vote's padding rows are empty texts). ``progress`` is accepted for the shared interface (no bar:
-        it would tell the private set's size)."""
+        """Unit-length mean-pooled embeddings of ``samples`` as float32 (N, dim), in their order; an empty text embeds
+        like any other (the vote's padding rows are empty texts). The batches take the texts in order of length, so
+        a batch pads to a length near its own texts' (about 2.5 times faster on the fortunes than batches in file
+        order). ``progress`` is accepted for the shared interface (no bar: it would tell the private set's size)."""
         import torch
 
         if samples.ndim != 1:
             raise UserError(f"texts are a 1-D array of strings, got shape {samples.shape}")
         out = np.empty((len(samples), self.dim), dtype=np.float32)
         texts = [str(t) for t in samples]
+        by_length = np.argsort([len(t) for t in texts], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                rows = by_length[start:start + batch_size]
+                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt").to(self.model.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[start:start + len(pooled)] = pooled.float().cpu().numpy()
+                out[rows] = pooled.float().cpu().numpy()
         return out
