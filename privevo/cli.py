@@ -231,8 +231,10 @@ def _print_summary(run, seconds: float) -> None:
     if metrics:
         for row in (metrics["generations"][0], metrics["final"]):
             label = "generation 0" if row is metrics["generations"][0] else f"final (generation {row['generation']})"
-            shown = {k: v for k, v in row.items()  # scalars only: tables (per class, per column) are in the report
-                     if k not in ("generation", "non_dp") and not isinstance(v, (dict, list))}
+            # scalars only (tables per class or column are in the report), and only those the run has: an unlabelled
+            # run has no downstream accuracy
+            shown = {k: v for k, v in row.items()
+                     if k not in ("generation", "non_dp") and v is not None and not isinstance(v, (dict, list))}
             print(f"{label}: " + " ".join(f"{k}={format_value(v, k)}" for k, v in shown.items()))
     last = last_complete_generation(run)
     if last >= 0:
