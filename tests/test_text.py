@@ -204,6 +204,33 @@ def test_each_row_samples_from_its_own_generator_and_stops_at_its_limit() -> Non
     assert len(set(map(tuple, together))) == 3
 
 
+def test_the_draw_over_the_most_probable_tokens_picks_what_the_full_sort_picks() -> None:
+    """The sampler sorts each row's most probable tokens only, and the whole vocabulary where the top-p cut falls
+    past them or on a tie with the tokens left out: its picks are the full sort's, bit for bit, on peaked, flat,
+    tied and mixed rows."""
+    import torch
+
+    from privevo.text.backends import TOP_CANDIDATES, _RowSampler
+
+    rng = np.random.default_rng(0)
+    vocab = 4 * TOP_CANDIDATES
+    peaked = rng.normal(size=(8, vocab)) * 4
+    flat = rng.normal(size=(4, vocab)) * 0.01  # the cut falls past the top candidates
+    tied = np.round(rng.normal(size=(4, vocab)) * 2) / 2  # many equal values, at the boundary too
+    uniform = np.zeros((2, vocab))
+    # ten tokens with 94% of the mass beside a block of equal tokens larger than the candidates: at top-p 0.95 the
+    # cut falls on the block inside the candidates, whose tied tokens topk chose in no particular order
+    boundary = np.full((2, vocab), -50.0)
+    boundary[:, :10], boundary[:, 10:4000] = np.log(0.94 * 3990 / 0.6), 0.0
+    logits = torch.from_numpy(np.concatenate([peaked, flat, tied, uniform, boundary]))
+    for temperature, top_p in [(1.0, 0.95), (0.7, 0.9), (1.3, 0.5), (1.0, 1.0)]:
+        sampler = _RowSampler([], [], [0], temperature, top_p)
+        probabilities = torch.softmax(logits / temperature, dim=-1)
+        for draw in range(40):
+            u = torch.from_numpy(rng.random(len(logits)) if draw % 2 else 1 - 0.02 * rng.random(len(logits)))
+            assert torch.equal(sampler._draw(logits, u), sampler._draw_sorted(probabilities, u))
+
+
 @pytest.mark.model_outputs
 def test_sentence_embedding_is_unit_length_and_close_for_close_texts() -> None:
     from privevo.text.embedding import SentenceEmbedding
