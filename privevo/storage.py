@@ -27,8 +27,10 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import struct
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -242,8 +244,36 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has ended, then act on it as before.
+
+    A file write is then whole or absent, its temp file gone, however many interrupts come and when: a local run's
+    Ctrl-C reaches a step twice (the terminal's, then the run's own stop). Only the main thread sets signal
+    handlers; a write in another thread runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)
+    elif held and previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def _write_local(path: str, data: bytes, exclusive: bool) -> None:
-    """Write through a fsynced temp file in the same folder, then rename (or link when exclusive)."""
+    """Write through a fsynced temp file in the same folder, then rename (or link when exclusive); a Ctrl-C waits for
+    the write to end (:func:`_interrupt_after`)."""
+    with _interrupt_after():
+        _write_local_now(path, data, exclusive)
+
+
+def _write_local_now(path: str, data: bytes, exclusive: bool) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}{_TMP_MARK}{secrets.token_hex(6)}")

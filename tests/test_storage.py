@@ -333,6 +333,26 @@ def test_local_failed_write_keeps_old_file_and_no_temp(tmp_path: Path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
+def test_a_ctrl_c_during_a_write_lets_it_end_whole_then_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local run's Ctrl-C reaches a step twice; both land inside the write here (each fsync): the file is written
+    whole, no temp file stays, and the interrupt comes once the write has ended."""
+    import signal
+
+    fsync, handler = os.fsync, signal.getsignal(signal.SIGINT)
+
+    def interrupted_fsync(fd: int) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        fsync(fd)
+
+    monkeypatch.setattr(storage.os, "fsync", interrupted_fsync)
+    uri = tmp_path / "gen-000" / "population.npz"
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_bytes(str(uri), b"whole" * 1000)
+    assert uri.read_bytes() == b"whole" * 1000
+    assert [p.name for p in uri.parent.iterdir()] == ["population.npz"]
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
 def test_local_permission_error_is_user_error() -> None:
     """A folder whose mode forbids writing: one line naming the file. As root (which ignores modes), the write
     runs in a forked child that has dropped to the unprivileged uid/gid 65534."""
