@@ -44,12 +44,10 @@ images: install
 # The container tests (tests/test_docker.py) fail instead of skipping when Docker or the image is missing.
 # Then the tests that compare model outputs run again on the AVX2 kernels (no AVX-512, no native bfloat16),
 # so that a tolerance true only on this machine's CPU kind fails here rather than on another machine.
-# Under -n 3, the modules whose fixtures run a whole pipeline or load a model each go to one worker
-# (tests/conftest.py: pytest_xdist_make_scheduler), so those are built once, not once per worker. Three workers
-# on two cores: the kfp.local tests spend much of their time waiting (task processes starting, a shared run
-# another worker makes), and a third worker computes meanwhile.
+# Under -n 2, the modules whose fixtures run a whole pipeline or load a model each go to one worker
+# (tests/conftest.py: pytest_xdist_make_scheduler), so those are built once, not once per worker.
 test: lint images
-	PRIVEVO_DOCKER_TESTS=required $(PY) -m pytest -q -n 3 --durations=20 tests
+	PRIVEVO_DOCKER_TESTS=required $(PY) -m pytest -q -n 2 --durations=20 tests
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -n 2 -m model_outputs tests
 
 bench: install

@@ -338,7 +338,7 @@ def test_a_ctrl_c_during_a_write_lets_it_end_whole_then_stops(tmp_path: Path, mo
     whole, no temp file stays, and the interrupt comes once the write has ended."""
     import signal
 
-    fsync, handler = os.fsync, signal.getsignal(signal.SIGINT)
+    fsync = os.fsync
 
     def interrupted_fsync(fd: int) -> None:
         os.kill(os.getpid(), signal.SIGINT)
@@ -346,11 +346,15 @@ def test_a_ctrl_c_during_a_write_lets_it_end_whole_then_stops(tmp_path: Path, mo
 
     monkeypatch.setattr(storage.os, "fsync", interrupted_fsync)
     uri = tmp_path / "gen-000" / "population.npz"
-    with pytest.raises(KeyboardInterrupt):
-        storage.write_bytes(str(uri), b"whole" * 1000)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: Ctrl-C raises KeyboardInterrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            storage.write_bytes(str(uri), b"whole" * 1000)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the write put it back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert uri.read_bytes() == b"whole" * 1000
     assert [p.name for p in uri.parent.iterdir()] == ["population.npz"]
-    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_local_permission_error_is_user_error() -> None:
