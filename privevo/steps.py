@@ -379,9 +379,7 @@ def generate_initial(run: Run, shard: int) -> dict[str, Any]:
     if storage.exists(uri):
         logger.info("generation 0 shard %d already exists: reusing it", shard)
         return _reference(uri, _reused(run, 0, "generate_initial", shard, uri), generation=0, shard=shard)
-    shape = run.config.population
-    slots, per_slot = shard_slice(shape.size, shard, shape.num_shards), shape.slot_size(0)
-    part = slice(slots.start * per_slot, slots.stop * per_slot)  # the shard's slots' candidates
+    part = shard_candidates(run.config, 0, shard)
     labels = initial_labels(run)[part]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     model = RecordedModel(run_model(run), run.layout, 0, "generate_initial", shard)
@@ -484,8 +482,7 @@ def embed_synthetic(run: Run, generation: int, shard: int) -> dict[str, Any]:
         logger.warning("generation %d shard %d: the population changed since it was embedded: embedding it again",
                        generation, shard)
     population = run.modality.decode_population(population_bytes, population_uri)
-    offset = shard_slice(config.population.size, shard, config.population.num_shards).start * \
-        config.population.slot_size(generation - 1)  # the shard's first candidate
+    offset = shard_candidates(config, generation - 1, shard).start
     lookahead, degree = config.population.lookahead, config.population.degree_schedule()[generation - 1]
     runtime.configure_torch_threads(runtime.shard_cpu_budget())
     embedding = load_embedding(config)
@@ -644,6 +641,13 @@ def shard_slice(n: int, shard: int, num_shards: int) -> slice:
     return slice(int(bounds[shard]), int(bounds[shard + 1]))
 
 
+def shard_candidates(config: Config, generation: int, shard: int) -> slice:
+    """The candidates of population ``generation`` that ``shard`` holds: its slots' candidates, each slot's in a row."""
+    population = config.population
+    slots, per_slot = shard_slice(population.size, shard, population.num_shards), population.slot_size(generation)
+    return slice(slots.start * per_slot, slots.stop * per_slot)
+
+
 def generate_variations(run: Run, generation: int, shard: int) -> dict[str, Any]:
     """VARIATION_API on one shard of the selected parents at the generation's degree: the shard's slots of the
     generation's candidates (``population.candidates``).
@@ -744,10 +748,8 @@ def _lookahead_variations(run: Run, generation: int, repeats: np.ndarray, candid
 
     Reads only the shards that hold those candidates and, through a memory map, only those rows: a shard's memory
     follows its own children, not N_syn x L (a file written compressed, by an earlier version, is read whole)."""
-    population = run.config.population
-    slot = population.slot_size(generation - 1)
-    firsts = np.array([shard_slice(population.size, shard, population.num_shards).start * slot
-                       for shard in range(population.num_shards)])
+    firsts = np.array([shard_candidates(run.config, generation - 1, shard).start
+                       for shard in range(run.config.population.num_shards)])
     holders = np.searchsorted(firsts, candidates, side="right") - 1  # the shard of each candidate
     found: np.ndarray | None = None
     for shard in np.unique(holders).tolist():
