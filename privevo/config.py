@@ -149,7 +149,8 @@ class LocalModelSection(ModelSection):
     device: str = "auto"
     autocast: Literal["auto", "off", "bfloat16", "float16"] = Field(
         default="auto",
-        description="mixed-precision forward pass; auto = bfloat16 where the hardware has it natively, else off",
+        description="mixed-precision forward pass; auto = bfloat16 where the hardware has it natively (CUDA, AMX; "
+                    "for a language model AVX512-BF16 too), else off",
     )
 
     @field_validator("autocast", mode="before")

@@ -118,14 +118,18 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bfloat16 matrix units (AMX), where bfloat16 autocast beats float32.
+def cpu_has_native_bf16(bandwidth_bound: bool = False) -> bool:
+    """Whether bfloat16 beats float32 on this CPU: with bfloat16 matrix units (AMX) always; with AVX512-BF16's
+    dot-product instructions alone only for ``bandwidth_bound`` work.
 
-    AVX512-BF16 alone is not enough: on a 2-core Xeon with it but without AMX, the demo UNet
-    ran about 15% slower in bfloat16 autocast than in float32 (bench/bench_models.py); with
-    AMX it ran 2.3x faster (bench/RESULTS.md).
+    AVX512-BF16 alone is not enough for compute-bound work: on a 2-core Xeon with it but without AMX,
+    the demo UNet ran about 15% slower in bfloat16 autocast than in float32 (bench/bench_models.py);
+    with AMX it ran 2.3x faster (bench/RESULTS.md). A language model's token-by-token decoding is
+    bound by reading its weights, which bfloat16 halves: SmolLM2-135M decoded 1.5x faster in bfloat16
+    than in float32 on a 2-core AMD EPYC with AVX512-BF16 and no AMX (bench/RESULTS.md, "Fortunes").
     """
-    return "amx_bf16" in cpu_flags()
+    flags = cpu_flags()
+    return "amx_bf16" in flags or (bandwidth_bound and "avx512_bf16" in flags)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

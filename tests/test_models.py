@@ -123,10 +123,10 @@ def test_autocast_setting_resolves_by_hardware_and_weights(monkeypatch: pytest.M
     cpu = torch.device("cpu")
     assert resolve_autocast("off", cpu, torch.float32) is None
     assert resolve_autocast("bfloat16", cpu, torch.float32) is torch.bfloat16
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda bandwidth_bound=False: True)
     assert resolve_autocast("auto", cpu, torch.float32) is torch.bfloat16
     assert resolve_autocast("auto", cpu, torch.float16) is None  # weights already reduced: leave them
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda bandwidth_bound=False: False)
     assert resolve_autocast("auto", cpu, torch.float32) is None
     with pytest.raises(UserError) as excinfo:
         resolve_autocast("int8", cpu, torch.float32)
@@ -139,6 +139,17 @@ def test_native_bfloat16_needs_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not runtime.cpu_has_native_bf16()
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
     assert runtime.cpu_has_native_bf16()
+
+
+def test_language_model_decoding_takes_bfloat16_on_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding reads every weight at every token: bfloat16 halves that, so a language model takes it where the CPU
+    has AVX512-BF16 without AMX; an AVX2 machine keeps float32 for both kinds of work."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+    assert resolve_autocast("auto", cpu, torch.float32, bandwidth_bound=True) is torch.bfloat16
+    assert resolve_autocast("auto", cpu, torch.float32) is None
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert resolve_autocast("auto", cpu, torch.float32, bandwidth_bound=True) is None
 
 
 @pytest.mark.model_outputs

@@ -185,6 +185,25 @@ def test_hf_backend_repeats_itself_with_a_chat_template() -> None:
     assert model.chat_text("hi", None) == "<|user|>hi<|end|><|assistant|>"
 
 
+def test_hf_backend_decodes_in_bfloat16_where_the_cpu_has_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """autocast auto: bfloat16 weights on a CPU with AVX512-BF16 (decoding reads every weight at every token),
+    float32 on one with AVX2 only; off is float32 everywhere."""
+    import torch
+
+    from privevo import runtime
+    from privevo.text.backends import HfCausalLM
+
+    def weights(flags: set[str], autocast: str) -> torch.dtype:
+        monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
+        model = HfCausalLM.from_pretrained("models/tiny-llama", autocast=autocast, device="cpu", threads=1)
+        assert len(model.complete([Request("Write about cats.", 4, 1)])) == 1
+        return next(model.model.parameters()).dtype
+
+    assert weights({"avx2", "avx512f", "avx512_bf16"}, "auto") == torch.bfloat16
+    assert weights({"avx2", "fma"}, "auto") == torch.float32
+    assert weights({"avx2", "avx512f", "avx512_bf16"}, "off") == torch.float32
+
+
 def test_each_row_samples_from_its_own_generator_and_stops_at_its_limit() -> None:
     """A row's tokens depend on its seed and its logits only, not on the rows beside it; at its limit it ends."""
     import torch

@@ -8,7 +8,8 @@ logic is the same for every backend; only how a completion is made differs.
 ``AutoModelForCausalLM.from_pretrained(path)`` offline (a local folder, or a gs:// prefix copied
 once per machine), the tokenizer's chat template when it has one, batches of ``model.batch_size``
 prompts left-padded, an explicit torch thread count (``text.threads``), and bfloat16 weights
-only where the hardware runs bfloat16 natively (``model.autocast``; else float32).
+where the hardware runs bfloat16 natively (``model.autocast``: AMX, or AVX512-BF16, since decoding
+reads every weight at every token; else float32).
 
 Sampling is per request: each row of a batch draws its tokens by inverse-CDF sampling from its
 own generator, seeded by the request's seed, and stops at its own token limit. A request's
@@ -112,7 +113,8 @@ class HfCausalLM(Pretrained, TextModel):
                         autocast: str = "auto", temperature: float = 1.0, top_p: float = 1.0,
                         threads: int | None = None) -> Self:
         """Load a ``save_pretrained`` folder (or a gs:// copy of one) offline; bfloat16 weights where ``autocast``
-        asks for them (auto: where the hardware runs bfloat16 natively), else float32."""
+        asks for them (auto: where the hardware runs bfloat16 natively; decoding is bound by reading the weights, so
+        CPUs with AVX512-BF16 count), else float32."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,7 +123,7 @@ class HfCausalLM(Pretrained, TextModel):
 
         model_dir = resolve_model_dir(path, sha256)
         target = runtime.resolve_device(device)
-        dtype = resolve_autocast(autocast, target, torch.float32) or torch.float32
+        dtype = resolve_autocast(autocast, target, torch.float32, bandwidth_bound=True) or torch.float32
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)

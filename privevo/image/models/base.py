@@ -41,12 +41,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return names[dtype]
 
 
-def resolve_autocast(setting: str, device: torch.device, weight_dtype: torch.dtype) -> torch.dtype | None:
+def resolve_autocast(setting: str, device: torch.device, weight_dtype: torch.dtype,
+                     bandwidth_bound: bool = False) -> torch.dtype | None:
     """The mixed-precision compute dtype of the network's forward pass, or None for plain weights' dtype.
 
     "auto" picks bfloat16 when the weights are float32 and the hardware runs bfloat16 natively
-    (CUDA with bf16, CPUs with AMX): the demo UNet then runs about 2.3x faster on
-    2 CPU cores (bench/RESULTS.md). The sampler's state and arithmetic stay float32.
+    (CUDA with bf16, CPUs with AMX; for ``bandwidth_bound`` work such as a language model's decoding,
+    CPUs with AVX512-BF16 too: :func:`privevo.runtime.cpu_has_native_bf16`): the demo UNet then runs
+    about 2.3x faster on 2 CPU cores (bench/RESULTS.md). The sampler's state and arithmetic stay float32.
     """
     if setting == "off":
         return None
@@ -56,7 +58,7 @@ def resolve_autocast(setting: str, device: torch.device, weight_dtype: torch.dty
         if device.type == "cuda":
             native = torch.cuda.is_bf16_supported()
         else:
-            native = device.type == "cpu" and runtime.cpu_has_native_bf16()
+            native = device.type == "cpu" and runtime.cpu_has_native_bf16(bandwidth_bound)
         return torch.bfloat16 if native else None
     names = {"bfloat16": torch.bfloat16, "float16": torch.float16}
     if setting not in names:
