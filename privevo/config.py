@@ -316,7 +316,7 @@ class EmbeddingConfig(_Strict):
 class Phase:
     """One generation's population rule: how its vote selects ``size`` parents, and what population they make."""
 
-    selection: Literal["sample", "rank", "top"]
+    selection: Literal["sample", "rank", "top", "family"]
     threshold: float
     variations_per_parent: int
     keep_selected: bool
@@ -329,9 +329,11 @@ class PopulationPhase(_Strict):
     ``population.variations_per_parent``, ``population.keep_selected``."""
 
     generations: int = Field(ge=1, description="how many generations (votes) this phase lasts")
-    selection: Literal["sample", "rank", "top"] | None = Field(
+    selection: Literal["sample", "rank", "top", "family"] | None = Field(
         default=None, description="sample: in proportion to the counts; rank: proportional shares, deterministic; "
-                                  "top: the `size` largest counts, each once")
+                                  "top: the `size` largest counts, each once; family: each slot's largest count "
+                                  "(its kept parent or one of its children; at the first vote, one of its random "
+                                  "candidates)")
     threshold: float | None = Field(default=None, ge=0)
     variations_per_parent: int | None = Field(default=None, ge=1)
     keep_selected: bool | None = None

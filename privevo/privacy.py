@@ -62,7 +62,7 @@ NEIGHBOURING_RELATION = (
     "config)"
 )
 
-Selection = Literal["sample", "rank", "top"]
+Selection = Literal["sample", "rank", "top", "family"]
 
 #: What every output of a run without a DP guarantee says (see :func:`non_private_reasons`).
 NOT_PRIVATE = "NOT PRIVATE"
@@ -145,9 +145,13 @@ def select_parents(
     ``sample`` draws with replacement in proportion; ``rank`` gives each candidate
     its proportional share of children deterministically (largest remainder, ties
     broken by rank of count); ``top`` takes the ``n`` largest counts, each once (ties
-    in random order; Tab-PE's rank selection, for more candidates than parents). When
-    every weight is zero the choice falls back to uniform over the population, with a
-    warning (never 0/0).
+    in random order; Tab-PE's rank selection, for more candidates than parents);
+    ``family`` cuts the candidates into ``n`` runs of equal length (the population's
+    slots: a kept parent and its children, or a slot's random candidates) and takes
+    each run's largest count (ties at random): every slot goes on, so the set keeps
+    its spread while each slot moves toward the private data. When every weight is
+    zero the choice falls back to uniform over the population, with a warning
+    (never 0/0).
     """
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 1 or len(weights) == 0:
@@ -176,7 +180,13 @@ def select_parents(
         if n > len(p):
             raise ValueError(f"top selection needs at least {n} candidates, got {len(p)}")
         return np.sort(np.lexsort((rng.permutation(len(p)), -p))[:n])
-    raise UserError(f"unknown selection method {method!r}: use 'sample' or 'rank'")
+    if method == "family":
+        if len(p) % n:
+            raise ValueError(f"family selection needs {n} slots of equal length, got {len(p)} candidates")
+        ties = rng.random(len(p)).reshape(n, -1)
+        best = np.lexsort((ties, -p.reshape(n, -1)), axis=1)[:, 0]
+        return np.arange(n) * (len(p) // n) + best
+    raise UserError(f"unknown selection method {method!r}: use 'sample', 'rank', 'top' or 'family'")
 
 
 # ------------------------------------------------------------------- accounting

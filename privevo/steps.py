@@ -616,11 +616,12 @@ def dp_vote(run: Run, generation: int, private_ref: dict[str, Any], force_new_no
 
 def _select(run: Run, generation: int, noisy: np.ndarray, previous: Population, phase: Phase) -> np.ndarray:
     """One parent per slot (``population.size``) from the previous generation's candidates, by the phase's rule on
-    the thresholded noisy histogram (post-processing), per class when conditional: a class keeps its slots."""
+    the thresholded noisy histogram (post-processing), per class when conditional: a class keeps its slots (``family``
+    keeps every slot, and a slot's candidates share its class)."""
     config = run.config
     weights = privacy.threshold(noisy, phase.threshold)
     rng = np.random.default_rng(run.seed(generation, "select"))
-    if not config.population.conditional:
+    if not config.population.conditional or phase.selection == "family":
         return privacy.select_parents(weights, config.population.size, rng, phase.selection)
     slot_labels = previous.labels[:: config.population.slot_size(generation - 1)]  # a slot's candidates share it
     parents = np.empty(len(slot_labels), np.int64)

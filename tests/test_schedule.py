@@ -51,6 +51,16 @@ def test_top_selection_takes_the_largest_counts_once_each() -> None:
         privacy.select_parents(weights, 9, rng, "top")
 
 
+def test_family_selection_takes_each_slots_largest_count() -> None:
+    """Four slots of two candidates: each slot keeps its most-voted candidate (ties at random), so every slot goes on."""
+    weights = np.array([0.0, 5.0, 1.0, 1.0, 3.0, 0.0, 0.0, 0.0])
+    picks = {tuple(privacy.select_parents(weights, 4, np.random.default_rng(s), "family")) for s in range(20)}
+    assert {(p[0], p[2]) for p in picks} == {(1, 4)}
+    assert {p[1] for p in picks} == {2, 3} and {p[3] for p in picks} == {6, 7}
+    with pytest.raises(ValueError, match="3 slots of equal length"):
+        privacy.select_parents(weights, 3, np.random.default_rng(0), "family")
+
+
 def _run(tmp_path: Path, name: str, *overrides: str) -> privevo.RunResult:
     return privevo.run("configs/tiny-tabular.yaml", overrides=[f"name={name}", *overrides],
                        run_root=str(tmp_path / "runs"), private_root=str(tmp_path / "private"), run_id=name)
@@ -100,12 +110,14 @@ def test_the_first_vote_picks_size_parents_among_more_random_candidates(tmp_path
 
 
 @pytest.mark.slow
-def test_more_random_candidates_per_slot_keep_the_slots_class(tmp_path: Path) -> None:
+@pytest.mark.parametrize("selection", ["sample", "family"])
+def test_more_random_candidates_per_slot_keep_the_slots_class(tmp_path: Path, selection: str) -> None:
     """Conditional: a slot's random candidates share its class, and the first vote fills each class's slots from
-    that class's candidates."""
-    result = privevo.run("configs/tiny-text.yaml", overrides=["population.initial_candidates_per_slot=2",
-                                                              "population.generations=1", "population.degrees=0.5"],
-                         run_root=str(tmp_path / "runs"), private_root=str(tmp_path / "private"), run_id="classes")
+    that class's candidates (``family``: each slot from its own candidates)."""
+    result = privevo.run("configs/tiny-text.yaml", overrides=[
+        "population.initial_candidates_per_slot=2", "population.generations=1", "population.degrees=0.5",
+        f"population.schedule=[{{generations: 1, selection: {selection}}}]"],
+        run_root=str(tmp_path / "runs"), private_root=str(tmp_path / "private"), run_id="classes")
     run = result.run
     initial = steps.load_candidates(run, 0)
     slot_labels = initial.labels[::2]
@@ -113,6 +125,11 @@ def test_more_random_candidates_per_slot_keep_the_slots_class(tmp_path: Path) ->
     assert np.array_equal(initial.labels, np.repeat(slot_labels, 2)) and len(np.unique(slot_labels)) == 2
     parents = np.load(run.layout.selection(1))["parent_ids"]
     assert np.array_equal(initial.labels[parents], slot_labels)
+    if selection == "family":
+        assert np.array_equal(parents // 2, np.arange(len(slot_labels)))
+        weights = privacy.threshold(np.load(run.layout.release(1))["noisy_histogram"],
+                                    run.config.population.phase(1, run.config.privacy).threshold)
+        assert np.array_equal(weights.reshape(-1, 2).max(axis=1), weights[parents])  # the slot's largest count
     assert audit_run(run).first_failure is None
 
 
